@@ -1,0 +1,224 @@
+"""The interaction event: the one message users publish to streamrec.
+
+One JSON object per Kafka message on the ``interactions`` topic (key = user_id recommended)::
+
+    {"user_id": 42, "item_id": "sku-9", "event_type": "purchase",
+     "timestamp": 1732851234.5, "value": 1.0, "event_id": "e-123"}
+
+``user_id`` and ``item_id`` may be strings or integers; streamrec normalises both to strings
+(``42`` and ``"42"`` are the same user). ``timestamp`` is epoch seconds or ISO-8601 and defaults
+to arrival time. ``value`` is optional (e.g. the rating), ``event_id`` optional (de-duplication).
+
+``parse_event`` turns raw bytes into an :class:`Interaction` or a :class:`Rejection` with a
+machine-readable reason; it never raises on bad input. ``schemas/interaction.schema.json`` is
+generated from :class:`InteractionIn` (``python -m streamrec.shared.events`` rewrites it).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+
+SCHEMA_PATH = Path(__file__).parent / "schemas" / "interaction.schema.json"
+
+MAX_ID_LENGTH = 256
+EVENT_TYPE_PATTERN = r"^[a-z][a-z0-9_]{0,31}$"
+
+# Weight of each well-known event type as an implicit-feedback signal. Unknown but well-formed
+# types are accepted with DEFAULT_EVENT_WEIGHT.
+EVENT_WEIGHTS: dict[str, float] = {
+    "view": 1.0,
+    "click": 1.0,
+    "rating": 1.0,
+    "like": 2.0,
+    "add_to_cart": 2.0,
+    "purchase": 3.0,
+}
+DEFAULT_EVENT_WEIGHT = 1.0
+
+Id = Annotated[StrictStr | StrictInt, Field(description="String or integer; normalised to a string.")]
+
+
+class InteractionIn(BaseModel):
+    """An interaction event as published by users (the wire format, before normalisation)."""
+
+    model_config = ConfigDict(extra="ignore", title="Interaction")
+
+    user_id: Id
+    item_id: Id
+    event_type: str = Field(
+        pattern=EVENT_TYPE_PATTERN,
+        description="view, click, add_to_cart, purchase, rating, … (lowercase identifier).",
+    )
+    timestamp: float | datetime | None = Field(
+        None, description="Epoch seconds or ISO-8601. Defaults to the time the event arrives."
+    )
+    value: float | None = Field(None, description="Optional strength, e.g. the rating.")
+    event_id: str | None = Field(
+        None, max_length=MAX_ID_LENGTH, description="Optional unique id; duplicates are dropped."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    """A validated, normalised interaction: ids are strings, timestamp is epoch seconds."""
+
+    user_id: str
+    item_id: str
+    event_type: str
+    timestamp: float
+    value: float | None = None
+    event_id: str | None = None
+
+    @property
+    def weight(self) -> float:
+        """Implicit-feedback weight of this event's type."""
+        return EVENT_WEIGHTS.get(self.event_type, DEFAULT_EVENT_WEIGHT)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the normalised event as forwarded between services)."""
+        return {
+            "user_id": self.user_id,
+            "item_id": self.item_id,
+            "event_type": self.event_type,
+            "timestamp": self.timestamp,
+            "value": self.value,
+            "event_id": self.event_id,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Interaction:
+        """Inverse of :meth:`to_dict` (trusted input: already validated upstream)."""
+        return cls(
+            user_id=data["user_id"],
+            item_id=data["item_id"],
+            event_type=data["event_type"],
+            timestamp=float(data["timestamp"]),
+            value=data.get("value"),
+            event_id=data.get("event_id"),
+        )
+
+
+class RejectReason(StrEnum):
+    """Machine-readable reasons an event goes to the dead-letter topic."""
+
+    OVERSIZED = "oversized"
+    NOT_UTF8 = "not_utf8"
+    NOT_JSON = "not_json"
+    NOT_OBJECT = "not_object"
+    INVALID_FIELD = "invalid_field"
+    BAD_ID = "bad_id"
+    BAD_TIMESTAMP = "bad_timestamp"
+    BAD_VALUE = "bad_value"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why an event was refused, with a human-readable detail."""
+
+    reason: RejectReason
+    detail: str
+
+
+def normalise_id(value: str | int) -> str | None:
+    """Canonical string form of a user/item id, or None if it is not a usable id."""
+    text = str(value).strip()
+    if not text or len(text) > MAX_ID_LENGTH or any(ch in text for ch in "\x00\n\r"):
+        return None
+    return text
+
+
+def parse_event(
+    raw: bytes | str,
+    *,
+    now: float | None = None,
+    max_bytes: int = 65536,
+    max_future_seconds: float = 86400.0,
+) -> Interaction | Rejection:
+    """Validate one raw message. Returns the normalised event or why it was rejected."""
+    if len(raw) > max_bytes:
+        return Rejection(RejectReason.OVERSIZED, f"{len(raw)} bytes > limit {max_bytes}")
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            return Rejection(RejectReason.NOT_UTF8, str(exc))
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        return Rejection(RejectReason.NOT_JSON, str(exc))
+    if not isinstance(data, dict):
+        return Rejection(RejectReason.NOT_OBJECT, f"expected a JSON object, got {type(data).__name__}")
+    return validate_event(data, now=now, max_future_seconds=max_future_seconds)
+
+
+def validate_event(
+    data: dict[str, Any], *, now: float | None = None, max_future_seconds: float = 86400.0
+) -> Interaction | Rejection:
+    """Validate an already-decoded event object."""
+    try:
+        event = InteractionIn.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = ".".join(str(p) for p in first["loc"]) or "event"
+        return Rejection(RejectReason.INVALID_FIELD, f"{field}: {first['msg']}")
+
+    user_id, item_id = normalise_id(event.user_id), normalise_id(event.item_id)
+    if user_id is None or item_id is None:
+        which = "user_id" if user_id is None else "item_id"
+        return Rejection(RejectReason.BAD_ID, f"{which} is empty, too long or has control characters")
+
+    arrival = time.time() if now is None else now
+    if event.timestamp is None:
+        timestamp = arrival
+    elif isinstance(event.timestamp, datetime):
+        if event.timestamp.tzinfo is None:
+            return Rejection(RejectReason.BAD_TIMESTAMP, "ISO-8601 timestamp needs a time zone")
+        timestamp = event.timestamp.timestamp()
+    else:
+        timestamp = float(event.timestamp)
+    if not math.isfinite(timestamp) or timestamp < 0:
+        return Rejection(RejectReason.BAD_TIMESTAMP, f"timestamp {timestamp!r} is not a valid time")
+    if timestamp > arrival + max_future_seconds:
+        return Rejection(RejectReason.BAD_TIMESTAMP, f"timestamp {timestamp} is in the future")
+
+    if event.value is not None and not math.isfinite(event.value):
+        return Rejection(RejectReason.BAD_VALUE, f"value {event.value!r} is not finite")
+
+    return Interaction(
+        user_id=user_id,
+        item_id=item_id,
+        event_type=event.event_type,
+        timestamp=timestamp,
+        value=event.value,
+        event_id=event.event_id,
+    )
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the published event, generated from :class:`InteractionIn`."""
+    schema = InteractionIn.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://streamrec.dev/schemas/interaction.schema.json"
+    return schema
+
+
+def write_json_schema(path: Path = SCHEMA_PATH) -> None:
+    """Regenerate the committed JSON Schema file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+
+
+if __name__ == "__main__":
+    write_json_schema()
+    print(f"wrote {SCHEMA_PATH}")

