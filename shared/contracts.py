@@ -200,8 +200,8 @@ class RedisKeys:
 class CachedList:
     """A ranked list as stored in Redis. Compact JSON::
 
-        {"v": "<model version or null>", "t": <generated_at epoch s>, "src": "personal",
-         "items": [["<item_id>", <score>], ...]}   # best first
+    {"v": "<model version or null>", "t": <generated_at epoch s>, "src": "personal",
+     "items": [["<item_id>", <score>], ...]}   # best first
     """
 
     items: list[tuple[str, float]]

@@ -17,7 +17,6 @@ generated from :class:`InteractionIn` (``python -m streamrec.shared.events`` rew
 from __future__ import annotations
 
 import math
-import re
 import time
 from dataclasses import dataclass
 from datetime import datetime

@@ -3,6 +3,7 @@ file, told to die with the parent (Linux PR_SET_PDEATHSIG), and stopped TERM-the
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -17,10 +18,9 @@ _PR_SET_PDEATHSIG = 1
 
 
 def _die_with_parent() -> None:  # runs in the child between fork and exec
-    try:
+    # Not Linux: no libc.so.6, and the parent's explicit stop() still applies.
+    with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except OSError:  # not Linux: the parent's explicit stop() still applies
-        pass
 
 
 @dataclass
@@ -62,15 +62,11 @@ class ChildProcess:
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
-def spawn(
-    name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None
-) -> ChildProcess:
+def spawn(name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> ChildProcess:
     """Start ``argv`` in a new session with stdout+stderr appended to ``log_path``."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
