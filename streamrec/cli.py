@@ -1,0 +1,314 @@
+"""The ``streamrec`` command line.
+
+Run the whole thing:      streamrec demo | streamrec dev
+Run one service:          streamrec ingest | trainer | scorer | api
+Work with data:           streamrec publish FILE | replay PATH | train --once | recommend USER_ID
+Configuration comes from ``STREAMREC_*`` environment variables (see docs/configuration.md).
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import orjson
+
+from .shared.logs import configure_logging
+from .shared.settings import ConfigError, Settings, load_settings
+
+
+class UserError(Exception):
+    """An error to show as one line, without a traceback."""
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    """Exceptions that mean "something is wrong with the input or environment", not a bug."""
+    from confluent_kafka import KafkaException
+    from redis.exceptions import RedisError
+
+    from .publisher import InvalidEvent, PublishError
+    from .shared.datasets import DatasetError
+    from .topics import KafkaUnavailable
+
+    errors: list[type[BaseException]] = [
+        UserError,
+        ConfigError,
+        DatasetError,
+        InvalidEvent,
+        PublishError,
+        KafkaUnavailable,
+        KafkaException,
+        RedisError,
+    ]
+    try:
+        from .shared.registry import ModelIntegrityError
+
+        errors.append(ModelIntegrityError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+class StreamrecGroup(click.Group):
+    """Turns known errors into ``streamrec: error: …`` and exit code 1 (2 for configuration)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.Exit:
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+        except Exception as exc:
+            if not isinstance(exc, _known_errors()):
+                raise
+            _fail(_describe(exc), code=2 if isinstance(exc, ConfigError) else 1)
+
+
+def _describe(exc: BaseException) -> str:
+    from redis.exceptions import AuthenticationError, ConnectionError, TimeoutError
+
+    if isinstance(exc, AuthenticationError):
+        return f"Redis refused the credentials ({exc}): check STREAMREC_REDIS_URL"
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return f"Redis is unreachable ({exc}): check STREAMREC_REDIS_URL and that Redis runs"
+    return str(exc)
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"streamrec: error: {message}", err=True)
+    sys.exit(code)
+
+
+def _settings(service: str, **overrides: Any) -> Settings:
+    settings = load_settings(**overrides)
+    configure_logging(service, settings.log_level, settings.log_format)
+    return settings
+
+
+def _exit_on_sigterm() -> None:
+    """Turn SIGTERM into KeyboardInterrupt so `finally` blocks stop children cleanly."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+@click.group(cls=StreamrecGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="streamrec")
+def cli() -> None:
+    """streamrec: streaming, real-time recommendations (Kafka -> Faust -> ONNX -> Redis)."""
+
+
+# ------------------------------------------------------------------------------------------------
+# The whole stack
+# ------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+@click.option(
+    "--services",
+    default="ingest,scorer,trainer,api",
+    show_default=True,
+    help="Comma-separated services to run.",
+)
+def dev(services: str) -> None:
+    """Run the stack until Ctrl-C: embedded broker/Redis for unset URLs, plus the services."""
+    from .stack import Stack, new_run_dir, settings_for_run
+
+    settings = _settings("dev", log_format="console")
+    run_dir = new_run_dir(settings.data_dir)
+    _exit_on_sigterm()
+    stack = Stack(settings_for_run(settings, run_dir), run_dir, [s.strip() for s in services.split(",")])
+    try:
+        stack.start()
+        env_file = run_dir / "streamrec.env"
+        env_file.write_text(
+            f"export STREAMREC_KAFKA_BOOTSTRAP={stack.settings.kafka_bootstrap}\n"
+            f"export STREAMREC_REDIS_URL={stack.settings.redis_url}\n"
+        )
+        click.echo(f"streamrec is running; logs in {run_dir}/")
+        click.echo(f"  Kafka:  {stack.settings.kafka_bootstrap}   topic {stack.settings.topic_interactions}")
+        click.echo(f"  Redis:  {stack.settings.redis_url}")
+        if "api" in stack.services:
+            click.echo(f"  HTTP:   http://{stack.settings.api_host}:{stack.settings.api_port}")
+        click.echo(f"In another shell: source {env_file}; streamrec replay PATH; streamrec recommend USER")
+        click.echo("Ctrl-C stops everything.")
+        while True:
+            stack.supervise()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        click.echo("stopping…")
+    finally:
+        stack.stop()
+
+
+@cli.command()
+@click.option(
+    "--movielens",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Replay this MovieLens file (ratings.csv or u.data) instead of synthetic data.",
+)
+@click.option("--users", default=300, show_default=True, help="Synthetic users.")
+@click.option("--items", default=300, show_default=True, help="Synthetic items.")
+@click.option("--limit", type=int, help="Replay only the first N events (time order).")
+@click.option("--speed", default=0.0, show_default=True, help="Time scale of the replay; 0 = fast.")
+@click.option("--samples", default=3, show_default=True, help="Users whose recommendations are printed.")
+def demo(
+    movielens: Path | None, users: int, items: int, limit: int | None, speed: float, samples: int
+) -> None:
+    """The main job: embedded stack + a replayed stream + training + live recommendations."""
+    from .demo import run_demo
+
+    settings = _settings("demo", log_format="console", log_level="WARNING")
+    _exit_on_sigterm()
+    run_demo(
+        settings, movielens=movielens, users=users, items=items, limit=limit, speed=speed, samples=samples
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# One service each
+# ------------------------------------------------------------------------------------------------
+
+
+@cli.command()
+def ingest() -> None:
+    """Run the ingest worker (Faust): validate events, build features."""
+    from .ingest.app import run
+
+    run(_settings("ingest"))
+
+
+@cli.command()
+def scorer() -> None:
+    """Run the scorer: keep every active user's top-N fresh in Redis."""
+    from .scorer.service import run
+
+    run(_settings("scorer"))
+
+
+@cli.command()
+def trainer() -> None:
+    """Run the trainer continuously: retrain on schedule, publish models."""
+    from .trainer.service import run
+
+    run(_settings("trainer"))
+
+
+@cli.command()
+def api() -> None:
+    """Run the read-only HTTP API."""
+    from .api.app import run
+
+    run(_settings("api"))
+
+
+@cli.command()
+@click.option("--once", is_flag=True, help="Run one training cycle and exit.")
+def train(once: bool) -> None:
+    """Train on the streamed interactions (``--once``: one cycle; otherwise same as ``trainer``)."""
+    from .trainer.service import run, train_once
+
+    settings = _settings("trainer")
+    if not once:
+        run(settings)
+        return
+    try:
+        manifest = train_once(settings)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(
+        f"model {manifest.version} published to {settings.model_dir} ({_metrics_line(manifest.metrics)})"
+    )
+
+
+def _metrics_line(metrics: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+@cli.group()
+def topics() -> None:
+    """Kafka topic administration."""
+
+
+@topics.command("create")
+def topics_create() -> None:
+    """Create streamrec's topics on STREAMREC_KAFKA_BOOTSTRAP (existing ones are kept)."""
+    from .topics import create_topics
+
+    created = create_topics(_settings("topics"))
+    click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
+
+
+# ------------------------------------------------------------------------------------------------
+# Data in, recommendations out
+# ------------------------------------------------------------------------------------------------
+
+
+def _publisher(settings: Settings):
+    from .publisher import Publisher
+
+    if settings.kafka_bootstrap is None:
+        raise ConfigError(
+            "STREAMREC_KAFKA_BOOTSTRAP is not set: point it at your Kafka (see `streamrec dev`)"
+        )
+    return Publisher(settings=settings)
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def publish(path: Path) -> None:
+    """Publish events from a JSONL or CSV file (validated first; a bad line publishes nothing)."""
+    from .publisher import publish_stream, read_event_file
+
+    settings = _settings("publish", log_format="console")
+    events = read_event_file(path)
+    sent = publish_stream(_publisher(settings), events, len(events))
+    click.echo(f"published {sent} events to {settings.topic_interactions}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--speed", default=0.0, show_default=True, help="Time scale; 0 = as fast as possible.")
+@click.option("--limit", type=int, help="Only the first N events (time order).")
+def replay(path: Path, speed: float, limit: int | None) -> None:
+    """Replay a MovieLens ratings.csv / u.data (or generic CSV) in timestamp order."""
+    from .publisher import replay_file
+
+    settings = _settings("replay", log_format="console")
+    sent = replay_file(_publisher(settings), path, speed=speed, limit=limit)
+    click.echo(f"replayed {sent} events from {path} to {settings.topic_interactions}")
+
+
+@cli.command()
+@click.argument("user_id")
+@click.option("--n", "n", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def recommend(user_id: str, n: int, as_json: bool) -> None:
+    """Print a user's recommendations (one Redis lookup; popular items for unknown users)."""
+    from .client import RecommendationClient
+
+    settings = _settings("recommend", log_format="console")
+    if settings.redis_url is None:
+        raise ConfigError("STREAMREC_REDIS_URL is not set: point it at your Redis (see `streamrec dev`)")
+    recs = RecommendationClient(settings=settings).get(user_id, n=n)
+    if recs is None:
+        raise UserError(f"no recommendations for {user_id!r} and no popular fallback yet in Redis")
+    if as_json:
+        click.echo(orjson.dumps(recs.to_dict()).decode())
+        return
+    click.echo(f"user {user_id}: {recs.source}, model {recs.model_version or '-'}")
+    for rank, (item, score) in enumerate(recs.items, 1):
+        click.echo(f"{rank:>4}. {item:<24} {score:.4f}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="streamrec")

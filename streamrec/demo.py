@@ -1,0 +1,137 @@
+"""``streamrec demo``: the whole system on embedded defaults, start to finish.
+
+1. start the stack (embedded broker + Redis unless URLs are set; ingest, scorer, api);
+2. stream interactions into Kafka (synthetic by default, or a MovieLens file);
+3. wait until ingest has turned every event into features, then run one training cycle;
+4. wait until the scorer has written every user's recommendations from the new model;
+5. print a few users' recent items and recommendations, and stop everything.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import pandas as pd
+import redis
+
+from .client import RecommendationClient
+from .publisher import Publisher, dataset_events, publish_stream
+from .shared.contracts import CachedList, RedisKeys
+from .shared.datasets import in_time_order, load_interactions
+from .shared.settings import Settings
+from .stack import Stack, new_run_dir, settings_for_run
+from .synthetic import generate
+from .topics import topic_size
+
+WAIT_SECONDS = 600.0
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    movielens: Path | None = None,
+    users: int = 300,
+    items: int = 300,
+    limit: int | None = None,
+    speed: float = 0.0,
+    samples: int = 3,
+) -> None:
+    """Run the demo; raises RuntimeError (with the log to look at) if a stage does not finish."""
+    from .trainer.service import train_once
+
+    frame = load_interactions(movielens) if movielens else generate(users=users, items=items)
+    if limit is not None:
+        frame = in_time_order(frame).head(limit)
+    source = movielens.name if movielens else "synthetic"
+    run_dir = new_run_dir(settings.data_dir)
+    click.echo(
+        f"streamrec demo: {len(frame):,} {source} events, {frame.user_id.nunique():,} users; run folder {run_dir}"
+    )
+
+    with Stack(settings_for_run(settings, run_dir), run_dir, ("ingest", "scorer", "api")) as stack:
+        live = stack.settings
+        click.echo(
+            f"[1/4] stack up  Kafka {live.kafka_bootstrap}  Redis {live.redis_url}  HTTP :{live.api_port}"
+        )
+
+        click.echo("[2/4] streaming events into Kafka")
+        with Publisher(settings=live) as publisher:
+            sent = publish_stream(publisher, dataset_events(frame, source), len(frame), speed=speed)
+        started = time.monotonic()
+
+        def processed() -> int:
+            return topic_size(live.kafka_bootstrap or "", live.topic_user_features)
+
+        _wait(
+            stack, lambda: processed() >= sent, lambda: _ingest_status(processed(), sent, started), "ingest"
+        )
+
+        click.echo("[3/4] training a model on the streamed interactions")
+        manifest = train_once(live)
+        click.echo(f"      model {manifest.version}: {_metrics(manifest.metrics)}")
+
+        click.echo("[4/4] scorer refreshing every user's recommendations")
+        store = redis.Redis.from_url(live.redis_url or "")
+        keys = RedisKeys(live.redis_prefix)
+        user_ids = sorted(frame.user_id.unique())
+
+        def served() -> int:
+            return _users_served(store, keys, user_ids, manifest.version)
+
+        _wait(
+            stack,
+            lambda: served() == len(user_ids),
+            lambda: f"users with recommendations {served():,}/{len(user_ids):,}",
+            "scorer",
+        )
+        _print_samples(frame, RecommendationClient(settings=live), user_ids[:samples])
+    click.echo("done: every process stopped.")
+
+
+def _wait(stack: Stack, done: Callable[[], bool], status: Callable[[], str], stage: str) -> None:
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not done():
+        stack.supervise()
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"{stage} did not finish in {WAIT_SECONDS:.0f}s; see {stack.run_dir}/{stage}.log"
+            )
+        sys.stderr.write(f"\r      {status()}   ")
+        sys.stderr.flush()
+        time.sleep(0.5)
+    sys.stderr.write(f"\r      {status()}   \n")
+
+
+def _ingest_status(processed: int, total: int, started: float) -> str:
+    rate = processed / max(time.monotonic() - started, 1e-9)
+    return f"events processed {processed:,}/{total:,} ({rate:,.0f}/s)"
+
+
+def _users_served(store: redis.Redis, keys: RedisKeys, user_ids: list[str], version: str) -> int:
+    count = 0
+    for start in range(0, len(user_ids), 1000):
+        for raw in store.mget([keys.recs(u) for u in user_ids[start : start + 1000]]):
+            if raw is not None and CachedList.from_json(raw).model_version == version:
+                count += 1
+    return count
+
+
+def _metrics(metrics: dict[str, object]) -> str:
+    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+
+
+def _print_samples(frame: pd.DataFrame, client: RecommendationClient, user_ids: list[str]) -> None:
+    ordered = in_time_order(frame)
+    for user in user_ids:
+        recent = ordered[ordered.user_id == user].item_id.tail(5).tolist()
+        recs = client.get(user, n=10)
+        click.echo(f"\nuser {user}  recent: {' '.join(recent)}")
+        if recs is None:
+            click.echo("  (no recommendations)")
+            continue
+        click.echo(f"  {recs.source} recommendations, model {recs.model_version}:")
+        click.echo("  " + "  ".join(f"{item} ({score:.2f})" for item, score in recs.items))

@@ -1,0 +1,256 @@
+"""Publishing interaction events to Kafka from Python: the ``Publisher``, and streaming files
+(``streamrec publish`` for JSONL/CSV, ``streamrec replay`` for MovieLens) through it.
+
+Any Kafka client works just as well: streamrec only needs one JSON event per message on the
+``interactions`` topic (see ``streamrec.shared.events``), keyed by user_id.
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pandas as pd
+from tqdm import tqdm
+
+from .shared.datasets import in_time_order, load_interactions
+from .shared.events import Rejection, validate_event
+from .shared.settings import Settings, load_settings
+
+
+class InvalidEvent(ValueError):
+    """An event that ingest would refuse; raised before it is sent."""
+
+
+class PublishError(RuntimeError):
+    """Kafka did not acknowledge some events (broker unreachable, topic missing, …)."""
+
+
+class Publisher:
+    """Sends interaction events to the interactions topic, keyed by user_id.
+
+    Events are validated locally first (the same rules as ingest), batched by the Kafka client,
+    and only counted as published once the broker acknowledged them (``flush``)::
+
+        with Publisher("localhost:9092") as pub:
+            pub.publish(user_id=42, item_id="sku-9", event_type="purchase")
+    """
+
+    def __init__(
+        self,
+        bootstrap: str | None = None,
+        *,
+        topic: str | None = None,
+        settings: Settings | None = None,
+        linger_ms: int = 5,
+    ) -> None:
+        from confluent_kafka import Producer
+
+        settings = settings or load_settings()
+        self.bootstrap = bootstrap or settings.kafka_bootstrap
+        if not self.bootstrap:
+            raise PublishError("no Kafka to publish to: pass bootstrap or set STREAMREC_KAFKA_BOOTSTRAP")
+        self.topic = topic or settings.topic_interactions
+        self._max_future = settings.max_future_seconds
+        self._producer = Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "linger.ms": linger_ms,
+                "acks": "all",
+                "enable.idempotence": False,
+                "message.timeout.ms": 30_000,
+            }
+        )
+        self._failures: list[str] = []
+        self.sent = 0
+
+    def publish(
+        self,
+        user_id: str | int,
+        item_id: str | int,
+        event_type: str = "view",
+        *,
+        timestamp: float | str | None = None,
+        value: float | None = None,
+        event_id: str | None = None,
+    ) -> None:
+        """Validate and send one event (asynchronously; ``flush`` waits for the broker)."""
+        event: dict[str, Any] = {"user_id": user_id, "item_id": item_id, "event_type": event_type}
+        for name, field in (("timestamp", timestamp), ("value", value), ("event_id", event_id)):
+            if field is not None:
+                event[name] = field
+        self.publish_event(event)
+
+    def publish_event(self, event: Mapping[str, Any]) -> None:
+        """Validate and send one event given as a mapping in the wire format."""
+        checked = validate_event(dict(event), max_future_seconds=self._max_future)
+        if isinstance(checked, Rejection):
+            raise InvalidEvent(f"{checked.reason.value}: {checked.detail}")
+        self.publish_raw(orjson.dumps(dict(event)), key=checked.user_id)
+
+    def publish_raw(self, value: bytes, key: str | bytes | None = None) -> None:
+        """Send bytes as they are, unvalidated (tests use it to send garbage on purpose)."""
+        while True:
+            try:
+                self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
+                break
+            except BufferError:  # local queue full: let deliveries drain, then retry
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+        self.sent += 1
+
+    def _on_delivery(self, err: Any, _msg: Any) -> None:
+        if err is not None:
+            self._failures.append(str(err))
+
+    def flush(self, timeout: float = 60.0) -> None:
+        """Wait until every event is acknowledged; raise PublishError if any was not."""
+        remaining = self._producer.flush(timeout)
+        if remaining:
+            raise PublishError(
+                f"{remaining} events not acknowledged by Kafka at {self.bootstrap} after {timeout:.0f}s"
+            )
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise PublishError(f"{len(failures)} events failed: {failures[0]}")
+
+    def close(self) -> None:
+        """Flush outstanding events."""
+        self.flush()
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def read_event_file(path: Path) -> list[dict[str, Any]]:
+    """Read events from JSONL (one object per line) or CSV (header with the event's field names).
+
+    The whole file is validated before anything is sent, so a malformed file publishes nothing.
+    Raises InvalidEvent naming the first bad line.
+    """
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidEvent(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise InvalidEvent(f"{path}: not a UTF-8 text file") from None
+    if path.suffix.lower() == ".csv":
+        rows: Iterable[tuple[int, dict[str, Any]]] = (
+            (number, _csv_row(row)) for number, row in enumerate(csv.DictReader(text.splitlines()), 2)
+        )
+    else:
+        rows = _jsonl_rows(path, text)
+    events = []
+    for number, event in rows:
+        checked = validate_event(event)
+        if isinstance(checked, Rejection):
+            raise InvalidEvent(f"{path}:{number}: {checked.reason.value}: {checked.detail}")
+        events.append(event)
+    if not events:
+        raise InvalidEvent(f"{path}: no events in the file")
+    return events
+
+
+def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            event = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidEvent(f"{path}:{number}: not JSON ({exc})") from None
+        if not isinstance(event, dict):
+            raise InvalidEvent(f"{path}:{number}: expected a JSON object per line")
+        yield number, event
+
+
+def _csv_row(row: dict[str, str | None]) -> dict[str, Any]:
+    event: dict[str, Any] = {
+        key.strip(): value for key, value in row.items() if key and value not in (None, "")
+    }
+    for name in ("timestamp", "value"):
+        if name in event:
+            try:
+                event[name] = float(event[name])
+            except ValueError:
+                pass  # ISO-8601 timestamp, or let validation report the bad value
+    return event
+
+
+def dataset_events(frame: pd.DataFrame, source: str) -> Iterator[dict[str, Any]]:
+    """Events of an interaction frame in timestamp order; event_id = source + original row."""
+    ordered = in_time_order(frame)
+    for user, item, ts, value, event_type, row in ordered.itertuples(index=False, name=None):
+        event: dict[str, Any] = {
+            "user_id": user,
+            "item_id": item,
+            "event_type": event_type,
+            "timestamp": ts,
+            "event_id": f"{source}:{row}",
+        }
+        if value == value:  # not NaN
+            event["value"] = value
+        yield event
+
+
+def replay_file(
+    publisher: Publisher,
+    path: Path,
+    *,
+    speed: float = 0.0,
+    limit: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Publish a MovieLens (or generic CSV) file in timestamp order; returns events sent.
+
+    ``speed`` 0 sends as fast as possible; otherwise dataset time runs ``speed`` times faster than
+    wall time (``speed=3600``: one hour of recorded activity per second).
+    """
+    frame = load_interactions(path)
+    if limit is not None:
+        frame = in_time_order(frame).head(limit)
+    return publish_stream(
+        publisher, dataset_events(frame, path.name), len(frame), speed=speed, progress=progress
+    )
+
+
+def publish_stream(
+    publisher: Publisher,
+    events: Iterable[dict[str, Any]],
+    total: int | None = None,
+    *,
+    speed: float = 0.0,
+    progress: bool = True,
+) -> int:
+    """Publish events (already in time order), optionally paced by their timestamps."""
+    started = time.monotonic()
+    first_ts: float | None = None
+    sent = 0
+    with tqdm(total=total, unit="ev", disable=not progress, desc="publish") as bar:
+        for event in events:
+            if speed > 0:
+                first_ts = event["timestamp"] if first_ts is None else first_ts
+                due = started + (event["timestamp"] - first_ts) / speed
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            publisher.publish_event(event)
+            sent += 1
+            if sent % 1000 == 0:
+                bar.update(1000)
+        bar.update(sent % 1000)
+    publisher.flush()
+    return sent

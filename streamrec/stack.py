@@ -1,0 +1,120 @@
+"""The embedded stack: servers for every URL left unset, plus streamrec's services as supervised
+child processes (``python -m streamrec <service>``), each logging to ``<run_dir>/<service>.log``.
+
+Used by ``streamrec dev``, ``streamrec demo`` and the integration tests. Everything started here
+is stopped by :meth:`Stack.stop`, and children also die with this process (see processes.py).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from .embedded import EmbeddedServers, start_missing_servers
+from .processes import ChildProcess, spawn, wait_for_port
+from .shared.logs import get_logger
+from .shared.settings import Settings
+
+log = get_logger(__name__)
+
+SERVICES = ("ingest", "scorer", "trainer", "api")
+MAX_RESTARTS = 5
+
+
+def new_run_dir(root: Path) -> Path:
+    """A fresh folder for one run's logs and state: ``root/runs/YYYYmmdd-HHMMSS[-n]``."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(100):
+        path = root / "runs" / (stamp if n == 0 else f"{stamp}-{n}")
+        try:
+            path.mkdir(parents=True)
+            return path
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"cannot create a run folder under {root / 'runs'}")
+
+
+class Stack:
+    """Embedded servers (where needed) + the chosen services, supervised."""
+
+    def __init__(self, settings: Settings, run_dir: Path, services: Sequence[str] = SERVICES) -> None:
+        unknown = set(services) - set(SERVICES)
+        if unknown:
+            raise ValueError(f"unknown services {sorted(unknown)}; choose from {', '.join(SERVICES)}")
+        self.run_dir = run_dir
+        self.services = list(services)
+        self._requested = settings
+        self._servers: EmbeddedServers | None = None
+        self.children: dict[str, ChildProcess] = {}
+        self.restarts: dict[str, int] = dict.fromkeys(services, 0)
+
+    @property
+    def settings(self) -> Settings:
+        """Settings pointing at the servers in use (embedded or external)."""
+        return self._servers.settings if self._servers else self._requested
+
+    def start(self) -> Stack:
+        """Start servers, create topics, start services; the API is waited for, others not."""
+        try:
+            self._servers = start_missing_servers(self._requested, self.run_dir)
+            for name in self.services:
+                self._spawn(name)
+            if "api" in self.children:
+                wait_for_port(self.settings.api_host, self.settings.api_port, 60, self.children["api"])
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _spawn(self, name: str) -> None:
+        env = {**os.environ, **self.settings.as_env()}
+        argv = [sys.executable, "-m", "streamrec", name]
+        self.children[name] = spawn(name, argv, self.run_dir / f"{name}.log", env)
+        log.info("service started", extra={"service_name": name, "pid": self.children[name].pid})
+
+    def supervise(self) -> None:
+        """Restart services that died (up to MAX_RESTARTS each); raise if one keeps dying."""
+        for name, child in list(self.children.items()):
+            if child.alive():
+                continue
+            self.restarts[name] += 1
+            if self.restarts[name] > MAX_RESTARTS:
+                raise RuntimeError(
+                    f"{name} keeps exiting (code {child.popen.returncode}); its log:\n{child.log_tail()}"
+                )
+            log.warning(
+                "service exited, restarting",
+                extra={"service_name": name, "code": child.popen.returncode, "log": str(child.log_path)},
+            )
+            self._spawn(name)
+
+    def pids(self) -> list[int]:
+        """Process ids of every child (services and servers)."""
+        servers = self._servers.processes if self._servers else []
+        return [c.pid for c in [*self.children.values(), *servers]]
+
+    def stop(self) -> None:
+        """Stop services (gracefully, in reverse order), then the embedded servers."""
+        for name in reversed(list(self.children)):
+            self.children.pop(name).stop()
+        if self._servers:
+            self._servers.stop()
+
+    def __enter__(self) -> Stack:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def settings_for_run(settings: Settings, run_dir: Path) -> Settings:
+    """Settings for one run of the stack.
+
+    An embedded broker starts empty (it keeps messages in memory), so the state derived from
+    Kafka (Faust tables, the trainer's event log, models) must start empty too: it goes into the
+    run folder. With an external broker, state stays in ``settings.data_dir`` across runs.
+    """
+    return settings.with_data_dir(run_dir / "data") if settings.kafka_bootstrap is None else settings

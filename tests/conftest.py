@@ -1,0 +1,60 @@
+"""Session-wide fixtures: one embedded stack (real broker, real Redis, real services) per run.
+
+A Faust worker needs 10-30 s to join its group, so the stack starts once per test session and
+the integration tests share it. Unit tests never touch it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import redis
+
+from streamrec.processes import free_port
+from streamrec.publisher import Publisher, dataset_events, publish_stream
+from streamrec.shared.contracts import RedisKeys
+from streamrec.shared.registry import ModelRegistry
+from streamrec.shared.settings import Settings
+from streamrec.stack import Stack
+from streamrec.synthetic import generate
+
+from support import LiveStack, TrainedStack, wait_for
+
+
+@pytest.fixture(scope="session")
+def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """Embedded broker + Redis + ingest, scorer and api as real processes."""
+    run_dir = tmp_path_factory.mktemp("stack")
+    settings = Settings(
+        data_dir=run_dir / "data",
+        partitions=2,
+        popular_publish_seconds=1.0,
+        scorer_batch_wait_ms=10,
+        top_n=20,
+        embedding_dim=32,
+        epochs=8,
+        api_port=free_port(),
+        log_level="INFO",
+    )
+    stack = Stack(settings, run_dir, ("ingest", "scorer", "api")).start()
+    live = stack.settings
+    try:
+        yield LiveStack(stack, live, redis.Redis.from_url(live.redis_url or ""), RedisKeys(live.redis_prefix))
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="session")
+def trained_stack(live_stack: LiveStack) -> TrainedStack:
+    """Stream a synthetic dataset in, wait for ingest, train once via the CLI, wait for the scorer."""
+    events = generate(users=80, items=60, clusters=4, events_per_user=(6, 20), seed=3)
+    with Publisher(settings=live_stack.settings) as publisher:
+        sent = publish_stream(publisher, dataset_events(events, "synthetic"), len(events), progress=False)
+    wait_for(lambda: live_stack.processed() >= sent, 180, f"ingest to process {sent} events")
+
+    result = live_stack.cli("train", "--once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = ModelRegistry(live_stack.settings.model_dir).latest_version()
+    assert version is not None and version in result.stdout
+    return TrainedStack(live_stack, events, version)

@@ -1,0 +1,75 @@
+"""Helpers shared by the tests: waiting for conditions, and handles on a running stack."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import redis
+
+from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.settings import Settings
+from streamrec.stack import Stack
+from streamrec.topics import topic_size
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.25) -> object:
+    """Poll until ``condition()`` is truthy; fail the test with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = condition()
+        if result:
+            return result
+        time.sleep(interval)
+    pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+@dataclass
+class LiveStack:
+    """The running stack plus handles the tests use."""
+
+    stack: Stack
+    settings: Settings
+    redis: redis.Redis
+    keys: RedisKeys
+
+    def env(self) -> dict[str, str]:
+        """Environment for a `streamrec` subprocess talking to this stack."""
+        return {**os.environ, **self.settings.as_env()}
+
+    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        """Run `streamrec ARGS…` against this stack."""
+        return subprocess.run(
+            [sys.executable, "-m", "streamrec", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def cached(self, user_id: str) -> CachedList | None:
+        """The user's list as the scorer wrote it, or None."""
+        raw = self.redis.get(self.keys.recs(user_id))
+        return None if raw is None else CachedList.from_json(raw)
+
+    def processed(self) -> int:
+        """Events ingest accepted so far (one user-features message each)."""
+        return topic_size(self.settings.kafka_bootstrap or "", self.settings.topic_user_features)
+
+
+@dataclass
+class TrainedStack:
+    """The live stack after a synthetic stream went through it and one model was trained."""
+
+    live: LiveStack
+    events: pd.DataFrame
+    version: str
