@@ -63,13 +63,13 @@ class Settings(BaseSettings):
     model: Literal["mf"] = Field("mf", description="Model family the trainer fits.")
     top_n: int = Field(50, ge=1, description="Recommendations cached per user.")
     max_seq_len: int = Field(50, ge=1, description="History items the model reads per user.")
-    embedding_dim: int = Field(64, ge=4)
+    embedding_dim: int = Field(64, ge=4, description="Size of item embeddings.")
     epochs: int = Field(30, ge=1, description="Upper bound; training stops early on validation.")
     patience: int = Field(3, ge=1, description="Epochs without validation gain before stopping.")
-    batch_size: int = Field(512, ge=1)
-    learning_rate: float = Field(1e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
-    seed: int = Field(42)
+    batch_size: int = Field(512, ge=1, description="Training examples per optimiser step.")
+    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="L2 penalty of the optimiser.")
+    seed: int = Field(42, description="Random seed: same data + seed = same model.")
     train_interval_seconds: float = Field(300.0, gt=0, description="Trainer: time between cycles.")
     train_min_new_events: int = Field(1000, ge=1, description="Trainer: new events needed to retrain.")
     train_window_events: int = Field(5_000_000, ge=1, description="Trainer: most recent events kept.")
@@ -80,13 +80,15 @@ class Settings(BaseSettings):
     scorer_recent_users: int = Field(100_000, ge=0, description="Users remembered for re-scoring.")
 
     # --- read path (api) --------------------------------------------------------------------
-    api_host: str = Field("127.0.0.1")
-    api_port: int = Field(8000, ge=0, le=65535)
+    api_host: str = Field("127.0.0.1", description="HTTP API bind address.")
+    api_port: int = Field(8000, ge=0, le=65535, description="HTTP API port.")
     api_max_n: int = Field(100, ge=1, description="Largest n the HTTP endpoint serves.")
 
     # --- logging ----------------------------------------------------------------------------
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["json", "console"] = "json"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log threshold.")
+    log_format: Literal["json", "console"] = Field(
+        "json", description="json: one JSON object per line; console: readable lines."
+    )
 
     @field_validator("kafka_bootstrap", "redis_url", mode="before")
     @classmethod
@@ -172,3 +174,25 @@ def load_settings(**overrides: object) -> Settings:
             for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None
+
+
+def configuration_markdown() -> str:
+    """The settings as a Markdown table (``docs/configuration.md`` is generated from this)."""
+    lines = [
+        "# Configuration",
+        "",
+        "Every setting is an environment variable, read by every service, the CLI and the embedded",
+        "stack alike (the same names in docker-compose). Generated from `shared/settings.py` by",
+        "`python -m streamrec.shared.settings > docs/configuration.md`.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = "unset" if field.default is None else f"`{field.default}`"
+        lines.append(f"| `{ENV_PREFIX}{name.upper()}` | {default} | {field.description or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(configuration_markdown(), end="")

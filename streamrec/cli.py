@@ -30,6 +30,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from confluent_kafka import KafkaException
     from redis.exceptions import RedisError
 
+    from .processes import StackError
     from .publisher import InvalidEvent, PublishError
     from .shared.datasets import DatasetError
     from .topics import KafkaUnavailable
@@ -43,6 +44,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         KafkaUnavailable,
         KafkaException,
         RedisError,
+        StackError,
     ]
     try:
         from .shared.registry import ModelIntegrityError

@@ -19,6 +19,7 @@ import pandas as pd
 import redis
 
 from .client import RecommendationClient
+from .processes import StackError
 from .publisher import Publisher, dataset_events, publish_stream
 from .shared.contracts import CachedList, RedisKeys
 from .shared.datasets import in_time_order, load_interactions
@@ -40,7 +41,7 @@ def run_demo(
     speed: float = 0.0,
     samples: int = 3,
 ) -> None:
-    """Run the demo; raises RuntimeError (with the log to look at) if a stage does not finish."""
+    """Run the demo; raises StackError (with the log to look at) if a stage does not finish."""
     from .trainer.service import train_once
 
     frame = load_interactions(movielens) if movielens else generate(users=users, items=items)
@@ -97,7 +98,7 @@ def _wait(stack: Stack, done: Callable[[], bool], status: Callable[[], str], sta
     while not done():
         stack.supervise()
         if time.monotonic() > deadline:
-            raise RuntimeError(
+            raise StackError(
                 f"{stage} did not finish in {WAIT_SECONDS:.0f}s; see {stack.run_dir}/{stage}.log"
             )
         sys.stderr.write(f"\r      {status()}   ")

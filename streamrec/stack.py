@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .embedded import EmbeddedServers, start_missing_servers
-from .processes import ChildProcess, spawn, wait_for_port
+from .processes import ChildProcess, StackError, spawn, wait_for_port
 from .shared.logs import get_logger
 from .shared.settings import Settings
 
@@ -34,7 +34,7 @@ def new_run_dir(root: Path) -> Path:
             return path
         except FileExistsError:
             continue
-    raise RuntimeError(f"cannot create a run folder under {root / 'runs'}")
+    raise StackError(f"cannot create a run folder under {root / 'runs'}")
 
 
 class Stack:
@@ -82,7 +82,7 @@ class Stack:
                 continue
             self.restarts[name] += 1
             if self.restarts[name] > MAX_RESTARTS:
-                raise RuntimeError(
+                raise StackError(
                     f"{name} keeps exiting (code {child.popen.returncode}); its log:\n{child.log_tail()}"
                 )
             log.warning(

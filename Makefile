@@ -1,0 +1,24 @@
+# The two commands of the README:  `make demo`  and  `make test`.
+VENV  := .venv
+STAMP := $(VENV)/.installed
+
+.PHONY: demo dev test lint
+
+$(STAMP): pyproject.toml scripts/bootstrap
+	scripts/bootstrap
+
+## demo: run streamrec's main job on embedded defaults (broker, Redis, services, training, recommendations)
+demo: $(STAMP)
+	$(VENV)/bin/streamrec demo
+
+## dev: run the stack until Ctrl-C
+dev: $(STAMP)
+	$(VENV)/bin/streamrec dev
+
+## test: lint, then the whole test suite (unit + integration on a real broker and Redis)
+test: $(STAMP) lint
+	$(VENV)/bin/pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
