@@ -8,6 +8,7 @@ is stopped by :meth:`Stack.stop`, and children also die with this process (see p
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -58,6 +59,8 @@ class Stack:
 
     def start(self) -> Stack:
         """Start servers, create topics, start services; the API is waited for, others not."""
+        if "api" in self.services:
+            _check_port_free(self._requested.api_host, self._requested.api_port)
         try:
             self._servers = start_missing_servers(self._requested, self.run_dir)
             for name in self.services:
@@ -108,6 +111,16 @@ class Stack:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _check_port_free(host: str, port: int) -> None:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            raise StackError(
+                f"{host}:{port} is already in use: set STREAMREC_API_PORT to a free port"
+            ) from None
 
 
 def settings_for_run(settings: Settings, run_dir: Path) -> Settings:
