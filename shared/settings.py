@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     epochs: int = Field(30, ge=1, description="Upper bound; training stops early on validation.")
     patience: int = Field(3, ge=1, description="Epochs without validation gain before stopping.")
     batch_size: int = Field(512, ge=1, description="Training examples per optimiser step.")
-    learning_rate: float = Field(1e-3, gt=0, description="Adam learning rate.")
+    learning_rate: float = Field(5e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty of the optimiser.")
     seed: int = Field(42, description="Random seed: same data + seed = same model.")
     train_interval_seconds: float = Field(300.0, gt=0, description="Trainer: time between cycles.")

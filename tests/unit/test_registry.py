@@ -1,0 +1,231 @@
+"""The model registry: atomic publish, LATEST pointer, integrity checks."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import onnx
+import orjson
+import pytest
+from onnx import TensorProto, helper
+
+from streamrec.shared.contracts import (
+    LATEST_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    ONNX_INPUT_EXCLUDE,
+    ONNX_INPUT_HISTORY,
+    ONNX_OUTPUT_ITEMS,
+    ONNX_OUTPUT_SCORES,
+    VOCAB_FILE,
+)
+from streamrec.shared.registry import (
+    BATCH_DIM,
+    EXCLUDE_DIM,
+    ModelIntegrityError,
+    ModelManifest,
+    ModelRegistry,
+    expected_signature,
+    new_version,
+    sha256_file,
+)
+
+MAX_SEQ_LEN, TOP_K = 4, 2
+VOCABULARY = ["a", "b", "c"]
+
+
+def _contract_onnx(path: Path, max_seq_len: int = MAX_SEQ_LEN, top_k: int = TOP_K) -> None:
+    """A tiny graph with the contract's signature: score = -item index (not a real model)."""
+    history = helper.make_tensor_value_info(ONNX_INPUT_HISTORY, TensorProto.INT64, [BATCH_DIM, max_seq_len])
+    exclude = helper.make_tensor_value_info(ONNX_INPUT_EXCLUDE, TensorProto.INT64, [BATCH_DIM, EXCLUDE_DIM])
+    scores = helper.make_tensor_value_info(ONNX_OUTPUT_SCORES, TensorProto.FLOAT, [BATCH_DIM, top_k])
+    items = helper.make_tensor_value_info(ONNX_OUTPUT_ITEMS, TensorProto.INT64, [BATCH_DIM, top_k])
+    nodes = [
+        helper.make_node("Slice", [ONNX_INPUT_HISTORY, "zero", "k", "one"], ["first_k"]),
+        helper.make_node("Cast", ["first_k"], [ONNX_OUTPUT_SCORES], to=TensorProto.FLOAT),
+        helper.make_node("Identity", ["first_k"], [ONNX_OUTPUT_ITEMS]),
+    ]
+    initializers = [
+        helper.make_tensor("zero", TensorProto.INT64, [1], [0]),
+        helper.make_tensor("k", TensorProto.INT64, [1], [top_k]),
+        helper.make_tensor("one", TensorProto.INT64, [1], [1]),
+    ]
+    graph = helper.make_graph(nodes, "contract", [history, exclude], [scores, items], initializers)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(path))
+
+
+def _stage(
+    registry: ModelRegistry, parent: str | None = None, **overrides: object
+) -> tuple[Path, ModelManifest]:
+    staging = registry.new_staging_dir()
+    _contract_onnx(staging / MODEL_FILE)
+    (staging / VOCAB_FILE).write_bytes(orjson.dumps(VOCABULARY))
+    fields: dict[str, object] = {
+        "version": new_version(),
+        "created_at": time.time(),
+        "model_type": "mf",
+        "parent_version": parent,
+        "n_items": len(VOCABULARY),
+        "max_seq_len": MAX_SEQ_LEN,
+        "top_k": TOP_K,
+        "opset": 20,
+        "files": {name: sha256_file(staging / name) for name in (MODEL_FILE, VOCAB_FILE)},
+        "signature": expected_signature(MAX_SEQ_LEN, TOP_K),
+        "metrics": {"val_ndcg@10": 0.1},
+        "data": {"events": 10},
+    }
+    fields.update(overrides)
+    return staging, ModelManifest(**fields)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> ModelRegistry:
+    return ModelRegistry(tmp_path / "models")
+
+
+def test_empty_registry(registry: ModelRegistry) -> None:
+    assert registry.versions() == []
+    assert registry.latest_version() is None
+
+
+def test_publish_moves_staging_into_place_and_points_latest(registry: ModelRegistry) -> None:
+    staging, manifest = _stage(registry)
+    path = registry.publish(staging, manifest)
+
+    assert path == registry.path(manifest.version)
+    assert not staging.exists()
+    assert registry.versions() == [manifest.version]
+    assert registry.latest_version() == manifest.version
+    assert registry.verify(manifest.version) == manifest
+    assert registry.manifest(manifest.version) == manifest
+    assert registry.vocabulary(manifest.version) == VOCABULARY
+    # Nothing but the version and LATEST is left behind (no staging or temporary files).
+    assert sorted(p.name for p in registry.root.iterdir()) == sorted([LATEST_FILE, manifest.version])
+
+
+def test_versions_sorted_oldest_first_and_latest_follows_publish(registry: ModelRegistry) -> None:
+    published = []
+    for _ in range(3):
+        parent = registry.latest_version()
+        staging, manifest = _stage(registry, parent=parent)
+        registry.publish(staging, manifest)
+        published.append(manifest.version)
+        time.sleep(0.002)  # versions have millisecond resolution
+    assert registry.versions() == published
+    assert registry.latest_version() == published[-1]
+    assert registry.manifest(published[-1]).parent_version == published[-2]
+
+
+def test_new_version_is_sortable_and_unique() -> None:
+    first = new_version()
+    time.sleep(0.002)
+    second = new_version()
+    assert first < second
+    assert len({new_version() for _ in range(100)}) == 100
+
+
+def test_manifest_json_roundtrip() -> None:
+    manifest = ModelManifest(
+        version="v1",
+        created_at=1.5,
+        model_type="mf",
+        parent_version=None,
+        n_items=3,
+        max_seq_len=4,
+        top_k=2,
+        opset=20,
+        files={MODEL_FILE: "ab"},
+        signature=expected_signature(4, 2),
+        metrics={"val_hr@10": 0.5},
+        data={"window_start": 0.0},
+    )
+    assert ModelManifest.from_json(manifest.to_json()) == manifest
+    with pytest.raises(ModelIntegrityError, match="misses field"):
+        ModelManifest.from_json(b'{"version": "v1"}')
+    with pytest.raises(ModelIntegrityError, match="not valid JSON"):
+        ModelManifest.from_json(b"{")
+
+
+def test_unfinished_staging_dir_is_invisible(registry: ModelRegistry) -> None:
+    """A crash before publish leaves only a .staging-* directory, which readers ignore."""
+    staging, manifest = _stage(registry)
+    (staging / MANIFEST_FILE).write_bytes(manifest.to_json())  # even with a manifest inside
+    assert registry.versions() == []
+    assert registry.latest_version() is None
+
+
+def test_crash_between_rename_and_latest_keeps_old_latest(registry: ModelRegistry, monkeypatch) -> None:
+    staging, first = _stage(registry)
+    registry.publish(staging, first)
+    staging, second = _stage(registry, parent=first.version)
+
+    def crash(*args: object) -> None:
+        raise OSError("simulated crash")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        registry.publish(staging, second)
+    monkeypatch.undo()
+    # The new version is complete on disk, but LATEST still names the old one; no temp files left.
+    assert registry.latest_version() == first.version
+    assert registry.verify(second.version) == second
+    assert not [p for p in registry.root.iterdir() if p.name.startswith(".")]
+
+
+def test_publish_refuses_files_that_do_not_match_the_manifest(registry: ModelRegistry) -> None:
+    staging, manifest = _stage(registry)
+    (staging / VOCAB_FILE).write_bytes(orjson.dumps([*VOCABULARY, "d"]))
+    with pytest.raises(ModelIntegrityError, match=f"{VOCAB_FILE} is corrupt"):
+        registry.publish(staging, manifest)
+    assert registry.versions() == []
+    assert registry.latest_version() is None
+
+
+def test_publish_refuses_an_existing_version(registry: ModelRegistry) -> None:
+    staging, manifest = _stage(registry)
+    registry.publish(staging, manifest)
+    staging, _ = _stage(registry)
+    with pytest.raises(FileExistsError):
+        registry.publish(staging, manifest)
+
+
+def test_verify_detects_a_changed_byte(registry: ModelRegistry) -> None:
+    staging, manifest = _stage(registry)
+    path = registry.publish(staging, manifest)
+    raw = bytearray((path / MODEL_FILE).read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    (path / MODEL_FILE).write_bytes(bytes(raw))
+    with pytest.raises(ModelIntegrityError, match=f"{manifest.version}: {MODEL_FILE} is corrupt"):
+        registry.verify(manifest.version)
+
+
+def test_verify_detects_a_missing_file(registry: ModelRegistry) -> None:
+    staging, manifest = _stage(registry)
+    path = registry.publish(staging, manifest)
+    (path / VOCAB_FILE).unlink()
+    with pytest.raises(ModelIntegrityError, match=f"file {VOCAB_FILE} is missing"):
+        registry.verify(manifest.version)
+    (path / MANIFEST_FILE).unlink()
+    with pytest.raises(ModelIntegrityError, match=f"no {MANIFEST_FILE}"):
+        registry.verify(manifest.version)
+
+
+def test_verify_rejects_a_signature_that_breaks_the_contract(registry: ModelRegistry) -> None:
+    # The manifest claims the contract, but the graph reads histories of a different length.
+    staging, manifest = _stage(registry)
+    _contract_onnx(staging / MODEL_FILE, max_seq_len=MAX_SEQ_LEN + 1)
+    files = {**manifest.files, MODEL_FILE: sha256_file(staging / MODEL_FILE)}
+    with pytest.raises(ModelIntegrityError, match="the contract needs"):
+        registry.publish(staging, ModelManifest(**{**manifest.__dict__, "files": files}))
+
+    staging, manifest = _stage(registry, signature={"inputs": {}, "outputs": {}})
+    with pytest.raises(ModelIntegrityError, match="does not match the model contract"):
+        registry.publish(staging, manifest)
+
+
+def test_path_rejects_names_that_escape_the_root(registry: ModelRegistry) -> None:
+    for bad in ("../x", ".staging-1", "a/b", ""):
+        with pytest.raises(ModelIntegrityError, match="invalid model version"):
+            registry.path(bad)

@@ -1,0 +1,109 @@
+"""Dataset building and the training loop: learns real structure, deterministic per seed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamrec.shared.settings import Settings
+from streamrec.trainer.dataset import build_dataset
+from streamrec.trainer.train import popularity_baseline, train
+
+
+def clustered_events(users: int = 160, items: int = 40, clusters: int = 4, length: int = 8) -> pd.DataFrame:
+    """Each user walks along the item chain of one cluster: learnable, while popularity is ~flat."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(users):
+        chain = np.arange(user % clusters, items, clusters)
+        start = int(rng.integers(len(chain)))
+        for step in range(length):
+            item = int(chain[(start + step) % len(chain)])
+            rows.append((f"u{user}", f"i{item}", "view", 1000.0 * user + step, None))
+    return pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "timestamp", "value"])
+
+
+def tiny_settings(tmp_path: Path, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "data_dir": tmp_path,
+        "embedding_dim": 16,
+        "max_seq_len": 8,
+        "epochs": 12,
+        "patience": 3,
+        "batch_size": 64,
+        "learning_rate": 0.02,
+        "top_n": 10,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def test_dataset_orders_by_time_then_row_and_splits_last_item() -> None:
+    events = pd.DataFrame(
+        {
+            "user_id": ["a", "b", "a", "a", "b", "a"],
+            "item_id": ["x", "y", "z", "y", "x", "w"],
+            "event_type": ["view"] * 6,
+            "timestamp": [3.0, 1.0, 1.0, 1.0, 2.0, 5.0],  # a: z and y tie at t=1 -> row order
+            "value": [None] * 6,
+        }
+    )
+    data = build_dataset(events, max_seq_len=3)
+    # Popularity first (x, y: 2 each; ties by first appearance), then z, w.
+    assert data.vocabulary == ["x", "y", "z", "w"]
+    index = {item: i for i, item in enumerate(data.vocabulary, start=1)}
+    a_items = data.items[data.user_starts[0] : data.user_starts[1]]
+    assert a_items.tolist() == [index["z"], index["y"], index["x"], index["w"]]
+    # Only "a" has >= 3 events: its last item is the validation target; "b" trains on everything.
+    assert data.val_users.tolist() == [0]
+    assert data.val_targets().tolist() == [index["w"]]
+    assert data.val_histories().tolist() == [[index["z"], index["y"], index["x"]]]
+    histories, targets = data.train_batch(np.arange(data.n_train_examples))
+    assert targets.tolist() == [index["y"], index["x"], index["x"]]  # a: y, x (w held out); b: x
+    assert histories.tolist() == [[0, 0, index["z"]], [0, index["z"], index["y"]], [0, 0, index["y"]]]
+    rows, seen = data.val_seen(data.val_users)
+    assert rows.tolist() == [0, 0, 0] and seen.tolist() == [index["z"], index["y"], index["x"]]
+
+
+def test_model_beats_popularity(tmp_path: Path) -> None:
+    data = build_dataset(clustered_events(), max_seq_len=8)
+    result = train(data, tiny_settings(tmp_path))
+    pop_ndcg, _ = popularity_baseline(data)
+    assert result.metrics["val_ndcg@10"] > pop_ndcg + 0.2
+    assert result.metrics["val_hr@10"] > 0.8
+    assert result.metrics["popularity_ndcg@10"] == pytest.approx(pop_ndcg)
+    assert 1 <= result.best_epoch <= len(result.history)
+    assert result.metrics["val_ndcg@10"] == max(e.val_ndcg for e in result.history)  # type: ignore[type-var]
+    assert not result.model.training
+
+
+def test_same_seed_gives_identical_runs(tmp_path: Path) -> None:
+    data = build_dataset(clustered_events(users=60), max_seq_len=8)
+    settings = tiny_settings(tmp_path, epochs=3)
+    first, second = train(data, settings), train(data, settings)
+    assert [(e.loss, e.val_ndcg, e.val_hr) for e in first.history] == [
+        (e.loss, e.val_ndcg, e.val_hr) for e in second.history
+    ]
+    for key, value in first.model.state_dict().items():
+        assert np.array_equal(value.numpy(), second.model.state_dict()[key].numpy())
+
+
+def test_early_stopping_keeps_best_epoch(tmp_path: Path) -> None:
+    # A huge learning rate makes validation worse after the first epochs: training must stop
+    # `patience` epochs after the best one and keep that epoch's metrics.
+    data = build_dataset(clustered_events(users=60), max_seq_len=8)
+    result = train(data, tiny_settings(tmp_path, epochs=30, patience=2, learning_rate=1.0))
+    assert len(result.history) == result.best_epoch + 2 < 30
+    assert result.metrics["best_epoch"] == result.best_epoch
+    assert result.metrics["val_ndcg@10"] == result.history[result.best_epoch - 1].val_ndcg
+
+
+def test_training_without_validation_users(tmp_path: Path) -> None:
+    data = build_dataset(clustered_events(users=20, length=2), max_seq_len=8)
+    assert len(data.val_users) == 0
+    result = train(data, tiny_settings(tmp_path, epochs=2))
+    assert result.best_epoch == 2
+    assert "val_ndcg@10" not in result.metrics
