@@ -1,0 +1,96 @@
+"""The read-only HTTP API: a user's cached recommendations, straight from Redis.
+
+- ``GET /users/{user_id}/recommendations?n=20`` — the user's top ``n`` (1 ≤ n ≤ ``api_max_n``);
+  an unknown user gets the popular list (source ``fallback``); 404 if there is neither yet.
+- ``GET /healthz`` — the process is alive. ``GET /readyz`` — Redis answers.
+
+Errors are JSON ``{"detail": "..."}``: 422 for a bad user id or n, 503 while Redis is unreachable.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime, and
+# the `n` bound comes from `settings` in create_app's scope, which a string annotation cannot see.
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import redis
+import uvicorn
+from fastapi import FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse
+
+from ..client import DEFAULT_N, AsyncRecommendationClient, resolve_user_id
+from ..shared.logs import get_logger
+from ..shared.settings import ConfigError, Settings
+
+log = get_logger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The FastAPI application reading the Redis at ``settings.redis_url``."""
+    if settings.redis_url is None:
+        raise ConfigError("STREAMREC_REDIS_URL is not set: point it at your Redis (see `streamrec dev`)")
+    client = AsyncRecommendationClient(settings=settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await client.close()
+
+    app = FastAPI(
+        title="streamrec",
+        summary="Real-time recommendations, read from the scorer's cache in Redis.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(redis.RedisError)
+    async def redis_unavailable(_request: Request, exc: redis.RedisError) -> JSONResponse:
+        # Any Redis failure is the backend being unavailable to this read-only service.
+        log.warning("Redis request failed", extra={"error": str(exc), "error_type": type(exc).__name__})
+        return JSONResponse(
+            status_code=503, content={"detail": f"recommendations store (Redis) is unavailable: {exc}"}
+        )
+
+    @app.get("/users/{user_id}/recommendations")
+    async def recommendations(
+        user_id: Annotated[str, Path(description="The user id as sent in events.")],
+        n: Annotated[
+            int, Query(ge=1, le=settings.api_max_n, description="How many items (best first).")
+        ] = min(DEFAULT_N, settings.api_max_n),
+    ) -> Any:
+        """The user's top ``n`` recommendations (popular items, source "fallback", if unknown)."""
+        try:
+            user = resolve_user_id(user_id)
+        except ValueError as exc:
+            return JSONResponse(status_code=422, content={"detail": str(exc)})
+        recs = await client.get(user, n=n)
+        if recs is None:
+            return JSONResponse(
+                status_code=404,
+                content={
+                    "detail": f"no recommendations for user {user!r} and no popular items yet: "
+                    "is the scorer running and have events been published?"
+                },
+            )
+        return recs.to_dict()
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process serves requests."""
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        """Readiness: Redis answers (503 otherwise, so a load balancer stops routing here)."""
+        await client.ping()  # a RedisError becomes a 503 through the handler above
+        return JSONResponse({"status": "ready"})
+
+    return app
+
+
+def run(settings: Settings) -> None:
+    """Serve the API with uvicorn on ``settings.api_host:settings.api_port`` until SIGINT/SIGTERM."""
+    app = create_app(settings)
+    log.info("api starting", extra={"host": settings.api_host, "port": settings.api_port})
+    # log_config=None: keep streamrec's structured logging instead of uvicorn's own format.
+    uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None)

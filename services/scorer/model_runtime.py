@@ -1,0 +1,156 @@
+"""One served model version: verified from the registry, run with onnxruntime on the CPU.
+
+:class:`ServedModel` turns users' histories (item ids, oldest first, as ingest sends them) into
+ranked item ids. It owns the translation between item ids and the model's item indices: ids the
+model has never seen are left out of its input, and every known item of the history is excluded
+from the results (the graph removes them before its top-k, so the k results are the best allowed).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+import onnxruntime as ort
+
+from ..shared.contracts import (
+    MODEL_FILE,
+    ONNX_INPUT_EXCLUDE,
+    ONNX_INPUT_HISTORY,
+    ONNX_OUTPUT_ITEMS,
+    ONNX_OUTPUT_SCORES,
+    PADDING_INDEX,
+)
+from ..shared.logs import get_logger
+from ..shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
+
+log = get_logger(__name__)
+
+# The scorer is one process per container, typically with 2 cores: use them for one inference,
+# and do not let onnxruntime spin up a thread per core of a large host.
+MAX_INTRA_OP_THREADS = 2
+
+
+class ServedModel:
+    """A verified, loaded and warmed-up model version, ready to score batches of users."""
+
+    def __init__(self, manifest: ModelManifest, vocabulary: list[str], session: ort.InferenceSession) -> None:
+        if len(vocabulary) != manifest.n_items:
+            raise ModelIntegrityError(
+                f"model {manifest.version}: {len(vocabulary)} vocabulary items, manifest says {manifest.n_items}"
+            )
+        self.manifest = manifest
+        self.vocabulary = vocabulary
+        # Index 0 is padding, so item i (1-based) is vocabulary[i - 1].
+        self.index_of: dict[str, int] = {item: i for i, item in enumerate(vocabulary, start=1)}
+        self._session = session
+
+    @property
+    def version(self) -> str:
+        """The registry version this model was loaded from."""
+        return self.manifest.version
+
+    @property
+    def max_seq_len(self) -> int:
+        """History items the model reads per user."""
+        return self.manifest.max_seq_len
+
+    @property
+    def top_k(self) -> int:
+        """Most items one call can return per user."""
+        return self.manifest.top_k
+
+    @classmethod
+    def load(cls, registry: ModelRegistry, version: str, threads: int | None = None) -> ServedModel:
+        """Verify ``version`` (sha256 of every file, ONNX signature), load it and warm it up.
+
+        Raises :class:`ModelIntegrityError` with a clear message if the version is incomplete,
+        corrupt, does not match the model contract, or fails its warm-up inference.
+        """
+        started = time.perf_counter()
+        manifest = registry.verify(version)
+        vocabulary = registry.vocabulary(version)
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads or min(MAX_INTRA_OP_THREADS, os.cpu_count() or 1)
+        options.inter_op_num_threads = 1  # the graph is a short chain; parallel branches gain nothing
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        try:
+            session = ort.InferenceSession(
+                str(registry.path(version) / MODEL_FILE), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            raise ModelIntegrityError(f"model {version}: onnxruntime cannot load it: {exc}") from None
+        model = cls(manifest, vocabulary, session)
+        try:
+            # The first run allocates buffers and finalises kernels; do it before real traffic,
+            # and refuse a model that cannot even score one user.
+            model.recommend([vocabulary[:1]], k=1)
+        except Exception as exc:
+            raise ModelIntegrityError(f"model {version}: warm-up inference failed: {exc}") from None
+        log.info(
+            "model loaded",
+            extra={
+                "model_version": version,
+                "items": manifest.n_items,
+                "max_seq_len": manifest.max_seq_len,
+                "top_k": manifest.top_k,
+                "load_ms": round((time.perf_counter() - started) * 1000, 1),
+            },
+        )
+        return model
+
+    def known_items(self, history: list[str]) -> list[int]:
+        """Indices of the history's items the model knows, in history order (unknown ids skipped)."""
+        index_of = self.index_of
+        return [index_of[item] for item in history if item in index_of]
+
+    def encode(self, histories: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+        """The model inputs for a batch: (history [B, max_seq_len], exclude [B, E]), both int64.
+
+        ``history`` holds each user's last ``max_seq_len`` known items, left-padded with 0 so the
+        most recent item is last; ``exclude`` holds every known item of the full history.
+        """
+        batch = len(histories)
+        seq_len = self.max_seq_len
+        model_input = np.full((batch, seq_len), PADDING_INDEX, dtype=np.int64)
+        excluded = [sorted(set(self.known_items(history))) for history in histories]
+        # At least one column: a 0-width tensor is legal ONNX but not worth testing every exporter on.
+        exclude = np.full((batch, max([1, *map(len, excluded)])), PADDING_INDEX, dtype=np.int64)
+        for row, history in enumerate(histories):
+            recent = self.known_items(history)[-seq_len:]
+            if recent:
+                model_input[row, seq_len - len(recent) :] = recent
+            exclude[row, : len(excluded[row])] = excluded[row]
+        return model_input, exclude
+
+    def recommend(self, histories: list[list[str]], k: int) -> list[list[tuple[str, float]]]:
+        """Top ``k`` (item id, score) per history, best first, never an item of that history.
+
+        ``k`` is capped by the model's ``top_k``; fewer items come back when the history excludes
+        so much of the catalogue that only masked (-inf) scores remain.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        if not histories:
+            return []
+        model_input, exclude = self.encode(histories)
+        scores, items = self._session.run(
+            [ONNX_OUTPUT_SCORES, ONNX_OUTPUT_ITEMS],
+            {ONNX_INPUT_HISTORY: model_input, ONNX_INPUT_EXCLUDE: exclude},
+        )
+        vocabulary = self.vocabulary
+        n_items = len(vocabulary)
+        results: list[list[tuple[str, float]]] = []
+        for row_scores, row_items in zip(scores[:, :k].tolist(), items[:, :k].tolist(), strict=True):
+            results.append(
+                [
+                    (vocabulary[index - 1], score)
+                    for score, index in zip(row_scores, row_items, strict=True)
+                    # -inf marks a masked item (excluded or padding) that filled the top-k tail.
+                    if math.isfinite(score) and 1 <= index <= n_items
+                ]
+            )
+        return results

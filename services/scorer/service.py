@@ -1,0 +1,528 @@
+"""The scorer: keeps every active user's top-N in Redis fresh.
+
+One synchronous loop per process:
+
+1. ``topic_user_features`` (consumer group ``streamrec-scorer``; several scorers share the
+   partitions) is read in micro-batches of up to ``scorer_batch_size`` messages, waiting at most
+   ``scorer_batch_wait_ms`` after the first one. Only each user's latest message in a batch counts.
+2. The batch is scored with the served ONNX model (``personal``), or, with no model yet or no item
+   the model knows, the popular list minus the user's items (``fallback``).
+3. Every list is written with one Redis pipeline, and only then are the offsets committed: nothing
+   is acknowledged before it is in Redis (at-least-once; a re-delivered user is simply re-scored).
+
+Every scorer also reads ``topic_popular_items`` and ``topic_models`` on its own (partition 0
+assigned explicitly, outside the group): popular items from the latest message, so a restarted
+scorer has the fallback at once; models by following announcements after reconciling with the
+registry's LATEST (which is also re-read periodically, in case an announcement was lost).
+
+A new model is swapped in only after it is verified, loaded and warmed up; a broken one is refused
+and the old one keeps serving. After a swap the recently seen users (a bounded LRU of their latest
+histories) are re-scored in bounded chunks between real-time batches; so are they when the first
+popular list arrives before any model (users seen earlier had nothing to be written yet).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import TypeVar
+
+import orjson
+import redis
+from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
+
+from ..shared.contracts import CachedList, ModelAnnouncement, PopularItems, RedisKeys, UserFeatures
+from ..shared.logs import get_logger
+from ..shared.registry import ModelIntegrityError, ModelRegistry
+from ..shared.settings import ConfigError, Settings
+from ..topics import existing_topics
+from .model_runtime import ServedModel
+
+log = get_logger(__name__)
+
+SCORER_GROUP = "streamrec-scorer"
+IDLE_POLL_SECONDS = 0.5  # longest block waiting for traffic; bounds the reaction time to control messages
+LATEST_CHECK_SECONDS = 10.0  # re-read the registry's LATEST this often (covers lost announcements)
+PROGRESS_LOG_SECONDS = 60.0
+STARTUP_FALLBACK_VERSIONS = 3  # older versions tried at start-up when LATEST is refused
+RETRY_FIRST_DELAY_SECONDS = 0.2
+RETRY_MAX_DELAY_SECONDS = 5.0
+# Redis failures worth waiting out: the server is down, restarting, loading, failing over or full.
+# Anything else (wrong password, a bug) is raised.
+RETRYABLE_REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.TimeoutError,
+    redis.exceptions.BusyLoadingError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.TryAgainError,
+)
+
+T = TypeVar("T")
+
+
+class Stopped(Exception):
+    """Shutdown was requested while an operation was still being retried."""
+
+
+@dataclass(slots=True)
+class RecentUser:
+    """What the scorer remembers of a user to re-score them when a new model arrives."""
+
+    history: list[str]
+    partition: int  # of topic_user_features: only the scorer owning it should write the user
+
+
+class RecentUsers:
+    """The latest history of recently seen users, least recently seen evicted first."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._users: OrderedDict[str, RecentUser] = OrderedDict()
+
+    def remember(self, user_id: str, history: list[str], partition: int) -> None:
+        """Store (or refresh) a user's latest history."""
+        if self.capacity == 0:
+            return
+        self._users[user_id] = RecentUser(history, partition)
+        self._users.move_to_end(user_id)
+        if len(self._users) > self.capacity:
+            self._users.popitem(last=False)
+
+    def get(self, user_id: str) -> RecentUser | None:
+        """The remembered user, or None if never seen or evicted."""
+        return self._users.get(user_id)
+
+    def most_recent_first(self) -> list[str]:
+        """User ids, most recently seen first."""
+        return list(reversed(self._users))
+
+    def __len__(self) -> int:
+        return len(self._users)
+
+
+class ScorerService:
+    """The scorer loop and its state: served model, popular fallback, recent users, consumers."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.bootstrap, redis_url = settings.require_servers()
+        self.keys = RedisKeys(settings.redis_prefix)
+        self.redis = redis.Redis.from_url(redis_url, socket_timeout=10.0, socket_connect_timeout=5.0)
+        self.registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings
+        self.ttl = settings.recs_ttl_seconds or None
+
+        self.model: ServedModel | None = None
+        self.popular: PopularItems | None = None
+        self.recent = RecentUsers(settings.scorer_recent_users)
+        self.rescore_queue: OrderedDict[str, None] = OrderedDict()
+        self.refused_versions: set[str] = set()
+        self.latest_seen: str | None = None
+        self.assigned_partitions: set[int] = set()
+
+        self.stopping = threading.Event()
+        self.users: Consumer | None = None
+        self.control: Consumer | None = None
+        self._next_latest_check = 0.0
+        self._next_progress_log = time.monotonic() + PROGRESS_LOG_SECONDS
+        self._rescore_started = 0.0
+        self.counts = {"batches": 0, "messages": 0, "personal": 0, "fallback": 0, "rescored": 0}
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        """Ask the loop to finish the batch in hand, commit and return (safe from a signal handler)."""
+        self.stopping.set()
+
+    def start(self) -> None:
+        """Check the servers, load the registry's LATEST model and connect the consumers."""
+        self._check_topics()
+        self._retry("connect to Redis", self.redis.ping)
+        self._reconcile_with_latest()
+        self.control = self._control_consumer()
+        self.users = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": SCORER_GROUP,
+                "enable.auto.commit": False,  # committed by hand, after the lists are in Redis
+                "auto.offset.reset": "earliest",
+                "client.id": f"streamrec-scorer-{uuid.uuid4().hex[:8]}",
+            }
+        )
+        self.users.subscribe(
+            [self.settings.topic_user_features], on_assign=self._on_assign, on_revoke=self._on_revoke
+        )
+        log.info(
+            "scorer started",
+            extra={
+                "topic": self.settings.topic_user_features,
+                "group": SCORER_GROUP,
+                "model_version": self.model.version if self.model else None,
+                "batch_size": self.settings.scorer_batch_size,
+                "batch_wait_ms": self.settings.scorer_batch_wait_ms,
+            },
+        )
+
+    def run(self) -> None:
+        """Score until :meth:`request_stop`; then finish the batch in hand and commit it."""
+        assert self.users is not None, "start() first"
+        while not self.stopping.is_set():
+            try:
+                self._poll_control()
+                self._check_latest_periodically()
+                # With re-scoring pending, do not block waiting for traffic: alternate the two.
+                batch = self._collect_batch(0.0 if self.rescore_queue else IDLE_POLL_SECONDS)
+                if batch:
+                    self._process_user_batch(batch)
+                self._rescore_step()
+            except Stopped:
+                log.warning("stopping with Redis unreachable: the uncommitted batch will be re-delivered")
+                break
+            self._log_progress()
+
+    def close(self) -> None:
+        """Leave the consumer group and close every connection (idempotent)."""
+        started = self.users is not None
+        for consumer in (self.users, self.control):
+            if consumer is not None:
+                try:
+                    consumer.close()
+                except (KafkaException, RuntimeError) as exc:
+                    log.warning("closing a Kafka consumer failed", extra={"error": str(exc)})
+        self.users = self.control = None
+        self.redis.close()
+        if started:
+            log.info("scorer stopped", extra=self.counts)
+
+    # --- start-up ----------------------------------------------------------------------------
+
+    def _check_topics(self) -> None:
+        topics = existing_topics(self.bootstrap)
+        needed = [
+            self.settings.topic_user_features,
+            self.settings.topic_popular_items,
+            self.settings.topic_models,
+        ]
+        missing = [name for name in needed if name not in topics]
+        if missing:
+            raise ConfigError(
+                f"topic(s) {', '.join(missing)} do not exist on Kafka at {self.bootstrap}: "
+                "run `streamrec topics create` (or start ingest first)"
+            )
+
+    def _control_consumer(self) -> Consumer:
+        """A consumer outside the group, so that every scorer sees every popular list and model."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                # Required by the client, never joined: assign() does not use the group.
+                "group.id": f"streamrec-scorer-control-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "latest",
+            }
+        )
+        popular = TopicPartition(self.settings.topic_popular_items, 0)
+        low, high = consumer.get_watermark_offsets(popular, timeout=10.0)
+        # The last popular list already published is the fallback to serve right now.
+        popular.offset = high - 1 if high > low else OFFSET_BEGINNING
+        # Models: the registry's LATEST was read just before; follow announcements from here on.
+        models = TopicPartition(self.settings.topic_models, 0, OFFSET_END)
+        consumer.assign([popular, models])
+        return consumer
+
+    def _reconcile_with_latest(self) -> None:
+        latest = self.latest_seen = self.registry.latest_version()
+        if latest is None:
+            log.info(
+                "no model in the registry yet: serving popular items",
+                extra={"registry": str(self.registry.root)},
+            )
+            return
+        self._switch_model(latest, reason="registry LATEST")
+        # A refused LATEST must not leave a restarted scorer without any model: fall back to the
+        # newest older version that verifies (a running scorer would have kept serving it).
+        older = [version for version in reversed(self.registry.versions()) if version < latest]
+        for version in older[:STARTUP_FALLBACK_VERSIONS]:
+            if self.model is not None:
+                break
+            self._switch_model(version, reason="LATEST refused: newest usable older version")
+
+    # --- consumer-group callbacks ------------------------------------------------------------
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned_partitions |= {tp.partition for tp in partitions}
+        log.info("partitions assigned", extra={"partitions": sorted(self.assigned_partitions)})
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Nothing to flush: every batch is written and committed before the next poll.
+        self.assigned_partitions -= {tp.partition for tp in partitions}
+        log.info("partitions revoked", extra={"revoked": sorted(tp.partition for tp in partitions)})
+
+    # --- real-time path ----------------------------------------------------------------------
+
+    def _collect_batch(self, idle_timeout: float) -> list[Message]:
+        """Up to scorer_batch_size messages: wait for the first, then at most batch_wait for the rest."""
+        assert self.users is not None
+        first = self.users.poll(idle_timeout)
+        if first is None:
+            return []
+        messages = [first]
+        room = self.settings.scorer_batch_size - 1
+        if room > 0:
+            messages += self.users.consume(room, timeout=self.settings.scorer_batch_wait_ms / 1000)
+        return messages
+
+    def _process_user_batch(self, messages: list[Message]) -> None:
+        """Score the latest features of each user in the batch, write them, then commit."""
+        assert self.users is not None
+        latest: dict[str, UserFeatures] = {}
+        next_offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            if error := message.error():
+                if error.fatal():
+                    raise KafkaException(error)
+                log.warning("Kafka consumer error", extra={"error": error.str()})
+                continue
+            next_offsets[(message.topic(), message.partition())] = message.offset() + 1
+            try:
+                features = UserFeatures.from_json(message.value())
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                # A message no scorer can read will not get better: skip it (and commit past it).
+                log.error(
+                    "skipping unreadable user-features message",
+                    extra={"partition": message.partition(), "offset": message.offset(), "error": str(exc)},
+                )
+                continue
+            latest[features.user_id] = features  # later messages of the same user win
+            self.recent.remember(features.user_id, features.history, message.partition())
+            self.rescore_queue.pop(features.user_id, None)  # scored now, with the current model
+
+        lists = self._score({user: features.history for user, features in latest.items()})
+        self._write_lists(lists)
+        self._commit(next_offsets)
+        self.counts["batches"] += 1
+        self.counts["messages"] += len(messages)
+
+    def _commit(self, next_offsets: dict[tuple[str, int], int]) -> None:
+        assert self.users is not None
+        if not next_offsets:
+            return
+        offsets = [TopicPartition(topic, part, offset) for (topic, part), offset in next_offsets.items()]
+        try:
+            self.users.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # E.g. the partition moved to another scorer meanwhile: it re-delivers and re-scores.
+            log.warning("offset commit failed; the batch will be re-scored", extra={"error": str(exc)})
+
+    # --- scoring -----------------------------------------------------------------------------
+
+    def _score(self, histories: dict[str, list[str]]) -> dict[str, CachedList]:
+        """A list per user: the model's, or popular minus the user's items. Users with neither are left out."""
+        now = time.time()
+        top_n = self.settings.top_n
+        model = self.model
+        lists: dict[str, CachedList] = {}
+        personal: list[str] = []
+        for user, history in histories.items():
+            # A history of only items the model never saw carries no signal for it: the live
+            # popular list is a better guess than the model's generic ranking.
+            if model is not None and (self.popular is None or model.known_items(history)):
+                personal.append(user)
+            elif self.popular is not None:
+                lists[user] = self._popular_without(history, now)
+        if model is not None and personal:
+            ranked = model.recommend([histories[user] for user in personal], k=top_n)
+            for user, items in zip(personal, ranked, strict=True):
+                lists[user] = CachedList(items, model.version, now, "personal")
+        self.counts["personal"] += len(personal)
+        self.counts["fallback"] += len(lists) - len(personal)
+        return lists
+
+    def _popular_without(self, history: list[str], now: float) -> CachedList:
+        assert self.popular is not None
+        seen = set(history)
+        items = [(item, score) for item, score in self.popular.items if item not in seen]
+        return CachedList(items[: self.settings.top_n], None, now, "fallback")
+
+    # --- Redis -------------------------------------------------------------------------------
+
+    def _write_lists(self, lists: dict[str, CachedList]) -> None:
+        """SET every user's list in one pipeline, retrying until it succeeds (or Stopped)."""
+        if not lists:
+            return
+
+        def write() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            for user, cached in lists.items():
+                pipe.set(self.keys.recs(user), cached.to_json(), ex=self.ttl)
+            pipe.execute()
+
+        self._retry(f"write {len(lists)} recommendation lists", write)
+
+    def _retry(self, what: str, action: Callable[[], T]) -> T:
+        """Run ``action``, waiting out Redis outages with capped exponential backoff.
+
+        Raises :class:`Stopped` if shutdown is requested before it succeeds.
+        """
+        delay = RETRY_FIRST_DELAY_SECONDS
+        failures = 0
+        while True:
+            try:
+                result = action()
+            except redis.exceptions.AuthenticationError:
+                raise  # a configuration problem, not an outage
+            except (redis.exceptions.ConnectionError, *RETRYABLE_REDIS_ERRORS) as exc:
+                failures += 1
+                # Log the first failure and then every 10th, not every attempt.
+                if failures == 1 or failures % 10 == 0:
+                    log.warning(
+                        "Redis unavailable, retrying",
+                        extra={"action": what, "attempts": failures, "retry_in_s": delay, "error": str(exc)},
+                    )
+                if self.stopping.wait(delay):
+                    raise Stopped(what) from None
+                delay = min(delay * 2, RETRY_MAX_DELAY_SECONDS)
+                continue
+            if failures:
+                log.info("Redis available again", extra={"action": what, "attempts": failures + 1})
+            return result
+
+    # --- popular items and models ------------------------------------------------------------
+
+    def _poll_control(self) -> None:
+        """Apply popular lists and model announcements that arrived (only the newest of each counts)."""
+        assert self.control is not None
+        popular: PopularItems | None = None
+        announced: ModelAnnouncement | None = None
+        for message in self.control.consume(100, timeout=0):
+            if error := message.error():
+                log.warning("Kafka control consumer error", extra={"error": error.str()})
+                continue
+            try:
+                if message.topic() == self.settings.topic_popular_items:
+                    popular = PopularItems.from_json(message.value())
+                else:
+                    announced = ModelAnnouncement.from_json(message.value())
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                log.error("skipping unreadable message", extra={"topic": message.topic(), "error": str(exc)})
+        if popular is not None:
+            self._set_popular(popular)
+        if announced is not None:
+            self._switch_model(announced.version, reason="announcement")
+
+    def _set_popular(self, popular: PopularItems) -> None:
+        first = self.popular is None
+        self.popular = popular
+        cached = CachedList(popular.items[: self.settings.top_n], None, popular.generated_at, "fallback")
+        # No TTL: the fallback must outlive a pause of ingest; it is replaced on every publish.
+        self._retry("write the popular list", lambda: self.redis.set(self.keys.popular, cached.to_json()))
+        log.debug("popular list updated", extra={"items": len(popular.items)})
+        if first and self.model is None:
+            # Users seen before any list existed got nothing written: give them their fallback now.
+            self._queue_rescore()
+
+    def _check_latest_periodically(self) -> None:
+        now = time.monotonic()
+        if now < self._next_latest_check:
+            return
+        self._next_latest_check = now + LATEST_CHECK_SECONDS
+        latest = self.registry.latest_version()
+        # React to LATEST *changing* (not differing from the served model), so a refused
+        # version or an announced one that LATEST lags behind does not cause flapping.
+        if latest is not None and latest != self.latest_seen:
+            self.latest_seen = latest
+            self._switch_model(latest, reason="registry LATEST changed")
+
+    def _switch_model(self, version: str, reason: str) -> None:
+        """Load, verify and warm up ``version``; serve it only if all of that succeeded."""
+        current = self.model.version if self.model else None
+        if version == current or version in self.refused_versions:
+            return
+        try:
+            model = ServedModel.load(self.registry, version)
+        except (ModelIntegrityError, OSError) as exc:
+            self.refused_versions.add(version)
+            log.error(
+                "model refused, keeping the current one",
+                extra={"model_version": version, "serving": current, "reason": reason, "error": str(exc)},
+            )
+            return
+        self.model = model  # the swap: batches are scored between loop steps, never mid-swap
+        self._retry("write the served model version", lambda: self.redis.set(self.keys.model, version))
+        self._queue_rescore()
+        log.info(
+            "serving model",
+            extra={
+                "model_version": version,
+                "previous": current,
+                "reason": reason,
+                "users_to_rescore": len(self.rescore_queue),
+            },
+        )
+
+    # --- re-scoring remembered users ---------------------------------------------------------
+
+    def _queue_rescore(self) -> None:
+        """Re-score every remembered user, most recent first, in chunks between real-time batches."""
+        self.rescore_queue = OrderedDict.fromkeys(self.recent.most_recent_first())
+        self._rescore_started = time.monotonic()
+
+    def _rescore_step(self) -> None:
+        """Re-score one chunk (at most scorer_batch_size) of remembered users with what is served now."""
+        if not self.rescore_queue:
+            return
+        histories: dict[str, list[str]] = {}
+        while self.rescore_queue and len(histories) < self.settings.scorer_batch_size:
+            user, _ = self.rescore_queue.popitem(last=False)
+            remembered = self.recent.get(user)
+            # A user whose partition moved to another scorer is that scorer's to write now.
+            if remembered is not None and remembered.partition in self.assigned_partitions:
+                histories[user] = remembered.history
+        self._write_lists(self._score(histories))
+        self.counts["rescored"] += len(histories)
+        if not self.rescore_queue:
+            log.info(
+                "re-scoring of remembered users done",
+                extra={
+                    "model_version": self.model.version if self.model else None,
+                    "seconds": round(time.monotonic() - self._rescore_started, 2),
+                },
+            )
+
+    def _log_progress(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_progress_log:
+            self._next_progress_log = now + PROGRESS_LOG_SECONDS
+            log.info(
+                "scorer progress",
+                extra={
+                    **self.counts,
+                    "recent_users": len(self.recent),
+                    "model_version": self.model.version if self.model else None,
+                },
+            )
+
+
+def run(settings: Settings) -> None:
+    """Run the scorer until SIGINT/SIGTERM, then finish the batch in hand, commit and close."""
+    service = ScorerService(settings)  # raises ConfigError if Kafka or Redis is not configured
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("stop requested", extra={"signal": signal.Signals(signum).name})
+        service.request_stop()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        service.start()
+        service.run()
+    except Stopped:
+        log.warning("stopped before the scorer could start (Redis unreachable)")
+    finally:
+        service.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
