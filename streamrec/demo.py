@@ -26,7 +26,7 @@ from .shared.datasets import in_time_order, load_interactions
 from .shared.settings import Settings
 from .stack import Stack, new_run_dir, settings_for_run
 from .synthetic import generate
-from .topics import topic_size
+from .topics import MessageCounter
 
 WAIT_SECONDS = 600.0
 
@@ -64,12 +64,16 @@ def run_demo(
             sent = publish_stream(publisher, dataset_events(frame, source), len(frame), speed=speed)
         started = time.monotonic()
 
-        def processed() -> int:
-            return topic_size(live.kafka_bootstrap or "", live.topic_user_features)
+        # Ingest emits one user-features message per accepted event.
+        counter = MessageCounter(live.kafka_bootstrap or "", live.topic_user_features)
 
         _wait(
-            stack, lambda: processed() >= sent, lambda: _ingest_status(processed(), sent, started), "ingest"
+            stack,
+            lambda: counter.update() >= sent,
+            lambda: _ingest_status(counter.count, sent, started),
+            "ingest",
         )
+        counter.close()
 
         click.echo("[3/4] training a model on the streamed interactions")
         manifest = train_once(live)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 from .shared.contracts import topic_specs
 from .shared.logs import get_logger
@@ -56,7 +57,8 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     ]
     if not new:
         return []
-    for name, future in _admin(bootstrap).create_topics(new, operation_timeout=timeout).items():
+    admin = _admin(bootstrap)  # keep a reference: a collected AdminClient cancels its futures
+    for name, future in admin.create_topics(new, operation_timeout=timeout).items():
         try:
             future.result()
         except KafkaException as exc:
@@ -66,17 +68,34 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     return [topic.topic for topic in new]
 
 
-def topic_size(bootstrap: str, topic: str) -> int:
-    """Messages ever written to ``topic``: the sum of its partitions' high watermarks."""
-    from confluent_kafka import Consumer, TopicPartition
+class MessageCounter:
+    """Counts the messages of a topic by reading it from the beginning, incrementally.
 
-    consumer = Consumer(
-        {"bootstrap.servers": bootstrap, "group.id": "streamrec-admin", "enable.auto.commit": False}
-    )
-    try:
-        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in partitions
+    Reading is the one count every broker gets right: Tansu's ListOffsets (what watermark queries
+    use) reports the last batch's base offset + 1 instead of the log end.
+    """
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"streamrec-counter-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 100,
+            }
         )
-    finally:
-        consumer.close()
+        partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self.count = 0
+
+    def update(self, timeout: float = 0.2) -> int:
+        """Read what arrived since the last call; return the total count."""
+        while batch := self._consumer.consume(10_000, timeout):
+            self.count += sum(1 for message in batch if message.error() is None)
+        return self.count
+
+    def close(self) -> None:
+        """Release the consumer."""
+        self._consumer.close()

@@ -51,7 +51,9 @@ def trained_stack(live_stack: LiveStack) -> TrainedStack:
     events = generate(users=80, items=60, clusters=4, events_per_user=(6, 20), seed=3)
     with Publisher(settings=live_stack.settings) as publisher:
         sent = publish_stream(publisher, dataset_events(events, "synthetic"), len(events), progress=False)
-    wait_for(lambda: live_stack.processed() >= sent, 180, f"ingest to process {sent} events")
+    counter = live_stack.feature_updates()
+    wait_for(lambda: counter.update() >= sent, 180, f"ingest to process {sent} events")
+    counter.close()
 
     result = live_stack.cli("train", "--once")
     assert result.returncode == 0, result.stderr[-3000:]

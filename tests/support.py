@@ -17,7 +17,7 @@ import redis
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
-from streamrec.topics import topic_size
+from streamrec.topics import MessageCounter
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -61,9 +61,9 @@ class LiveStack:
         raw = self.redis.get(self.keys.recs(user_id))
         return None if raw is None else CachedList.from_json(raw)
 
-    def processed(self) -> int:
-        """Events ingest accepted so far (one user-features message each)."""
-        return topic_size(self.settings.kafka_bootstrap or "", self.settings.topic_user_features)
+    def feature_updates(self) -> MessageCounter:
+        """A counter of user-features messages: ingest sends one per accepted event."""
+        return MessageCounter(self.settings.kafka_bootstrap or "", self.settings.topic_user_features)
 
 
 @dataclass
