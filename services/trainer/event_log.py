@@ -1,0 +1,404 @@
+"""The trainer's durable local copy of the interaction stream (``topic_user_features``).
+
+One SQLite database holds the events and, per topic partition, the next Kafka offset to read.
+Each consumed batch is written in ONE transaction together with its new offsets, so the log and
+its position in the stream always move together: a crash loses nothing and counts nothing twice,
+and a restart resumes at the stored offsets instead of re-reading the topic. Kafka's committed
+offsets (group ``streamrec-trainer``) are written too, but only for visibility (lag monitoring):
+the database is the source of truth.
+
+Only the most recent ``keep_events`` events are kept (by default ``settings.train_window_events``,
+the training window); older ones are pruned in the same transactions.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from tqdm import tqdm
+
+from ..shared.contracts import UserFeatures
+from ..shared.logs import get_logger
+from ..shared.settings import ConfigError, Settings
+from ..topics import KafkaUnavailable
+
+log = get_logger(__name__)
+
+CONSUMER_GROUP = "streamrec-trainer"
+DB_FILE = "events.sqlite"
+LOCK_FILE = "events.lock"
+WINDOW_COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "value"]
+SCHEMA_VERSION = 1
+
+# catch_up() shows a progress bar only when at least this many messages are behind.
+PROGRESS_BAR_MIN_MESSAGES = 20_000
+# How often poll() looks for partitions added to the topic.
+METADATA_REFRESH_SECONDS = 30.0
+# Rows fetched from SQLite per step when building window(); bounds the temporary Python objects.
+WINDOW_FETCH_ROWS = 200_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    seq        INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order; never reused
+    user_id    TEXT NOT NULL,
+    item_id    TEXT NOT NULL,
+    event_type TEXT NOT NULL,
+    timestamp  REAL NOT NULL,
+    value      REAL
+);
+CREATE TABLE IF NOT EXISTS offsets (
+    topic       TEXT NOT NULL,
+    partition   INTEGER NOT NULL,
+    next_offset INTEGER NOT NULL,
+    PRIMARY KEY (topic, partition)
+);
+"""
+
+
+class EventLogLocked(ConfigError):
+    """Another process already owns this event log directory."""
+
+
+class EventLog:
+    """Consumes ``topic_user_features`` into a local SQLite log of interaction events.
+
+    Single writer: the directory is locked while the log is open. Not thread-safe.
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        directory: Path | None = None,
+        *,
+        keep_events: int | None = None,
+    ) -> None:
+        if settings.kafka_bootstrap is None:
+            raise ConfigError("STREAMREC_KAFKA_BOOTSTRAP not set: the trainer reads its events from Kafka")
+        self.topic = settings.topic_user_features
+        self.directory = directory or settings.data_dir / "trainer"
+        self.keep_events = keep_events or settings.train_window_events
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_handle = _lock_directory(self.directory / LOCK_FILE)
+        self._db = _open_database(self.directory / DB_FILE)
+        self._count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+        self._offsets = self._load_offsets()
+        self._partitions: list[int] = []
+        self._start_offsets: dict[int, int] = {}  # low watermarks: where unread partitions begin
+        self._metadata_checked_at = 0.0
+        self._missing_topic_reported = False
+        self._consumer = _new_consumer(settings.kafka_bootstrap)
+        try:
+            self._refresh_assignment()
+        except KafkaException as exc:
+            self.close()
+            raise KafkaUnavailable(
+                f"Kafka at {settings.kafka_bootstrap} is unreachable ({exc.args[0].str()}): "
+                "check STREAMREC_KAFKA_BOOTSTRAP and that the broker runs"
+            ) from None
+        log.info(
+            "event log opened",
+            extra={"path": str(self.directory / DB_FILE), "events": self._count, "topic": self.topic},
+        )
+
+    # --- consuming ----------------------------------------------------------------------
+
+    def poll(self, max_messages: int = 1000, timeout: float = 1.0) -> int:
+        """Consume up to ``max_messages`` (waiting at most ``timeout`` s); return the events appended."""
+        # Until the topic exists, look for it often; afterwards only for added partitions.
+        refresh_every = METADATA_REFRESH_SECONDS if self._partitions else 2.0
+        if time.monotonic() - self._metadata_checked_at > refresh_every:
+            try:
+                self._refresh_assignment()
+            except KafkaException as exc:  # transient: keep reading the partitions we have
+                log.warning("topic metadata refresh failed", extra={"error": exc.args[0].str()})
+        if not self._partitions:
+            time.sleep(timeout)  # topic missing or empty of partitions: nothing to wait on
+            return 0
+        messages = self._consumer.consume(num_messages=max_messages, timeout=timeout)
+        rows: list[tuple[Any, ...]] = []
+        next_offsets: dict[int, int] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.fatal():
+                    raise RuntimeError(f"Kafka consumer failed: {error.str()}")
+                log.warning("kafka consumer error", extra={"error": error.str()})
+                continue
+            next_offsets[message.partition()] = message.offset() + 1
+            try:
+                event = UserFeatures.from_json(message.value()).event
+            except Exception as exc:  # a bad message must not stall the log forever: skip it
+                log.warning(
+                    "unreadable user-features message skipped",
+                    extra={"partition": message.partition(), "offset": message.offset(), "error": repr(exc)},
+                )
+                continue
+            rows.append((event.user_id, event.item_id, event.event_type, event.timestamp, event.value))
+        if next_offsets:
+            self._append(rows, next_offsets)
+        return len(rows)
+
+    def catch_up(self, timeout: float | None = 600.0, stop: threading.Event | None = None) -> int:
+        """Consume until the end of every partition as of now; return the events appended.
+
+        "The end" is the larger of the watermark the broker lists now and the one its fetch
+        responses report: Tansu's listed watermark is only the last batch's base offset + 1, while
+        its fetch responses carry the true log end. Stops early after ``timeout`` seconds (with a
+        warning; ``None`` waits as long as it takes) or as soon as ``stop`` is set.
+        """
+        self._refresh_assignment()
+        listed = self._high_watermarks()
+
+        def behind() -> int:
+            return sum(
+                max(0, max(high, self._fetched_end(p)) - self._position(p)) for p, high in listed.items()
+            )
+
+        remaining = behind()
+        if not remaining:
+            return 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        appended = 0
+        with tqdm(
+            total=remaining,
+            desc="trainer catching up",
+            unit="msg",
+            disable=remaining < PROGRESS_BAR_MIN_MESSAGES,
+            leave=False,
+        ) as progress:
+            while remaining > 0 and not (stop is not None and stop.is_set()):
+                if deadline is not None and time.monotonic() > deadline:
+                    log.warning(
+                        "catch-up timed out with messages still unread",
+                        extra={"behind_messages": remaining, "timeout_s": timeout},
+                    )
+                    break
+                new = self.poll(max_messages=5000, timeout=0.5)
+                appended += new
+                remaining = behind()
+                progress.total = max(progress.total, progress.n + new + remaining)
+                progress.update(new)
+        log.info("event log caught up", extra={"appended": appended, "events": self._count})
+        return appended
+
+    def _fetched_end(self, partition: int) -> int:
+        """Log end from the client's last fetch response for ``partition`` (-1 before any fetch)."""
+        _low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, partition), cached=True)
+        return high if high >= 0 else -1
+
+    # --- reading --------------------------------------------------------------------------
+
+    def count(self) -> int:
+        """Events currently in the log."""
+        return self._count
+
+    def last_seq(self) -> int:
+        """Sequence number of the newest event ever appended (0 if none). Grows by one per event
+        and survives pruning and restarts, so differences count new arrivals."""
+        row = self._db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        return int(row[0]) if row else 0
+
+    def window(self, max_events: int | None = None) -> pd.DataFrame:
+        """The most recent ``max_events`` events (default: ``keep_events``), oldest first.
+
+        Columns: user_id, item_id, event_type (str), timestamp (float epoch s), value (float, NaN
+        when absent). Order is arrival order, which is time order within each user (a user's events
+        share one partition) but only roughly across users.
+        """
+        limit = max_events or self.keep_events
+        cursor = self._db.execute(
+            "SELECT user_id, item_id, event_type, timestamp, value FROM "
+            "(SELECT seq, user_id, item_id, event_type, timestamp, value FROM events "
+            " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+            (limit,),
+        )
+        chunks = list(_frames(cursor))
+        if not chunks:
+            return _typed(pd.DataFrame(columns=WINDOW_COLUMNS))
+        return pd.concat(chunks, ignore_index=True)
+
+    def offsets(self) -> dict[int, int]:
+        """Partition -> next offset to read, as stored with the events."""
+        return dict(self._offsets)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the Kafka consumer and the database, and release the directory lock."""
+        if self._consumer is not None:
+            self._consumer.close()
+            self._consumer = None  # type: ignore[assignment]
+        if self._db is not None:
+            self._db.close()
+            self._db = None  # type: ignore[assignment]
+        if self._lock_handle is not None:
+            self._lock_handle.close()  # closing the file releases the flock
+            self._lock_handle = None  # type: ignore[assignment]
+
+    def __enter__(self) -> EventLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- internals ---------------------------------------------------------------------------
+
+    def _append(self, rows: list[tuple[Any, ...]], next_offsets: dict[int, int]) -> None:
+        """Write events and their offsets in one transaction, then tell Kafka (best effort)."""
+        with self._db:  # one transaction: commits on success, rolls back on error
+            self._db.executemany(
+                "INSERT INTO events (user_id, item_id, event_type, timestamp, value) VALUES (?, ?, ?, ?, ?)",
+                rows,
+            )
+            self._db.executemany(
+                "INSERT INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?) "
+                "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+                [(self.topic, p, offset) for p, offset in next_offsets.items()],
+            )
+            pruned = self._prune_if_needed(self._count + len(rows))
+        self._count += len(rows) - pruned
+        self._offsets.update(next_offsets)
+        self._commit_to_kafka(next_offsets)
+
+    def _prune_if_needed(self, count: int) -> int:
+        # Deleting in chunks of ~5% (not per batch) keeps the deletes rare and cheap.
+        slack = max(1, min(self.keep_events // 20, 100_000))
+        if count < self.keep_events + slack:
+            return 0
+        cursor = self._db.execute(
+            "DELETE FROM events WHERE seq <= (SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+            (self.keep_events,),
+        )
+        return cursor.rowcount
+
+    def _commit_to_kafka(self, next_offsets: dict[int, int]) -> None:
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(self.topic, p, offset) for p, offset in next_offsets.items()],
+                asynchronous=True,
+            )
+        except KafkaException as exc:  # visibility only; the database holds the real position
+            log.debug("offset commit to kafka failed", extra={"error": str(exc)})
+
+    def _load_offsets(self) -> dict[int, int]:
+        rows = self._db.execute("SELECT partition, next_offset FROM offsets WHERE topic = ?", (self.topic,))
+        return {int(p): int(offset) for p, offset in rows}
+
+    def _position(self, partition: int) -> int:
+        """Next offset the log will read from ``partition``, including skipped control records."""
+        stored = self._offsets.get(partition, self._start_offsets.get(partition, 0))
+        # The consumer's position also moves past records it never hands out (transaction markers).
+        (position,) = self._consumer.position([TopicPartition(self.topic, partition)])
+        return max(stored, position.offset)
+
+    def _high_watermarks(self) -> dict[int, int]:
+        """Partition -> high watermark; also notes each partition's low watermark as its start."""
+        highs: dict[int, int] = {}
+        for p in self._partitions:
+            low, high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            self._start_offsets[p] = low
+            highs[p] = high
+        return highs
+
+    def _refresh_assignment(self) -> None:
+        """Assign every partition of the topic: known ones at their stored offset, new ones from the start."""
+        self._metadata_checked_at = time.monotonic()
+        metadata = self._consumer.list_topics(self.topic, timeout=10).topics.get(self.topic)
+        partitions = sorted(metadata.partitions) if metadata is not None and not metadata.error else []
+        if partitions == self._partitions:
+            return
+        if not partitions:
+            if not self._missing_topic_reported:  # once, not every retry
+                log.warning("topic not found; waiting for it", extra={"topic": self.topic})
+                self._missing_topic_reported = True
+            return
+        assignment = []
+        for p in partitions:
+            offset = self._offsets.get(p, OFFSET_BEGINNING)
+            low, _high = self._consumer.get_watermark_offsets(TopicPartition(self.topic, p), timeout=10)
+            # A stored offset beyond the end (topic deleted and recreated) is NOT judged from the
+            # high watermark, which some brokers under-report (Tansu: last batch's base offset + 1):
+            # the fetch gets OFFSET_OUT_OF_RANGE and auto.offset.reset=earliest starts it over.
+            if offset != OFFSET_BEGINNING and offset < low:
+                log.warning(
+                    "events expired from Kafka before the trainer read them",
+                    extra={"topic": self.topic, "partition": p, "lost_messages": low - offset},
+                )
+                offset = low
+                self._offsets[p] = low
+            self._start_offsets[p] = low
+            assignment.append(TopicPartition(self.topic, p, offset))
+        # Re-assigning all (not just new) partitions is safe: every read so far is stored already.
+        self._consumer.assign(assignment)
+        log.info(
+            "event log partitions assigned",
+            extra={
+                "topic": self.topic,
+                "partitions": len(partitions),
+                "added": len(partitions) - len(self._partitions),
+            },
+        )
+        self._partitions = partitions
+
+
+def _lock_directory(path: Path) -> Any:
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the EventLog
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise EventLogLocked(
+            f"{path.parent} is in use by another trainer: give each trainer its own STREAMREC_DATA_DIR"
+        ) from None
+    return handle
+
+
+def _open_database(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level="DEFERRED")
+    # WAL + synchronous=NORMAL: a crash may lose the last batches, but events and offsets are lost
+    # together (same transaction), so they are simply read again from Kafka.
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version not in (0, SCHEMA_VERSION):
+        db.close()
+        raise ConfigError(
+            f"{path} has schema version {version}, expected {SCHEMA_VERSION}: delete it to rebuild"
+        )
+    db.executescript(_SCHEMA)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+    db.commit()
+    return db
+
+
+def _new_consumer(bootstrap: str) -> Any:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": CONSUMER_GROUP,
+            # Offsets live in SQLite with the events; Kafka's copy is written explicitly.
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+
+
+def _frames(cursor: sqlite3.Cursor) -> Iterator[pd.DataFrame]:
+    while rows := cursor.fetchmany(WINDOW_FETCH_ROWS):
+        yield _typed(pd.DataFrame.from_records(rows, columns=WINDOW_COLUMNS))
+
+
+def _typed(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.astype(
+        {"user_id": "str", "item_id": "str", "event_type": "str", "timestamp": "float64", "value": "float64"}
+    )

@@ -1,0 +1,269 @@
+"""The trainer service: reads the event stream into its local log and runs training cycles.
+
+``train_once`` catches up on ``topic_user_features``, trains on the most recent
+``train_window_events`` events, publishes the model to the registry and announces it on
+``topic_models``. ``run`` does the same continuously until SIGINT/SIGTERM.
+
+When ``run`` retrains: once at least ``train_interval_seconds`` passed since the last cycle AND
+at least ``train_min_new_events`` events arrived since it (both must hold). The first model is
+trained as soon as ``train_min_new_events`` events are in the log. For one criterion alone, set
+the other to its minimum: ``STREAMREC_TRAIN_MIN_NEW_EVENTS=1`` retrains every interval (if
+anything arrived); ``STREAMREC_TRAIN_INTERVAL_SECONDS=1`` retrains after every N new events.
+The schedule survives restarts: the last cycle's time and log position are read back from the
+newest model's manifest.
+
+Stopping: the first SIGINT/SIGTERM lets a cycle in progress finish and then exits; a second one
+abandons the cycle (the registry publishes atomically, so no half model is ever visible).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from confluent_kafka import Producer
+
+from ..shared.contracts import ModelAnnouncement
+from ..shared.logs import get_logger
+from ..shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
+from ..shared.settings import ConfigError, Settings
+from ..topics import KafkaUnavailable
+from .event_log import EventLog
+
+log = get_logger(__name__)
+
+# How often run() logs a status line while waiting for the next cycle.
+STATUS_EVERY_SECONDS = 60.0
+# Key of the manifest's data dict holding the log position the model was trained up to.
+LOG_SEQ_KEY = "log_seq"
+
+
+class NotEnoughData(ValueError):
+    """The log holds too little data to train a model; the message says how much there is."""
+
+
+class AnnouncementFailed(KafkaUnavailable):
+    """A published model could not be announced on the models topic."""
+
+
+def require_kafka(settings: Settings) -> str:
+    """The Kafka bootstrap address, or a one-line ConfigError (the trainer needs no Redis)."""
+    if settings.kafka_bootstrap is None:
+        raise ConfigError(
+            "STREAMREC_KAFKA_BOOTSTRAP not set: point it at your Kafka, "
+            "or use `streamrec dev` to start an embedded one"
+        )
+    return settings.kafka_bootstrap
+
+
+def describe_window(events: pd.DataFrame, log_seq: int) -> dict[str, Any]:
+    """The ``data_info`` of a training window: counts, time span and log position (JSON-ready)."""
+    empty = events.empty
+    return {
+        "events": len(events),
+        "users": int(events["user_id"].nunique()),
+        "items": int(events["item_id"].nunique()),
+        "window_start": None if empty else float(events["timestamp"].min()),
+        "window_end": None if empty else float(events["timestamp"].max()),
+        LOG_SEQ_KEY: log_seq,
+    }
+
+
+def announce(settings: Settings, manifest: ModelManifest, timeout: float = 30.0) -> None:
+    """Tell the scorers on ``topic_models`` that ``manifest.version`` is in the registry."""
+    bootstrap = require_kafka(settings)
+    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "message.timeout.ms": 30_000})
+    errors: list[str] = []
+
+    def on_delivery(error: Any, _message: Any) -> None:
+        if error is not None:
+            errors.append(str(error))
+
+    message = ModelAnnouncement(version=manifest.version, created_at=manifest.created_at)
+    producer.produce(settings.topic_models, value=message.to_json(), on_delivery=on_delivery)
+    if producer.flush(timeout) or errors:
+        reason = errors[0] if errors else f"not acknowledged after {timeout:.0f}s"
+        raise AnnouncementFailed(
+            f"model {manifest.version} is in the registry but announcing it on {settings.topic_models} "
+            f"via Kafka at {bootstrap} failed ({reason})"
+        )
+    log.info("model announced", extra={"model_version": manifest.version, "topic": settings.topic_models})
+
+
+def train_once(settings: Settings, event_log: EventLog | None = None) -> ModelManifest:
+    """Catch up on the stream, train one model on the recent window, publish and announce it.
+
+    Raises NotEnoughData (a ValueError) when the log is too small to train on.
+    """
+    require_kafka(settings)
+    if event_log is None:
+        with EventLog(settings) as own_log:
+            return train_once(settings, own_log)
+
+    event_log.catch_up()
+    return _train_and_announce(settings, event_log)
+
+
+def run(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Run the continuous trainer until SIGINT/SIGTERM (or until ``stop`` is set)."""
+    require_kafka(settings)
+    stop = stop or threading.Event()
+    with _stop_on_signals(stop), EventLog(settings) as event_log:
+        schedule = CycleSchedule.resume(settings, event_log.last_seq())
+        log.info(
+            "trainer started",
+            extra={
+                "events": event_log.count(),
+                "interval_s": schedule.interval_seconds,
+                "min_new_events": schedule.min_new_events,
+                "window_events": settings.train_window_events,
+            },
+        )
+        status_at = time.monotonic()
+        while not stop.is_set():
+            event_log.poll(max_messages=5000, timeout=1.0)
+            if schedule.due(time.time(), event_log.last_seq()):
+                _run_cycle(settings, event_log, schedule, stop)
+            elif time.monotonic() - status_at > STATUS_EVERY_SECONDS:
+                status_at = time.monotonic()
+                log.info(
+                    "trainer waiting",
+                    extra={
+                        "events": event_log.count(),
+                        "new_events": schedule.new_events(event_log.last_seq()),
+                        "seconds_since_cycle": (
+                            round(time.time() - schedule.last_cycle_at, 1) if schedule.last_cycle_at else None
+                        ),
+                    },
+                )
+    log.info("trainer stopped")
+
+
+@dataclass
+class CycleSchedule:
+    """When the next training cycle is due: enough time passed AND enough new events arrived."""
+
+    interval_seconds: float
+    min_new_events: int
+    last_cycle_at: float = 0.0  # epoch s of the last cycle; 0 = never
+    last_cycle_seq: int = 0  # log position (EventLog.last_seq) the last cycle trained up to
+
+    @classmethod
+    def resume(cls, settings: Settings, log_seq: int) -> CycleSchedule:
+        """The schedule as the newest model in the registry left it (or a fresh one)."""
+        schedule = cls(settings.train_interval_seconds, settings.train_min_new_events)
+        registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings
+        try:
+            version = registry.latest_version()
+            manifest = registry.manifest(version) if version else None
+        except ModelIntegrityError as exc:
+            log.warning(
+                "latest model unreadable; scheduling as if there were none", extra={"error": str(exc)}
+            )
+            manifest = None
+        if manifest is not None:
+            schedule.last_cycle_at = manifest.created_at
+            trained_seq = manifest.data.get(LOG_SEQ_KEY)
+            # A position beyond our log means the log was rebuilt: count everything in it as new.
+            if isinstance(trained_seq, int) and trained_seq <= log_seq:
+                schedule.last_cycle_seq = trained_seq
+        return schedule
+
+    def new_events(self, log_seq: int) -> int:
+        """Events that arrived since the last cycle."""
+        return log_seq - self.last_cycle_seq
+
+    def due(self, now: float, log_seq: int) -> bool:
+        """True when a cycle should start now."""
+        return (
+            self.new_events(log_seq) >= self.min_new_events
+            and now - self.last_cycle_at >= self.interval_seconds
+        )
+
+    def mark(self, now: float, log_seq: int) -> None:
+        """Record a cycle (successful or not) so the next one waits for time and data again."""
+        self.last_cycle_at = now
+        self.last_cycle_seq = log_seq
+
+
+def _run_cycle(
+    settings: Settings, event_log: EventLog, schedule: CycleSchedule, stop: threading.Event
+) -> None:
+    """One cycle of the continuous trainer; failures are logged, never fatal."""
+    try:
+        event_log.catch_up(stop=stop)
+        if stop.is_set():
+            return
+        _train_and_announce(settings, event_log)
+    except NotEnoughData as exc:
+        log.warning("training skipped", extra={"reason": str(exc)})
+    except AnnouncementFailed as exc:
+        log.error("model published but not announced", extra={"error": str(exc)})
+    except KeyboardInterrupt:
+        log.warning("training cycle abandoned (publishing is atomic: no half model is visible)")
+        stop.set()
+    except Exception:  # a bad cycle must not stop the log from following the stream
+        log.exception("training cycle failed")
+    schedule.mark(time.time(), event_log.last_seq())
+
+
+def _train_and_announce(settings: Settings, event_log: EventLog) -> ModelManifest:
+    events = event_log.window(settings.train_window_events)
+    data_info = describe_window(events, event_log.last_seq())
+    if events.empty:
+        raise NotEnoughData(
+            f"no events to train on: nothing has arrived on {settings.topic_user_features} yet "
+            "(is ingest running, and have interactions been published?)"
+        )
+    from .cycle import run_training_cycle  # imports torch: only when a cycle actually runs
+
+    log.info("training cycle started", extra=data_info)
+    started = time.monotonic()
+    try:
+        manifest = run_training_cycle(events, settings, data_info)
+    except ValueError as exc:
+        raise NotEnoughData(
+            f"too little data to train ({data_info['events']} events, {data_info['users']} users, "
+            f"{data_info['items']} items): {exc}"
+        ) from exc
+    log.info(
+        "training cycle finished",
+        extra={
+            "model_version": manifest.version,
+            "cycle_seconds": round(time.monotonic() - started, 2),
+            **data_info,
+            **manifest.metrics,
+        },
+    )
+    announce(settings, manifest)
+    return manifest
+
+
+@contextmanager
+def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGINT/SIGTERM set ``stop``; a second signal raises KeyboardInterrupt (abandons a cycle)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signals are only delivered to the main thread; the caller sets `stop` itself
+        return
+
+    def handler(signum: int, _frame: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        log.info(
+            "stopping: finishing the current step (signal again to abandon a training cycle)",
+            extra={"signal": signal.Signals(signum).name},
+        )
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
