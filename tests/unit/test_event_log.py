@@ -38,9 +38,9 @@ def settings(bootstrap: str, tmp_path: Path) -> Settings:
     )
 
 
-def produce(settings: Settings, start: int, count: int) -> None:
+def produce(settings: Settings, start: int, count: int, linger_ms: int = 5) -> None:
     """Send ``count`` UserFeatures messages for events ``start..start+count-1`` (keyed by user)."""
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": 5})
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": linger_ms})
     for n in range(start, start + count):
         user = f"u{n % 7}"
         event = Interaction(user, f"i{n}", "view", 1_700_000_000.0 + n, value=float(n) if n % 2 else None)
@@ -164,7 +164,7 @@ def test_needs_kafka(tmp_path: Path) -> None:
 def test_catch_up_reads_to_the_true_end_of_batched_partitions(settings: Settings) -> None:
     # One producer batch per partition: Tansu then lists the partition end as 1, but the catch-up
     # must still read every message (a training cycle right after it must see all events).
-    produce(settings, 0, 400)
-    with EventLog(settings) as log:
-        assert log.catch_up(timeout=15) == 400
-        assert item_numbers(log) == list(range(400))
+    produce(settings, 0, 20_000, linger_ms=200)
+    with EventLog(settings, keep_events=20_000) as log:
+        assert log.catch_up(timeout=30) == 20_000
+        assert item_numbers(log) == list(range(20_000))
