@@ -125,8 +125,11 @@ def _users_served(store: redis.Redis, keys: RedisKeys, user_ids: list[str], vers
     return count
 
 
-def _metrics(metrics: dict[str, object]) -> str:
-    return ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items())
+def _metrics(metrics: dict[str, float]) -> str:
+    return (
+        f"validation NDCG@10 {metrics['val_ndcg@10']:.3f} (popularity {metrics['popularity_ndcg@10']:.3f}), "
+        f"HR@10 {metrics['val_hr@10']:.3f}, {int(metrics['epochs_run'])} epochs in {metrics['train_seconds']:.1f}s"
+    )
 
 
 def _print_samples(frame: pd.DataFrame, client: RecommendationClient, user_ids: list[str]) -> None:

@@ -63,6 +63,7 @@ class Publisher:
                 "acks": "all",
                 "enable.idempotence": False,
                 "message.timeout.ms": 30_000,
+                "log.connection.close": False,  # idle disconnects are normal, not worth a log line
             }
         )
         self._failures: list[str] = []
@@ -119,8 +120,9 @@ class Publisher:
             raise PublishError(f"{len(failures)} events failed: {failures[0]}")
 
     def close(self) -> None:
-        """Flush outstanding events."""
+        """Flush outstanding events and release the Kafka client."""
         self.flush()
+        self._producer = _ClosedProducer()
 
     def __enter__(self) -> Publisher:
         return self
@@ -128,6 +130,13 @@ class Publisher:
     def __exit__(self, *exc: object) -> None:
         if exc[0] is None:
             self.close()
+
+
+class _ClosedProducer:
+    """Stands in for the producer after ``close``: any further use is an error."""
+
+    def __getattr__(self, name: str) -> Any:
+        raise PublishError("this Publisher is closed")
 
 
 # --------------------------------------------------------------------------------------------
