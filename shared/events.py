@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "interaction.schema.json"
 
@@ -65,6 +65,14 @@ class InteractionIn(BaseModel):
     event_id: str | None = Field(
         None, max_length=MAX_ID_LENGTH, description="Optional unique id; duplicates are dropped."
     )
+
+    @field_validator("timestamp", "value", mode="before")
+    @classmethod
+    def _no_booleans(cls, value: object) -> object:
+        # pydantic's lax float would take JSON true/false as 1.0/0.0 (a 1970 timestamp).
+        if isinstance(value, bool):
+            raise ValueError("expected a number, got a boolean")
+        return value
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,308 @@
+"""The ingest service: a Faust app that validates raw events and keeps user features and item popularity.
+
+Data flow (agents, in order)::
+
+    interactions (any key) ─► validate_events ─┬─► interactions.dlq            (invalid + reason)
+                                               └─► streamrec-ingest-events-by-user  (key = user_id)
+    streamrec-ingest-events-by-user ─► build_features [table user_state]
+                                               ├─► streamrec.user-features      (key = user_id)
+                                               └─► streamrec.item-events        (key = item_id)
+    streamrec.item-events ─► count_popularity [table item_popularity] ─► (timer) streamrec.popular-items
+
+Why the extra hop through ``streamrec-ingest-events-by-user``: a Faust table lives on the partition
+of the event being processed, so all of a user's events must arrive on one partition. Producers
+may key by anything, leave messages unkeyed, or hash keys differently (librdkafka's default
+partitioner is not the Java client's), so ingest never trusts the input partitioning: it
+validates on whatever partition an event lands, then re-publishes the normalised event keyed by
+user_id through Faust's own partitioner. The cost is one internal topic and one more hop; the
+benefit is that the user table is correct for any producer and the input topic may have any
+partition count.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiokafka
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from ..shared.contracts import DeadLetter, PopularItems, UserFeatures
+from ..shared.events import Interaction, Rejection, parse_event
+from ..shared.logs import get_logger
+from ..shared.settings import ConfigError, Settings
+from .features import ItemPopularity, PopularityRanking, UserState, add_item_event, apply_event
+
+log = get_logger(__name__)
+# Faust's services log "Starting…"/"Stopping…" through their class's logger; our subclasses keep
+# them under "faust" so that configure_logging's level for Faust applies to them too.
+faust_log = get_logger("faust.ingest")
+
+APP_ID = "streamrec-ingest"
+EVENTS_BY_USER_TOPIC = f"{APP_ID}-events-by-user"  # Faust-internal, created by Faust
+COUNTERS_LOG_SECONDS = 30.0
+# Dead letters keep at most this much of the original payload, so that even a huge message
+# (escaped as JSON) fits in one Kafka record.
+DEAD_LETTER_PAYLOAD_BYTES = 128 * 1024
+# Faust hard-codes a 1.5 s fetch wait. Tansu answers a fetch over several partitions only when that
+# wait is over, even if data arrived meanwhile, so every hop of the pipeline could stall for 1.5 s.
+# A short wait costs a few idle fetch requests per second on any broker.
+FETCH_MAX_WAIT_MS = 50
+
+
+@dataclass
+class IngestCounters:
+    """What this worker did since it started (logged periodically and at shutdown)."""
+
+    accepted: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    item_events: int = 0
+    popular_published: int = 0
+
+    def as_log_fields(self) -> dict[str, Any]:
+        """Fields for a structured log line."""
+        return {
+            "accepted": self.accepted,
+            "duplicates": self.duplicates,
+            "rejected": sum(self.rejected.values()),
+            "rejected_by_reason": dict(self.rejected),
+            "item_events": self.item_events,
+            "popular_published": self.popular_published,
+        }
+
+
+class _ShortFetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+    logger = faust_log
+
+    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
+        consumer = super()._create_worker_consumer(transport)
+        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start()
+        return consumer
+
+
+class _ShortFetchWaitConsumer(faust_aiokafka.Consumer):
+    logger = faust_log
+
+    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
+        return _ShortFetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+
+class _ShortFetchWaitTransport(faust_aiokafka.Transport):
+    Consumer = _ShortFetchWaitConsumer
+
+
+class IngestApp(faust.App):
+    """A Faust app whose consumer uses :data:`FETCH_MAX_WAIT_MS`."""
+
+    logger = faust_log
+
+    def _new_transport(self) -> faust_aiokafka.Transport:
+        return _ShortFetchWaitTransport(self.conf.broker_consumer, self)
+
+
+def _kafka_urls(settings: Settings) -> list[str]:
+    # Only Kafka: ingest never talks to Redis, so it does not require STREAMREC_REDIS_URL.
+    if settings.kafka_bootstrap is None:
+        raise ConfigError(
+            "STREAMREC_KAFKA_BOOTSTRAP not set: point it at your Kafka, "
+            "or use `streamrec dev` to start an embedded one"
+        )
+    return [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")]
+
+
+def create_app(settings: Settings) -> faust.App:
+    """The ingest Faust app with its topics, tables, agents and timers (not started)."""
+    app = IngestApp(
+        APP_ID,
+        broker=_kafka_urls(settings),
+        store="rocksdb://",
+        datadir=str(settings.data_dir / "ingest"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        topic_disable_leader=True,  # no on_leader timers: ownership of the item partition decides
+        web_enabled=settings.ingest_web_port > 0,
+        web_port=settings.ingest_web_port or 6066,
+        consumer_auto_offset_reset="earliest",  # a new deployment processes the existing stream
+        producer_linger=0.005,  # batches the messages of one event; adds at most 5 ms of latency
+        producer_acks=-1,  # a commit only follows messages the broker has fully acknowledged
+        broker_session_timeout=10.0,  # Tansu holds the first join for half of it; also faster failover
+        broker_heartbeat_interval=3.0,
+        table_standby_replicas=0,  # recovery reads the changelog; standbys only pay off at scale
+    )
+    counters = IngestCounters()
+
+    raw_events = app.topic(settings.topic_interactions, key_serializer="raw", value_serializer="raw")
+    dead_letters = app.topic(settings.topic_dlq, key_serializer="raw", value_serializer="raw")
+    events_by_user = app.topic(
+        EVENTS_BY_USER_TOPIC,
+        internal=True,
+        partitions=settings.partitions,
+        key_serializer="raw",
+        value_serializer="json",
+    )
+    user_features = app.topic(settings.topic_user_features, key_serializer="raw", value_serializer="raw")
+    item_events = app.topic(
+        settings.topic_item_events, partitions=1, key_serializer="raw", value_serializer="json"
+    )
+    popular_items = app.topic(settings.topic_popular_items, key_serializer="raw", value_serializer="raw")
+
+    # --- validation: any partition, any key ---------------------------------------------------
+
+    async def send_dead_letter(message: faust.types.Message, raw: bytes, reason: str, detail: str) -> None:
+        counters.rejected[reason] += 1
+        letter = DeadLetter(
+            reason=reason,
+            detail=detail,
+            payload=raw[:DEAD_LETTER_PAYLOAD_BYTES].decode("utf-8", errors="replace"),
+            source_topic=message.topic,
+            source_partition=message.partition,
+            source_offset=message.offset,
+            rejected_at=time.time(),
+        )
+        await dead_letters.send(key=message.key, value=letter.to_json())
+
+    @app.agent(raw_events, name="validate_events")
+    async def validate_events(stream: faust.StreamT[bytes]) -> None:
+        """Parse each raw message; dead-letter the invalid ones, re-key the valid ones by user."""
+        async for event in stream.events():
+            raw: bytes = event.value if event.value is not None else b""  # tombstones are invalid too
+            try:
+                result = parse_event(
+                    raw, max_bytes=settings.max_event_bytes, max_future_seconds=settings.max_future_seconds
+                )
+            except Exception as exc:  # a bug must not stop the stream: park the event, keep going
+                log.exception("event could not be validated", extra={"offset": event.message.offset})
+                await send_dead_letter(event.message, raw, "unexpected_error", repr(exc))
+                continue
+            if isinstance(result, Rejection):
+                await send_dead_letter(event.message, raw, str(result.reason), result.detail)
+            else:
+                await events_by_user.send(key=result.user_id, value=result.to_dict())
+
+    # --- user features: partitioned by user_id ------------------------------------------------
+
+    user_state = app.Table("user_state", key_type=str)
+
+    @app.agent(events_by_user, name="build_features")
+    async def build_features(stream: faust.StreamT[dict[str, Any]]) -> None:
+        """Fold each event into its user's state; announce the new features and the item event."""
+        async for data in stream:
+            event = Interaction.from_dict(data)
+            stored = user_state.get(event.user_id)
+            state = UserState() if stored is None else UserState.from_dict(stored)
+            if not apply_event(state, event, settings):
+                counters.duplicates += 1
+                continue
+            user_state[event.user_id] = state.to_dict()
+            counters.accepted += 1
+            features = UserFeatures(
+                user_id=event.user_id,
+                event=event,
+                history=state.history_item_ids(),
+                event_count=state.event_count,
+                updated_at=time.time(),
+            )
+            await user_features.send(key=event.user_id, value=features.to_json())
+            await item_events.send(
+                key=event.item_id,
+                value={"item_id": event.item_id, "timestamp": event.timestamp, "weight": event.weight},
+            )
+
+    # --- item popularity: one partition, one owner ---------------------------------------------
+
+    item_popularity = app.Table("item_popularity", key_type=str, partitions=1)
+    ranking = PopularityRanking(settings.top_n + settings.history_len, settings.popularity_half_life_hours)
+    item_partition = TP(settings.topic_item_events, 0)
+    last_published: list[tuple[str, float]] = []
+
+    def owns_item_partition() -> bool:
+        return item_partition in app.assignor.assigned_actives()
+
+    @app.agent(item_events, name="count_popularity")
+    async def count_popularity(stream: faust.StreamT[dict[str, Any]]) -> None:
+        """Add each item event to the item's decayed score and to the ranking."""
+        async for data in stream:
+            item_id = data["item_id"]
+            stored = item_popularity.get(item_id)
+            popularity = ItemPopularity() if stored is None else ItemPopularity.from_dict(stored)
+            add_item_event(popularity, data["timestamp"], data["weight"], settings.popularity_half_life_hours)
+            item_popularity[item_id] = popularity.to_dict()
+            ranking.update(item_id, popularity)
+            counters.item_events += 1
+
+    @item_popularity.on_recover
+    async def rebuild_ranking() -> None:
+        """After every rebalance: rebuild the in-memory ranking from the table if we own it."""
+        ranking.clear()
+        last_published.clear()
+        if not owns_item_partition():
+            return
+        for item_id, stored in item_popularity.items():
+            ranking.update(item_id, ItemPopularity.from_dict(stored))
+        log.info("popularity ranking rebuilt", extra={"candidates": len(ranking.keys)})
+
+    @app.timer(settings.popular_publish_seconds, name="publish_popular_items")
+    async def publish_popular_items() -> None:
+        """Publish the top items when this worker owns the item partition and the list changed."""
+        if app.rebalancing or not owns_item_partition():
+            return
+        top = ranking.top()
+        if not top or top == last_published:
+            return
+        await popular_items.send(key=b"popular", value=PopularItems(items=top).to_json())
+        last_published[:] = top
+        counters.popular_published += 1
+
+    # --- observability ---------------------------------------------------------------------------
+
+    @app.timer(COUNTERS_LOG_SECONDS, name="log_counters")
+    async def log_counters() -> None:
+        """Periodic counters line."""
+        log.info("ingest counters", extra=counters.as_log_fields())
+
+    @app.on_before_shutdown.connect
+    async def log_final_counters(sender: faust.App, **kwargs: Any) -> None:
+        log.info("ingest stopping", extra=counters.as_log_fields())
+
+    return app
+
+
+class IngestWorker(faust.Worker):
+    """A Faust worker that logs through our handlers and announces when it is ready."""
+
+    def __init__(self, app: faust.App, **kwargs: Any) -> None:
+        # override_logging=False: keep the root handler configure_logging installed (JSON lines);
+        # quiet + no spinner: no banner or progress output on stdout.
+        super().__init__(app, quiet=True, override_logging=False, redirect_stdouts=False, **kwargs)
+        self.spinner = None
+        self.started_at = time.monotonic()
+
+    async def on_startup_finished(self) -> None:
+        """Called by Faust once the consumer joined the group and tables are recovered."""
+        await super().on_startup_finished()
+        log.info(
+            "ingest ready",
+            extra={"startup_seconds": round(time.monotonic() - self.started_at, 2), "app_id": APP_ID},
+        )
+
+
+def run(settings: Settings) -> None:
+    """Run the ingest worker until SIGINT/SIGTERM, then stop gracefully (commit offsets, flush)."""
+    _kafka_urls(settings)  # fail with one clear line before anything starts
+    (settings.data_dir / "ingest").mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    app = create_app(settings)
+    log.info(
+        "ingest starting",
+        extra={"bootstrap": settings.kafka_bootstrap, "input": settings.topic_interactions, "app_id": APP_ID},
+    )
+    worker = IngestWorker(app)
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:  # mode exits via SystemExit; a clean stop is not an error for callers
+        if exc.code not in (0, None):
+            raise
