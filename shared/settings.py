@@ -43,6 +43,17 @@ class Settings(BaseSettings):
     topic_models: str = Field("streamrec.models", description="trainer -> scorer: new model announced.")
     partitions: int = Field(4, ge=1, description="Partitions of the per-user topics.")
     replication_factor: int = Field(1, ge=1, description="Replication of topics streamrec creates.")
+    kafka_fetch_wait_ms: int = Field(
+        50,
+        ge=0,
+        le=5000,
+        description="Longest a consumer's fetch waits for data: lower = fresher, more idle requests.",
+    )
+    kafka_session_timeout_ms: int = Field(
+        10_000,
+        ge=1000,
+        description="Consumer group session timeout: how fast a dead consumer's partitions move.",
+    )
 
     # --- storage ---------------------------------------------------------------------------
     data_dir: Path = Field(Path("var"), description="Root of local state (tables, trainer log, runs).")

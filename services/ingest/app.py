@@ -48,10 +48,6 @@ COUNTERS_LOG_SECONDS = 30.0
 # Dead letters keep at most this much of the original payload, so that even a huge message
 # (escaped as JSON) fits in one Kafka record.
 DEAD_LETTER_PAYLOAD_BYTES = 128 * 1024
-# Faust hard-codes a 1.5 s fetch wait. Tansu answers a fetch over several partitions only when that
-# wait is over, even if data arrived meanwhile, so every hop of the pipeline could stall for 1.5 s.
-# A short wait costs a few idle fetch requests per second on any broker.
-FETCH_MAX_WAIT_MS = 50
 
 
 @dataclass
@@ -81,7 +77,9 @@ class _ShortFetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
 
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
-        consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by AIOKafkaConsumer.start()
+        # Faust hard-codes a 1.5 s fetch wait. Tansu answers a fetch over several partitions only
+        # when that wait is over, even if data arrived meanwhile, so every hop could stall 1.5 s.
+        consumer._fetch_max_wait_ms = self.app.fetch_wait_ms  # read by AIOKafkaConsumer.start()
         return consumer
 
 
@@ -97,9 +95,10 @@ class _ShortFetchWaitTransport(faust_aiokafka.Transport):
 
 
 class IngestApp(faust.App):
-    """A Faust app whose consumer uses :data:`FETCH_MAX_WAIT_MS`."""
+    """A Faust app whose consumer waits at most ``fetch_wait_ms`` per fetch."""
 
     logger = faust_log
+    fetch_wait_ms: int = 50
 
     def _new_transport(self) -> faust_aiokafka.Transport:
         return _ShortFetchWaitTransport(self.conf.broker_consumer, self)
@@ -130,10 +129,12 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",  # a new deployment processes the existing stream
         producer_linger=0.005,  # batches the messages of one event; adds at most 5 ms of latency
         producer_acks=-1,  # a commit only follows messages the broker has fully acknowledged
-        broker_session_timeout=10.0,  # Tansu holds the first join for half of it; also faster failover
-        broker_heartbeat_interval=3.0,
+        # Tansu holds a first join for half the session timeout; a short one also fails over faster.
+        broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.kafka_session_timeout_ms / 3000,
         table_standby_replicas=0,  # recovery reads the changelog; standbys only pay off at scale
     )
+    app.fetch_wait_ms = settings.kafka_fetch_wait_ms
     counters = IngestCounters()
 
     raw_events = app.topic(settings.topic_interactions, key_serializer="raw", value_serializer="raw")
