@@ -20,6 +20,7 @@ from tqdm import tqdm
 from .shared.datasets import in_time_order, load_interactions
 from .shared.events import Rejection, validate_event
 from .shared.settings import Settings, load_settings
+from .topics import existing_topics
 
 
 class InvalidEvent(ValueError):
@@ -47,6 +48,7 @@ class Publisher:
         topic: str | None = None,
         settings: Settings | None = None,
         linger_ms: int = 5,
+        connect_timeout: float = 10.0,
     ) -> None:
         from confluent_kafka import Producer
 
@@ -55,6 +57,11 @@ class Publisher:
         if not self.bootstrap:
             raise PublishError("no Kafka to publish to: pass bootstrap or set STREAMREC_KAFKA_BOOTSTRAP")
         self.topic = topic or settings.topic_interactions
+        # Fail now, in one line, rather than after the delivery timeout.
+        if self.topic not in existing_topics(self.bootstrap, timeout=connect_timeout):
+            raise PublishError(
+                f"topic {self.topic!r} does not exist on {self.bootstrap}: run `streamrec topics create`"
+            )
         self._max_future = settings.max_future_seconds
         self._producer = Producer(
             {
