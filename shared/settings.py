@@ -71,13 +71,20 @@ class Settings(BaseSettings):
     ingest_web_port: int = Field(0, ge=0, description="Faust web port of ingest; 0 = disabled.")
 
     # --- model and training (trainer) -------------------------------------------------------
-    model: Literal["mf"] = Field("mf", description="Model family the trainer fits.")
+    model: Literal["mf", "sasrec"] = Field(
+        "mf", description="Model family the trainer fits (sasrec: self-attentive, being tuned)."
+    )
     top_n: int = Field(50, ge=1, description="Recommendations cached per user.")
     max_seq_len: int = Field(50, ge=1, description="History items the model reads per user.")
     embedding_dim: int = Field(64, ge=4, description="Size of item embeddings.")
+    n_blocks: int = Field(2, ge=1, description="Transformer blocks (sasrec).")
+    n_heads: int = Field(1, ge=1, description="Attention heads per block (sasrec); divides embedding_dim.")
+    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout rate (sasrec).")
     epochs: int = Field(30, ge=1, description="Upper bound; training stops early on validation.")
     patience: int = Field(3, ge=1, description="Epochs without validation gain before stopping.")
-    batch_size: int = Field(512, ge=1, description="Training examples per optimiser step.")
+    batch_size: int = Field(
+        512, ge=1, description="Training examples per optimiser step (sasrec: sequence windows)."
+    )
     learning_rate: float = Field(5e-3, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty of the optimiser.")
     seed: int = Field(42, description="Random seed: same data + seed = same model.")

@@ -13,6 +13,7 @@ Models are chosen by name with ``settings.model``; see :data:`MODELS`.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from streamrec.shared.contracts import PADDING_INDEX
@@ -24,6 +25,10 @@ INIT_STD = 0.02
 
 class SequenceRecommender(nn.Module):
     """Base of all models: a fixed catalogue of ``n_items`` items and a top-k serving head."""
+
+    # True if the model implements ``prefix_logits``: the training loop then feeds whole windows of
+    # a user's sequence and learns every next item in it in one pass (see train.py).
+    all_positions: bool = False
 
     def __init__(self, n_items: int, max_seq_len: int, top_k: int) -> None:
         super().__init__()
@@ -40,6 +45,12 @@ class SequenceRecommender(nn.Module):
 
     def logits(self, history: torch.Tensor) -> torch.Tensor:
         """Scores of every item index: LongTensor [B, L] -> FloatTensor [B, n_items + 1]."""
+        raise NotImplementedError
+
+    def prefix_logits(self, history: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Next-item scores after each position of one pass over ``history`` [B, T] (a training window):
+        row n of the result [N, n_items + 1] scores the next item after (b, t), the n-th True entry of
+        the bool mask ``positions`` [B, T]. At the last position this equals ``logits(history)``."""
         raise NotImplementedError
 
     def forward(self, history: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,8 +103,131 @@ class MeanEmbeddingMF(SequenceRecommender):
         return scores
 
 
+class SelfAttention(nn.Module):
+    """Multi-head self-attention under a given [B, 1, T, T] bool mask (True = may attend)."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        if dim % n_heads:
+            raise ValueError(f"embedding_dim {dim} is not divisible by {n_heads} heads")
+        self.n_heads = n_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.resid_drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, dim] -> [B, T, dim]."""
+        batch, length, dim = x.shape
+        q, k, v = self.qkv(x).split(dim, dim=2)
+        # [B, T, dim] -> [B, heads, T, dim / heads]
+        q, k, v = (t.view(batch, length, self.n_heads, -1).transpose(1, 2) for t in (q, k, v))
+        # No dropout on the attention weights: it would force torch's slow unfused attention on CPU
+        # (2.5x the step time); the embeddings and the residual branches are dropped out instead.
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        y = y.transpose(1, 2).reshape(batch, length, dim)
+        return self.resid_drop(self.proj(y))
+
+
+class Block(nn.Module):
+    """A pre-norm transformer block: x + attention(LN(x)), then x + feed-forward(LN(x))."""
+
+    def __init__(self, dim: int, n_heads: int, dropout: float) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(dim)
+        self.attn = SelfAttention(dim, n_heads, dropout)
+        self.ln_2 = nn.LayerNorm(dim)
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim), nn.Dropout(dropout)
+        )
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """[B, T, dim] -> [B, T, dim]."""
+        x = x + self.attn(self.ln_1(x), mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class SASRec(SequenceRecommender):
+    """Self-attentive sequential recommendation (Kang & McAuley, 2018), with a full-softmax head.
+
+    A causal transformer reads the user's last ``max_seq_len`` items; the hidden state at the last
+    position is the user vector, scored against every item embedding (the input table, tied). Every
+    position only sees itself and earlier real items, so position t holds "the user after item t":
+    training predicts the next item at all positions at once (``prefix_logits``). Positions are
+    counted from the right (the most recent item always has the last position embedding), so a
+    history cut to its real items gives exactly the scores of the same history left-padded.
+    """
+
+    all_positions = True
+
+    def __init__(
+        self,
+        n_items: int,
+        max_seq_len: int,
+        top_k: int,
+        dim: int,
+        n_blocks: int,
+        n_heads: int,
+        dropout: float,
+    ) -> None:
+        super().__init__(n_items, max_seq_len, top_k)
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=PADDING_INDEX)
+        self.pos_emb = nn.Parameter(torch.zeros(max_seq_len, dim))
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, n_heads, dropout) for _ in range(n_blocks))
+        self.ln_f = nn.LayerNorm(dim)
+        self.item_bias = nn.Parameter(torch.zeros(n_items + 1))
+        self.apply(self._init_weights)
+        nn.init.normal_(self.pos_emb, std=INIT_STD)
+        with torch.no_grad():
+            self.item_emb.weight[PADDING_INDEX].zero_()
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=INIT_STD)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, std=INIT_STD)
+
+    @classmethod
+    def from_settings(cls, n_items: int, settings: Settings) -> SASRec:
+        """Build the model with the hyper-parameters in ``settings``."""
+        return cls(
+            n_items,
+            settings.max_seq_len,
+            settings.top_n,
+            settings.embedding_dim,
+            settings.n_blocks,
+            settings.n_heads,
+            settings.dropout,
+        )
+
+    def hidden(self, history: torch.Tensor) -> torch.Tensor:
+        """Hidden state after each position: [B, T] (T <= max_seq_len, left-padded) -> [B, T, dim]."""
+        length = history.shape[1]
+        is_item = history != PADDING_INDEX
+        x = self.item_emb(history) + self.pos_emb[self.max_seq_len - length :]
+        x = self.drop(x) * is_item[..., None]
+        # Query t may attend to key s if s <= t and s is a real item. It may always attend to itself,
+        # so that padding queries (whose outputs nobody reads) have a key and softmax gives no NaN.
+        causal = torch.ones(length, length, dtype=torch.bool, device=history.device).tril()
+        itself = torch.eye(length, dtype=torch.bool, device=history.device)
+        mask = causal & (is_item[:, None, :] | itself)  # [B, T query, T key]
+        for block in self.blocks:
+            x = block(x, mask[:, None])
+        return self.ln_f(x)
+
+    def logits(self, history: torch.Tensor) -> torch.Tensor:
+        """The last position's hidden state scored against every item embedding, plus the item bias."""
+        return self.hidden(history)[:, -1] @ self.item_emb.weight.T + self.item_bias
+
+    def prefix_logits(self, history: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Every position's hidden state, scored only where ``positions`` is True (saves memory)."""
+        return self.hidden(history)[positions] @ self.item_emb.weight.T + self.item_bias
+
+
 # Model name (settings.model) -> class. Add a model by subclassing SequenceRecommender.
-MODELS: dict[str, type[SequenceRecommender]] = {"mf": MeanEmbeddingMF}
+MODELS: dict[str, type[SequenceRecommender]] = {"mf": MeanEmbeddingMF, "sasrec": SASRec}
 
 
 def build_model(settings: Settings, n_items: int) -> SequenceRecommender:

@@ -5,6 +5,11 @@ beat every other item, not a few sampled negatives), which is affordable for cat
 ~10^5 items on CPU. Validation ranks every item for each validation user, with the user's
 training items excluded exactly as the scorer excludes history, and reports NDCG@10 and HR@10.
 The weights of the best validation epoch are kept.
+
+Models that declare ``all_positions`` (SASRec) are fed whole windows of each user's training
+sequence instead of one prefix per example: the window's items as input, the same items shifted
+by one as targets, so one forward pass learns every next item in the window. Either way, each
+training target is predicted once per epoch and the loss is the mean cross-entropy per target.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import copy
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -148,11 +153,12 @@ def train(dataset: SequenceDataset, settings: Settings) -> TrainResult:
         },
     )
 
+    batches = TrainBatches(dataset, settings.batch_size, model.all_positions)
     history: list[EpochStats] = []
     best_ndcg, best_epoch, best_state = -math.inf, 0, None
     for epoch in range(1, settings.epochs + 1):
         epoch_started = time.perf_counter()
-        loss = _train_one_epoch(model, optimizer, dataset, settings.batch_size, shuffle_rng, epoch)
+        loss = _train_one_epoch(model, optimizer, batches, shuffle_rng, epoch)
         ndcg, hr = evaluate(model, dataset) if has_validation else (None, None)
         stats = EpochStats(epoch, loss, ndcg, hr, time.perf_counter() - epoch_started)
         history.append(stats)
@@ -200,29 +206,87 @@ def train(dataset: SequenceDataset, settings: Settings) -> TrainResult:
     return TrainResult(model, dataset.vocabulary, history, best_epoch, metrics, train_seconds)
 
 
+class TrainBatches:
+    """The training data of one model, cut into shuffled batches of (input, targets).
+
+    Per-example models get ``batch_size`` (history [B, max_seq_len], next item [B]) pairs. Models
+    with ``all_positions`` get ``batch_size`` windows (inputs [B, T], targets [B, T]): each user's
+    training targets are cut into runs of up to max_seq_len consecutive positions, newest run
+    first, and a window's input is each target's preceding item. Both are left-padded with 0; a
+    0 target is no target. Columns that are padding in the whole batch are cut off (T <= max_seq_len).
+    """
+
+    def __init__(self, dataset: SequenceDataset, batch_size: int, all_positions: bool) -> None:
+        self.dataset, self.batch_size = dataset, batch_size
+        self.windows: tuple[np.ndarray, np.ndarray] | None = None
+        if all_positions:
+            self.windows = _position_windows(dataset)
+
+    @property
+    def n_targets(self) -> int:
+        """Training targets per epoch."""
+        return self.dataset.n_train_examples
+
+    def shuffled(self, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """One epoch of batches in a random order."""
+        if self.windows is None:
+            order = rng.permutation(self.dataset.n_train_examples)
+            for start in range(0, len(order), self.batch_size):
+                histories, targets = self.dataset.train_batch(order[start : start + self.batch_size])
+                yield torch.from_numpy(histories), torch.from_numpy(targets)
+            return
+        inputs, targets = self.windows
+        order = rng.permutation(len(inputs))
+        for start in range(0, len(order), self.batch_size):
+            chosen = order[start : start + self.batch_size]
+            first_column = int((targets[chosen] != PADDING_INDEX).argmax(axis=1).min())
+            yield (
+                torch.from_numpy(inputs[chosen, first_column:]),
+                torch.from_numpy(targets[chosen, first_column:]),
+            )
+
+
+def _position_windows(dataset: SequenceDataset) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets) int64 [n_windows, max_seq_len] covering every training target once."""
+    length = dataset.max_seq_len
+    positions = dataset.train_positions  # sorted; each user's targets are consecutive positions
+    owners = np.searchsorted(dataset.user_starts, positions, side="right") - 1
+    _, first, counts = np.unique(owners, return_index=True, return_counts=True)
+    from_end = np.repeat(first + counts - 1, counts) - np.arange(len(positions))  # 0 = user's newest
+    windows_per_user = -(-counts // length)
+    window = np.repeat(np.cumsum(windows_per_user) - windows_per_user, counts) + from_end // length
+    column = length - 1 - from_end % length
+    inputs = np.zeros((int(windows_per_user.sum()), length), dtype=np.int64)
+    targets = np.zeros_like(inputs)
+    inputs[window, column] = dataset.items[positions - 1]  # a target is never a user's first item
+    targets[window, column] = dataset.items[positions]
+    return inputs, targets
+
+
 def _train_one_epoch(
     model: SequenceRecommender,
     optimizer: torch.optim.Optimizer,
-    dataset: SequenceDataset,
-    batch_size: int,
+    batches: TrainBatches,
     rng: np.random.Generator,
     epoch: int,
 ) -> float:
-    """One pass over the shuffled training examples; returns the mean loss per example."""
+    """One pass over the shuffled training data; returns the mean loss per target."""
     model.train()
-    order = rng.permutation(dataset.n_train_examples)
     total_loss = 0.0
     # disable=None: a bar on a terminal, silence when stderr is a log file (the JSON log line suffices).
-    with tqdm(total=len(order), desc=f"epoch {epoch}", unit="ex", disable=None, leave=False) as bar:
-        for start in range(0, len(order), batch_size):
-            histories, targets = dataset.train_batch(order[start : start + batch_size])
-            logits = model.logits(torch.from_numpy(histories))
+    with tqdm(total=batches.n_targets, desc=f"epoch {epoch}", unit="ex", disable=None, leave=False) as bar:
+        for inputs, targets in batches.shuffled(rng):
+            if model.all_positions:
+                is_target = targets != PADDING_INDEX
+                logits, targets = model.prefix_logits(inputs, is_target), targets[is_target]
+            else:
+                logits = model.logits(inputs)
             # Column 0 is padding, never a target: leave it out of the softmax.
-            loss = F.cross_entropy(logits[:, PADDING_INDEX + 1 :], torch.from_numpy(targets) - 1)
+            loss = F.cross_entropy(logits[:, PADDING_INDEX + 1 :], targets - 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             total_loss += loss.item() * len(targets)
             bar.update(len(targets))
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return total_loss / len(order)
+    return total_loss / batches.n_targets
