@@ -311,6 +311,31 @@ def recommend(user_id: str, n: int, as_json: bool) -> None:
         click.echo(f"{rank:>4}. {item:<24} {score:.4f}")
 
 
+@cli.command()
+@click.option(
+    "--dataset",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="MovieLens ratings.csv / u.data, or a CSV with user_id,item_id,timestamp.",
+)
+@click.option("--models", help="Comma-separated models (default: all, e.g. mostpop,itemknn,ease,mf,sasrec).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG chart here.")
+def evaluate(dataset: Path, models: str | None, as_json: bool, plot: Path | None) -> None:
+    """Offline evaluation (../shared/EVALUATION.md protocol): temporal leave-last-out, full ranking."""
+    from .trainer.evaluation.report import format_table
+    from .trainer.evaluation.runner import EvaluationError
+    from .trainer.evaluation.runner import evaluate as run_evaluation
+
+    settings = _settings("evaluate", log_format="console", log_level="WARNING")
+    names = [name.strip() for name in models.split(",")] if models else None
+    try:
+        result = run_evaluation(dataset, names, settings, plot)
+    except EvaluationError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(orjson.dumps(result).decode() if as_json else format_table(result))
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="streamrec")
