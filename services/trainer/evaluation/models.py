@@ -37,7 +37,7 @@ class TrainerModel(Recommender):
     def __init__(self, name: str, settings: Settings) -> None:
         self.name = name
         self.settings = settings.model_copy(update={"model": name})
-        self.epochs = settings.epochs  # upper bound while tuning; the chosen count afterwards
+        self.epochs = settings.epochs  # what fit() trains; tune() sets it to the best validation epoch
         self.model: SequenceRecommender | None = None
 
     def tune(self, validation: Phase) -> Tuning:
