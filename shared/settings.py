@@ -16,6 +16,29 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "STREAMREC_"
 
+# Training hyper-parameters whose best value depends on the model family, chosen on the validation
+# phase of `streamrec evaluate` (docs/evaluation.md). A setting left unset takes its model's value.
+MODEL_DEFAULTS: dict[str, dict[str, int | float]] = {
+    "mf": {
+        "max_seq_len": 50,
+        "embedding_dim": 64,
+        "dropout": 0.0,  # unused by mf
+        "epochs": 30,
+        "patience": 3,
+        "batch_size": 512,
+        "learning_rate": 5e-3,
+    },
+    "sasrec": {
+        "max_seq_len": 50,
+        "embedding_dim": 64,
+        "dropout": 0.5,
+        "epochs": 60,
+        "patience": 5,
+        "batch_size": 32,
+        "learning_rate": 2e-3,
+    },
+}
+
 
 class Settings(BaseSettings):
     """All configuration of streamrec. See ``docs/configuration.md`` for the full table."""
@@ -72,21 +95,24 @@ class Settings(BaseSettings):
 
     # --- model and training (trainer) -------------------------------------------------------
     model: Literal["mf", "sasrec"] = Field(
-        "mf", description="Model family the trainer fits (sasrec: self-attentive, being tuned)."
+        "sasrec", description="Model family the trainer fits: sasrec (sequential) or mf (baseline)."
     )
     top_n: int = Field(50, ge=1, description="Recommendations cached per user.")
-    max_seq_len: int = Field(50, ge=1, description="History items the model reads per user.")
-    embedding_dim: int = Field(64, ge=4, description="Size of item embeddings.")
+    # None below = "the chosen model's value in MODEL_DEFAULTS"; validation fills it, so after
+    # construction these are never None.
+    max_seq_len: int | None = Field(None, ge=1, description="History items the model reads per user.")
+    embedding_dim: int | None = Field(None, ge=4, description="Size of item embeddings.")
     n_blocks: int = Field(2, ge=1, description="Transformer blocks (sasrec).")
     n_heads: int = Field(1, ge=1, description="Attention heads per block (sasrec); divides embedding_dim.")
-    dropout: float = Field(0.5, ge=0, lt=1, description="Dropout rate (sasrec).")
-    epochs: int = Field(30, ge=1, description="Upper bound; training stops early on validation.")
-    patience: int = Field(3, ge=1, description="Epochs without validation gain before stopping.")
-    batch_size: int = Field(
-        512, ge=1, description="Training examples per optimiser step (sasrec: sequence windows)."
+    dropout: float | None = Field(None, ge=0, lt=1, description="Dropout rate (sasrec).")
+    epochs: int | None = Field(None, ge=1, description="Upper bound; training stops early on validation.")
+    patience: int | None = Field(None, ge=1, description="Epochs without validation gain before stopping.")
+    batch_size: int | None = Field(
+        None, ge=1, description="Training examples per optimiser step (sasrec: sequence windows)."
     )
-    learning_rate: float = Field(5e-3, gt=0, description="Adam learning rate.")
+    learning_rate: float | None = Field(None, gt=0, description="Adam learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty of the optimiser.")
+    train_threads: int = Field(0, ge=0, description="Torch threads for training; 0 = one per core.")
     seed: int = Field(42, description="Random seed: same data + seed = same model.")
     train_interval_seconds: float = Field(300.0, gt=0, description="Trainer: time between cycles.")
     train_min_new_events: int = Field(1000, ge=1, description="Trainer: new events needed to retrain.")
@@ -132,6 +158,22 @@ class Settings(BaseSettings):
         return value
 
     _model_dir_follows_data_dir: bool = PrivateAttr(False)
+    _from_model_defaults: frozenset[str] = PrivateAttr(frozenset())
+
+    @model_validator(mode="after")
+    def _fill_model_defaults(self) -> Settings:
+        unset = frozenset(name for name in MODEL_DEFAULTS[self.model] if getattr(self, name) is None)
+        for name in unset:
+            setattr(self, name, MODEL_DEFAULTS[self.model][name])
+        self._from_model_defaults = unset
+        return self
+
+    def for_model(self, model: str) -> Settings:
+        """A copy that trains ``model``: hyper-parameters that were not set take ``model``'s defaults."""
+        if model not in MODEL_DEFAULTS:
+            raise ValueError(f"unknown model {model!r}; known: {', '.join(MODEL_DEFAULTS)}")
+        defaults = {name: MODEL_DEFAULTS[model][name] for name in self._from_model_defaults}
+        return self.model_copy(update={"model": model, **defaults})
 
     @model_validator(mode="after")
     def _default_model_dir(self) -> Settings:
@@ -170,7 +212,10 @@ class Settings(BaseSettings):
         env: dict[str, str] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
-            if value is None:
+            # Model defaults stay unset so that the child resolves them for its own model.
+            if value is None or (
+                name in self._from_model_defaults and value == MODEL_DEFAULTS[self.model][name]
+            ):
                 continue
             env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
         return env
@@ -207,7 +252,10 @@ def configuration_markdown() -> str:
         "|---|---|---|",
     ]
     for name, field in Settings.model_fields.items():
-        default = "unset" if field.default is None else f"`{field.default}`"
+        if name in MODEL_DEFAULTS["mf"]:
+            default = ", ".join(f"{model}: `{values[name]}`" for model, values in MODEL_DEFAULTS.items())
+        else:
+            default = "unset" if field.default is None else f"`{field.default}`"
         lines.append(f"| `{ENV_PREFIX}{name.upper()}` | {default} | {field.description or ''} |")
     return "\n".join(lines) + "\n"
 

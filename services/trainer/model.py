@@ -49,8 +49,10 @@ class SequenceRecommender(nn.Module):
 
     def prefix_logits(self, history: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Next-item scores after each position of one pass over ``history`` [B, T] (a training window):
-        row n of the result [N, n_items + 1] scores the next item after (b, t), the n-th True entry of
-        the bool mask ``positions`` [B, T]. At the last position this equals ``logits(history)``."""
+        row n of the result [N, n_items] scores the next item after (b, t), the n-th True entry of the
+        bool mask ``positions`` [B, T]. Column j is item j + 1: there is no padding column, so the
+        training softmax needs no slicing (a copy of the largest tensor of the step). At the last
+        position this equals ``logits(history)[:, 1:]``."""
         raise NotImplementedError
 
     def forward(self, history: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -219,11 +221,12 @@ class SASRec(SequenceRecommender):
 
     def logits(self, history: torch.Tensor) -> torch.Tensor:
         """The last position's hidden state scored against every item embedding, plus the item bias."""
-        return self.hidden(history)[:, -1] @ self.item_emb.weight.T + self.item_bias
+        return torch.addmm(self.item_bias, self.hidden(history)[:, -1], self.item_emb.weight.T)
 
     def prefix_logits(self, history: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Every position's hidden state, scored only where ``positions`` is True (saves memory)."""
-        return self.hidden(history)[positions] @ self.item_emb.weight.T + self.item_bias
+        real = slice(PADDING_INDEX + 1, None)
+        return torch.addmm(self.item_bias[real], self.hidden(history)[positions], self.item_emb.weight[real].T)
 
 
 # Model name (settings.model) -> class. Add a model by subclassing SequenceRecommender.

@@ -134,7 +134,7 @@ def train(dataset: SequenceDataset, settings: Settings) -> TrainResult:
         raise ValueError("no training examples: no user has two or more events")
     started = time.perf_counter()
     seed_everything(settings.seed)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(settings.train_threads or os.cpu_count() or 1)
     shuffle_rng = np.random.default_rng(settings.seed)
 
     model = build_model(settings, dataset.n_items)
@@ -276,13 +276,13 @@ def _train_one_epoch(
     # disable=None: a bar on a terminal, silence when stderr is a log file (the JSON log line suffices).
     with tqdm(total=batches.n_targets, desc=f"epoch {epoch}", unit="ex", disable=None, leave=False) as bar:
         for inputs, targets in batches.shuffled(rng):
+            # Column 0 is padding, never a target: it is left out of the softmax (column j = item j + 1).
             if model.all_positions:
                 is_target = targets != PADDING_INDEX
                 logits, targets = model.prefix_logits(inputs, is_target), targets[is_target]
             else:
-                logits = model.logits(inputs)
-            # Column 0 is padding, never a target: leave it out of the softmax.
-            loss = F.cross_entropy(logits[:, PADDING_INDEX + 1 :], targets - 1)
+                logits = model.logits(inputs)[:, PADDING_INDEX + 1 :]
+            loss = F.cross_entropy(logits, targets - 1)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

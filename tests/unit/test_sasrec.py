@@ -102,7 +102,7 @@ def test_padding_is_ignored() -> None:
         # The training pass scores the window's last position exactly as serving does.
         last = torch.zeros_like(padded, dtype=torch.bool)
         last[:, -1] = True
-        np.testing.assert_allclose(model.prefix_logits(padded, last), model.logits(padded), atol=1e-5)
+        np.testing.assert_allclose(model.prefix_logits(padded, last), model.logits(padded)[:, 1:], atol=1e-5)
         # An empty history still gives finite scores (no NaN from an all-padding attention row).
         assert torch.isfinite(model.logits(torch.zeros((1, MAX_SEQ_LEN), dtype=torch.int64))).all()
 

@@ -36,7 +36,7 @@ class TrainerModel(Recommender):
 
     def __init__(self, name: str, settings: Settings) -> None:
         self.name = name
-        self.settings = settings.model_copy(update={"model": name})
+        self.settings = settings.for_model(name)
         self.epochs = settings.epochs  # what fit() trains; tune() sets it to the best validation epoch
         self.model: SequenceRecommender | None = None
 

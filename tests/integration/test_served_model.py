@@ -1,0 +1,130 @@
+"""What the stack serves is what the offline code computes, and a new event moves a user's list.
+
+These tests train a new model version on the shared stack, so they live in a file that runs after
+the ones that check the first trained version.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from streamrec.publisher import Publisher, dataset_events, publish_stream
+from streamrec.shared.contracts import ONNX_INPUT_EXCLUDE, ONNX_INPUT_HISTORY, PADDING_INDEX
+from streamrec.shared.datasets import in_time_order, load_interactions
+from streamrec.shared.registry import MODEL_FILE, ModelRegistry
+from streamrec.trainer.evaluation.models import model_inputs
+from streamrec.trainer.evaluation.protocol import split_interactions
+
+from support import DATASETS, TrainedStack, wait_for
+
+pytestmark = pytest.mark.integration
+
+SERVED_USERS = 40  # ml-100k users replayed (about 4,000 events)
+SAMPLE_USERS = 15  # of them, the users whose served lists are compared
+
+
+def test_a_new_event_changes_the_users_list_under_the_same_model(trained_stack: TrainedStack) -> None:
+    live, events, version = trained_stack.live, trained_stack.events, trained_stack.version
+    user = sorted(events.user_id.unique())[0]
+    before = wait_for(
+        lambda: (cached := live.cached(user)) and cached.model_version == version and cached,
+        120,
+        f"user {user} to be served by model {version}",
+    )
+    # An item the user never touched and that is not in their list: excluding it cannot be what
+    # changes the list; only the model reading the longer history can.
+    listed = {item for item, _ in before.items} | set(events.item_id[events.user_id == user])
+    new_item = next(item for item in sorted(events.item_id.unique()) if item not in listed)
+    with Publisher(settings=live.settings) as publisher:
+        publisher.publish_event(
+            {"user_id": user, "item_id": new_item, "event_type": "click", "timestamp": time.time()}
+        )
+
+    after = wait_for(
+        lambda: (cached := live.cached(user)) and cached.generated_at > before.generated_at and cached,
+        60,
+        f"user {user}'s list to be refreshed after the new event",
+    )
+    assert after.model_version == before.model_version == version
+    assert new_item not in {item for item, _ in after.items}
+    assert after.items != before.items, "the list did not follow the user's new event"
+
+
+def test_served_lists_are_the_offline_top_n_of_the_same_model(trained_stack: TrainedStack) -> None:
+    """Replay MovieLens (minus each user's last item) into Kafka, train, and recompute the served
+    lists offline: the protocol's sequences (the evaluation code) through the published ONNX model."""
+    live = trained_stack.live
+    ratings = load_interactions(DATASETS / "ml-100k" / "u.data")
+    ratings = ratings[ratings.user_id.isin([str(user) for user in range(1, SERVED_USERS + 1)])].copy()
+    ratings["user_id"] = "served-" + ratings.user_id  # users of their own, apart from other tests
+    # The protocol's test split: every user's history minus their last item (time, then row order).
+    ordered = in_time_order(ratings)
+    replayed = ordered[ordered.groupby("user_id").cumcount(ascending=False) > 0]
+
+    counter = live.feature_updates()
+    before = counter.update()
+    with Publisher(settings=live.settings) as publisher:
+        sent = publish_stream(publisher, dataset_events(replayed, "served"), len(replayed), progress=False)
+    wait_for(lambda: counter.update() >= before + sent, 180, f"ingest to accept {sent} replayed events")
+    counter.close()
+
+    result = live.cli("train", "--once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    registry = ModelRegistry(live.settings.model_dir)
+    version = registry.latest_version()
+    assert version is not None and version != trained_stack.version
+    manifest = registry.verify(version)
+
+    # Offline: the evaluation protocol's view of the same file (histories = train + validation items).
+    split = split_interactions(ratings)
+    test_phase = split.test()
+    # Users whose whole history fits the ingest window, so serving excludes all of it as the protocol does.
+    short = test_phase.users[test_phase.fitting.lengths[test_phase.users] <= live.settings.history_len]
+    sample = short[:SAMPLE_USERS]
+    histories = test_phase.fitting.take(sample)
+    index_of = {item: index for index, item in enumerate(registry.vocabulary(version), start=1)}
+    to_model = np.array([index_of.get(item, PADDING_INDEX) for item in split.item_ids], dtype=np.int64)
+    protocol_windows = model_inputs(histories, manifest.max_seq_len)  # protocol item + 1, 0 = padding
+    history = np.where(protocol_windows > 0, to_model[np.maximum(protocol_windows - 1, 0)], PADDING_INDEX)
+    exclude = model_inputs(histories, int(histories.lengths.max()))
+    exclude = np.where(exclude > 0, to_model[np.maximum(exclude - 1, 0)], PADDING_INDEX)
+    session = ort.InferenceSession(
+        str(registry.path(version) / MODEL_FILE), providers=["CPUExecutionProvider"]
+    )
+    scores, items = session.run(None, {ONNX_INPUT_HISTORY: history, ONNX_INPUT_EXCLUDE: exclude})
+    vocabulary = registry.vocabulary(version)
+    top_n = live.settings.top_n
+
+    for row, user in enumerate(split.user_ids[sample]):
+        cached = wait_for(
+            lambda user=user: (cached := live.cached(user)) and cached.model_version == version and cached,
+            120,
+            f"{user}'s list from model {version}",
+        )
+        offline = [
+            (vocabulary[index - 1], float(score))
+            for index, score in zip(items[row, :top_n], scores[row, :top_n], strict=True)
+        ]
+        assert same_ranking(cached.items, offline), f"{user}: served {cached.items} != offline {offline}"
+
+
+def same_ranking(
+    served: list[tuple[str, float]], offline: list[tuple[str, float]], atol: float = 1e-5
+) -> bool:
+    """Equal lists of (item, score), except that items whose scores tie (within ``atol``, float32
+    noise between batch shapes) may come in either order."""
+    if len(served) != len(offline):
+        return False
+    if not np.allclose([s for _, s in served], [s for _, s in offline], atol=atol, rtol=0):
+        return False
+    start = 0
+    for end in range(1, len(offline) + 1):  # cut the offline list into runs of tied scores
+        if end == len(offline) or offline[end - 1][1] - offline[end][1] > atol:
+            if {i for i, _ in served[start:end]} != {i for i, _ in offline[start:end]}:
+                return False
+            start = end
+    return True
