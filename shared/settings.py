@@ -18,7 +18,7 @@ ENV_PREFIX = "STREAMREC_"
 
 # Training hyper-parameters whose best value depends on the model family, chosen on the validation
 # phase of `streamrec evaluate` (docs/evaluation.md). A setting left unset takes its model's value.
-MODEL_DEFAULTS: dict[str, dict[str, int | float]] = {
+MODEL_DEFAULTS: dict[str, dict[str, int | float | str]] = {
     "mf": {
         "max_seq_len": 50,
         "embedding_dim": 64,
@@ -27,6 +27,8 @@ MODEL_DEFAULTS: dict[str, dict[str, int | float]] = {
         "patience": 3,
         "batch_size": 512,
         "learning_rate": 5e-3,
+        "windows_per_user": 0,  # unused by mf
+        "item_init": "random",
     },
     "sasrec": {
         "max_seq_len": 50,
@@ -36,6 +38,8 @@ MODEL_DEFAULTS: dict[str, dict[str, int | float]] = {
         "patience": 5,
         "batch_size": 32,
         "learning_rate": 2e-3,
+        "windows_per_user": 0,
+        "item_init": "cooccurrence",
     },
 }
 
@@ -111,6 +115,12 @@ class Settings(BaseSettings):
         None, ge=1, description="Training examples per optimiser step (sasrec: sequence windows)."
     )
     learning_rate: float | None = Field(None, gt=0, description="Adam learning rate.")
+    item_init: Literal["random", "cooccurrence"] | None = Field(
+        None, description="Initial item embeddings: random, or from co-occurrence in the training data."
+    )
+    windows_per_user: int | None = Field(
+        None, ge=0, description="sasrec: windows of a user drawn per epoch (heavy users); 0 = all."
+    )
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty of the optimiser.")
     train_threads: int = Field(0, ge=0, description="Torch threads for training; 0 = one per core.")
     seed: int = Field(42, description="Random seed: same data + seed = same model.")

@@ -29,6 +29,7 @@ class SequenceRecommender(nn.Module):
     # True if the model implements ``prefix_logits``: the training loop then feeds whole windows of
     # a user's sequence and learns every next item in it in one pass (see train.py).
     all_positions: bool = False
+    item_emb: nn.Embedding  # [n_items + 1, dim]; row 0 is padding. Every model has one.
 
     def __init__(self, n_items: int, max_seq_len: int, top_k: int) -> None:
         super().__init__()
@@ -46,6 +47,12 @@ class SequenceRecommender(nn.Module):
     def logits(self, history: torch.Tensor) -> torch.Tensor:
         """Scores of every item index: LongTensor [B, L] -> FloatTensor [B, n_items + 1]."""
         raise NotImplementedError
+
+    def start_from(self, item_vectors: torch.Tensor) -> None:
+        """Replace the initial item embeddings by ``item_vectors`` [n_items + 1, dim] (a warm start)."""
+        with torch.no_grad():
+            self.item_emb.weight.copy_(item_vectors)
+            self.item_emb.weight[PADDING_INDEX].zero_()
 
     def prefix_logits(self, history: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Next-item scores after each position of one pass over ``history`` [B, T] (a training window):
@@ -226,7 +233,9 @@ class SASRec(SequenceRecommender):
     def prefix_logits(self, history: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Every position's hidden state, scored only where ``positions`` is True (saves memory)."""
         real = slice(PADDING_INDEX + 1, None)
-        return torch.addmm(self.item_bias[real], self.hidden(history)[positions], self.item_emb.weight[real].T)
+        return torch.addmm(
+            self.item_bias[real], self.hidden(history)[positions], self.item_emb.weight[real].T
+        )
 
 
 # Model name (settings.model) -> class. Add a model by subclassing SequenceRecommender.

@@ -30,8 +30,9 @@ from streamrec.shared.contracts import PADDING_INDEX
 from streamrec.shared.logs import get_logger
 from streamrec.shared.settings import Settings
 
+from .cooccurrence import item_vectors
 from .dataset import SequenceDataset
-from .model import SequenceRecommender, build_model
+from .model import INIT_STD, SequenceRecommender, build_model
 
 log = get_logger(__name__)
 
@@ -138,6 +139,10 @@ def train(dataset: SequenceDataset, settings: Settings) -> TrainResult:
     shuffle_rng = np.random.default_rng(settings.seed)
 
     model = build_model(settings, dataset.n_items)
+    if settings.item_init == "cooccurrence":
+        model.start_from(
+            torch.from_numpy(item_vectors(dataset, model.item_emb.embedding_dim, INIT_STD, settings.seed))
+        )
     optimizer = torch.optim.Adam(
         model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay
     )
@@ -153,7 +158,7 @@ def train(dataset: SequenceDataset, settings: Settings) -> TrainResult:
         },
     )
 
-    batches = TrainBatches(dataset, settings.batch_size, model.all_positions)
+    batches = TrainBatches(dataset, settings.batch_size, model.all_positions, settings.windows_per_user)
     history: list[EpochStats] = []
     best_ndcg, best_epoch, best_state = -math.inf, 0, None
     for epoch in range(1, settings.epochs + 1):
@@ -214,29 +219,45 @@ class TrainBatches:
     training targets are cut into runs of up to max_seq_len consecutive positions, newest run
     first, and a window's input is each target's preceding item. Both are left-padded with 0; a
     0 target is no target. Columns that are padding in the whole batch are cut off (T <= max_seq_len).
+
+    ``windows_per_user`` > 0 makes an epoch draw at most that many of each user's windows, anew
+    each epoch: a few users with thousands of events then no longer make up most of an epoch
+    (the metrics weigh every user equally), and an epoch gets cheaper while, over the epochs,
+    every window is still used.
     """
 
-    def __init__(self, dataset: SequenceDataset, batch_size: int, all_positions: bool) -> None:
+    def __init__(
+        self, dataset: SequenceDataset, batch_size: int, all_positions: bool, windows_per_user: int = 0
+    ) -> None:
         self.dataset, self.batch_size = dataset, batch_size
-        self.windows: tuple[np.ndarray, np.ndarray] | None = None
+        self.windows: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+        self.windows_per_user = windows_per_user
         if all_positions:
             self.windows = _position_windows(dataset)
 
-    @property
-    def n_targets(self) -> int:
-        """Training targets per epoch."""
-        return self.dataset.n_train_examples
-
-    def shuffled(self, rng: np.random.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """One epoch of batches in a random order."""
+    def shuffled(self, rng: np.random.Generator) -> tuple[int, Iterator[tuple[torch.Tensor, torch.Tensor]]]:
+        """One epoch: (number of training targets, batches in a random order)."""
         if self.windows is None:
             order = rng.permutation(self.dataset.n_train_examples)
-            for start in range(0, len(order), self.batch_size):
-                histories, targets = self.dataset.train_batch(order[start : start + self.batch_size])
-                yield torch.from_numpy(histories), torch.from_numpy(targets)
-            return
-        inputs, targets = self.windows
-        order = rng.permutation(len(inputs))
+            return len(order), self._examples(order)
+        inputs, targets, owners = self.windows
+        chosen = np.arange(len(inputs))
+        if self.windows_per_user > 0:
+            # A random rank for each window within its user; keep the ranks below the cap.
+            order = np.lexsort((rng.random(len(owners)), owners))
+            group_start = np.searchsorted(owners[order], owners[order], side="left")
+            chosen = order[np.arange(len(order)) - group_start < self.windows_per_user]
+        order = rng.permutation(chosen)
+        return int((targets[order] != PADDING_INDEX).sum()), self._windows(order)
+
+    def _examples(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for start in range(0, len(order), self.batch_size):
+            histories, targets = self.dataset.train_batch(order[start : start + self.batch_size])
+            yield torch.from_numpy(histories), torch.from_numpy(targets)
+
+    def _windows(self, order: np.ndarray) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        assert self.windows is not None
+        inputs, targets, _ = self.windows
         for start in range(0, len(order), self.batch_size):
             chosen = order[start : start + self.batch_size]
             first_column = int((targets[chosen] != PADDING_INDEX).argmax(axis=1).min())
@@ -246,21 +267,22 @@ class TrainBatches:
             )
 
 
-def _position_windows(dataset: SequenceDataset) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, targets) int64 [n_windows, max_seq_len] covering every training target once."""
+def _position_windows(dataset: SequenceDataset) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inputs, targets) int64 [n_windows, max_seq_len] covering every training target once, and
+    the owner (user) of each window, int64 [n_windows], sorted."""
     length = dataset.max_seq_len
     positions = dataset.train_positions  # sorted; each user's targets are consecutive positions
     owners = np.searchsorted(dataset.user_starts, positions, side="right") - 1
-    _, first, counts = np.unique(owners, return_index=True, return_counts=True)
+    users, first, counts = np.unique(owners, return_index=True, return_counts=True)
     from_end = np.repeat(first + counts - 1, counts) - np.arange(len(positions))  # 0 = user's newest
-    windows_per_user = -(-counts // length)
-    window = np.repeat(np.cumsum(windows_per_user) - windows_per_user, counts) + from_end // length
+    n_windows = -(-counts // length)
+    window = np.repeat(np.cumsum(n_windows) - n_windows, counts) + from_end // length
     column = length - 1 - from_end % length
-    inputs = np.zeros((int(windows_per_user.sum()), length), dtype=np.int64)
+    inputs = np.zeros((int(n_windows.sum()), length), dtype=np.int64)
     targets = np.zeros_like(inputs)
     inputs[window, column] = dataset.items[positions - 1]  # a target is never a user's first item
     targets[window, column] = dataset.items[positions]
-    return inputs, targets
+    return inputs, targets, np.repeat(users, n_windows)
 
 
 def _train_one_epoch(
@@ -273,9 +295,10 @@ def _train_one_epoch(
     """One pass over the shuffled training data; returns the mean loss per target."""
     model.train()
     total_loss = 0.0
+    n_targets, epoch_batches = batches.shuffled(rng)
     # disable=None: a bar on a terminal, silence when stderr is a log file (the JSON log line suffices).
-    with tqdm(total=batches.n_targets, desc=f"epoch {epoch}", unit="ex", disable=None, leave=False) as bar:
-        for inputs, targets in batches.shuffled(rng):
+    with tqdm(total=n_targets, desc=f"epoch {epoch}", unit="ex", disable=None, leave=False) as bar:
+        for inputs, targets in epoch_batches:
             # Column 0 is padding, never a target: it is left out of the softmax (column j = item j + 1).
             if model.all_positions:
                 is_target = targets != PADDING_INDEX
@@ -289,4 +312,4 @@ def _train_one_epoch(
             total_loss += loss.item() * len(targets)
             bar.update(len(targets))
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)
-    return total_loss / batches.n_targets
+    return total_loss / n_targets

@@ -111,13 +111,28 @@ def test_windows_cover_every_training_target_once(tmp_path: Path) -> None:
     data = build_dataset(clustered_events(users=7, length=9), max_seq_len=3)
     batches = TrainBatches(data, batch_size=4, all_positions=True)
     pairs = []
-    for inputs, targets in batches.shuffled(np.random.default_rng(0)):
+    n_targets, epoch = batches.shuffled(np.random.default_rng(0))
+    for inputs, targets in epoch:
         assert inputs.shape == targets.shape and inputs.shape[1] <= 3
         is_target = targets != PADDING_INDEX
         assert (inputs[is_target] != PADDING_INDEX).all()
         pairs += list(zip(inputs[is_target].tolist(), targets[is_target].tolist(), strict=True))
     histories, expected_targets = data.train_batch(np.arange(data.n_train_examples))
+    assert n_targets == len(pairs) == data.n_train_examples
     assert sorted(pairs) == sorted(zip(histories[:, -1].tolist(), expected_targets.tolist(), strict=True))
+
+
+def test_windows_per_user_caps_each_epoch_and_varies_between_epochs(tmp_path: Path) -> None:
+    data = build_dataset(clustered_events(users=5, length=12), max_seq_len=3)  # 4 windows per user
+    batches = TrainBatches(data, batch_size=64, all_positions=True, windows_per_user=2)
+    rng = np.random.default_rng(0)
+    epochs = []
+    for _ in range(4):
+        n_targets, epoch = batches.shuffled(rng)
+        windows = [tuple(row) for targets in [t for _, t in epoch] for row in targets.tolist()]
+        assert len(windows) == 5 * 2 and n_targets == sum(t != PADDING_INDEX for w in windows for t in w)
+        epochs.append(set(windows))
+    assert len(set.union(*epochs)) > len(epochs[0])  # other windows are drawn in other epochs
 
 
 def test_training_learns_and_is_deterministic(tmp_path: Path) -> None:
