@@ -327,7 +327,8 @@ def evaluate(dataset: Path, models: str | None, as_json: bool, plot: Path | None
     from .trainer.evaluation.runner import EvaluationError
     from .trainer.evaluation.runner import evaluate as run_evaluation
 
-    settings = _settings("evaluate", log_format="console", log_level="WARNING")
+    # Progress (model, epoch, validation metric) as readable lines on stderr; results on stdout.
+    settings = _settings("evaluate", log_format="console")
     names = [name.strip() for name in models.split(",")] if models else None
     try:
         result = run_evaluation(dataset, names, settings, plot)
