@@ -259,3 +259,13 @@ def test_evaluate_returns_the_report_and_plots(tmp_path: Path) -> None:
     assert "mf *" in table and "mostpop" in table
     with pytest.raises(EvaluationError, match="unknown model"):
         evaluate(path, ["nope"], tiny_settings(tmp_path), None)
+
+
+def test_the_default_model_learns_order_where_popularity_cannot(tmp_path: Path) -> None:
+    path = tmp_path / "events.csv"
+    chain_events().to_csv(path, index=False)  # every item equally popular; the next item is fixed
+    settings = Settings(data_dir=tmp_path, embedding_dim=16, max_seq_len=8, epochs=8)  # default model
+    result = evaluate(path, ["mostpop", settings.model], settings, None)
+    mostpop, default = result["models"]
+    assert default["default"] and default["name"] == "sasrec"
+    assert default["ndcg@10"] > 0.8 > mostpop["ndcg@10"] + 0.5
