@@ -256,4 +256,5 @@ ONNX_OUTPUT_ITEMS = "items"  # int64 [batch, top_k]: item indices matching `scor
 MODEL_FILE = "model.onnx"
 VOCAB_FILE = "items.json"  # JSON list: vocabulary[i-1] is the item id of index i
 MANIFEST_FILE = "manifest.json"
-LATEST_FILE = "LATEST"  # text file in the model dir: version of the newest model
+PROMOTED_FILE = "PROMOTED"  # text file in the model dir: the version scorers serve
+PROMOTIONS_FILE = "promotions.jsonl"  # append-only log of promotions and rollbacks

@@ -1,18 +1,26 @@
-"""The versioned model registry: a directory of immutable model versions plus a LATEST pointer.
+"""The versioned model registry: a directory of immutable model versions plus a PROMOTED pointer.
 
 Layout::
 
     <root>/
-      LATEST                          # text: the version the scorer should serve
-      20261129T052000.123Z-1a2b3c/    # one directory per version, never modified once published
-        manifest.json                 # ModelManifest: sha256 of every file, ONNX signature, metrics
+      PROMOTED                        # text: the version scorers serve
+      promotions.jsonl                # append-only log of promotions and rollbacks
+      20261129T052000.123Z-1a2b3c/    # one directory per version; its model files never change
+        manifest.json                 # ModelManifest: sha256 of every file, signature, metrics, status
         model.onnx
         items.json
       .staging-<random>/              # a version being written (invisible to readers)
 
-The trainer writes a version into a staging directory under the root, then :meth:`ModelRegistry.publish`
-renames it into place and replaces LATEST, both atomically. Readers (the scorer) only ever see
-complete versions, and :meth:`ModelRegistry.verify` re-checks every file against its manifest.
+Lifecycle: the trainer writes a version into a staging directory under the root and
+:meth:`ModelRegistry.publish` renames it into place as a *candidate*. The quality gate then either
+promotes it (:meth:`~ModelRegistry.promote`: PROMOTED points at it) or rejects it
+(:meth:`~ModelRegistry.reject`); :meth:`~ModelRegistry.rollback` moves PROMOTED back to the version promoted before and marks the
+current one *rolled-back*. Every pointer or manifest change is a write to a temporary file and an
+atomic rename, so readers (the scorer) only ever see complete versions and whole files, and
+:meth:`ModelRegistry.verify` re-checks every model file against its manifest. A manifest's only
+changing fields are ``status`` and ``status_reason``; model files are covered by sha256.
+
+One writer at a time (the trainer, or an operator's ``streamrec models`` command).
 """
 
 from __future__ import annotations
@@ -21,8 +29,10 @@ import hashlib
 import os
 import re
 import secrets
+import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import MISSING, asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,13 +40,14 @@ from typing import Any
 import orjson
 
 from .contracts import (
-    LATEST_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
     ONNX_INPUT_HISTORY,
     ONNX_OUTPUT_ITEMS,
     ONNX_OUTPUT_SCORES,
+    PROMOTED_FILE,
+    PROMOTIONS_FILE,
     VOCAB_FILE,
 )
 from .logs import get_logger
@@ -44,6 +55,14 @@ from .logs import get_logger
 log = get_logger(__name__)
 
 STAGING_PREFIX = ".staging-"
+TRASH_PREFIX = ".trash-"  # a pruned version being deleted (renamed first, so it vanishes at once)
+
+# Status of a version (ModelManifest.status).
+CANDIDATE = "candidate"  # published, not (yet) judged by the quality gate
+PROMOTED = "promoted"  # passed the gate (or promoted by hand); PROMOTED names the one served now
+REJECTED = "rejected"  # failed the gate; status_reason says why
+ROLLED_BACK = "rolled-back"  # was served, then rolled back
+STATUSES = (CANDIDATE, PROMOTED, REJECTED, ROLLED_BACK)
 REQUIRED_FILES = (MODEL_FILE, VOCAB_FILE)
 # Dynamic ONNX dimensions are named, static ones are ints; these names are what the exporter uses.
 BATCH_DIM = "batch"
@@ -55,6 +74,10 @@ _HASH_CHUNK = 1 << 20
 
 class ModelIntegrityError(Exception):
     """A model version is unusable: missing file, sha256 mismatch, bad manifest or signature."""
+
+
+class RegistryError(Exception):
+    """A lifecycle operation is not possible (unknown version, nothing to roll back to, …)."""
 
 
 @dataclass(frozen=True)
@@ -73,6 +96,8 @@ class ModelManifest:
     signature: dict[str, Any]  # {"inputs": {name: {dtype, shape}}, "outputs": {name: {dtype, shape}}}
     metrics: dict[str, float]  # e.g. val_ndcg@10, val_hr@10, best_epoch, train_seconds, final_loss
     data: dict[str, Any]  # events, users, items, window_start, window_end (given by the trainer)
+    status: str = CANDIDATE  # one of STATUSES; the only field (with status_reason) that changes
+    status_reason: str = ""
 
     def to_json(self) -> bytes:
         """Serialise as indented, key-sorted JSON (stable bytes, readable by people)."""
@@ -88,10 +113,11 @@ class ModelManifest:
         if not isinstance(data, dict):
             raise ModelIntegrityError("manifest is not a JSON object")
         # Unknown keys are ignored so that a newer trainer's manifest stays readable by an older scorer.
-        missing = [name for name in cls.__dataclass_fields__ if name not in data]
+        fields = cls.__dataclass_fields__
+        missing = [name for name, field in fields.items() if name not in data and field.default is MISSING]
         if missing:
             raise ModelIntegrityError(f"manifest misses field(s): {', '.join(missing)}")
-        return cls(**{name: data[name] for name in cls.__dataclass_fields__})
+        return cls(**{name: data[name] for name in fields if name in data})
 
 
 def expected_signature(max_seq_len: int, top_k: int) -> dict[str, Any]:
@@ -141,10 +167,15 @@ class ModelRegistry:
             if entry.is_dir() and _VERSION_PATTERN.match(entry.name) and (entry / MANIFEST_FILE).is_file()
         )
 
-    def latest_version(self) -> str | None:
-        """The version LATEST points at, or None if nothing was published yet."""
+    def newest_version(self) -> str | None:
+        """The most recently published version, whatever its status, or None."""
+        versions = self.versions()
+        return versions[-1] if versions else None
+
+    def promoted_version(self) -> str | None:
+        """The version PROMOTED points at (the one scorers serve), or None if none was promoted."""
         try:
-            text = (self.root / LATEST_FILE).read_text(encoding="utf-8").strip()
+            text = (self.root / PROMOTED_FILE).read_text(encoding="utf-8").strip()
         except FileNotFoundError:
             return None
         return text or None
@@ -204,12 +235,12 @@ class ModelRegistry:
         return Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=self.root))
 
     def publish(self, staging_dir: Path, manifest: ModelManifest) -> Path:
-        """Make a staged version visible and point LATEST at it; return the version's directory.
+        """Make a staged version visible as a candidate; return the version's directory.
 
         Writes the manifest into the staging directory, checks the staged files against it, then
-        renames the directory to ``root/<version>`` and atomically replaces LATEST. Both steps are
-        single renames, so a crash leaves either the old state or the new one, never a half model
-        (at worst an orphaned ``.staging-*`` directory, which readers ignore).
+        renames the directory to ``root/<version>``: a single rename, so a crash leaves either no
+        version or a complete one (at worst an orphaned ``.staging-*`` directory, which readers
+        ignore). Nothing is served until the version is promoted.
         """
         staging_dir = Path(staging_dir)
         if staging_dir.resolve().parent != self.root.resolve():
@@ -231,30 +262,124 @@ class ModelRegistry:
 
         os.rename(staging_dir, target)
         _fsync_dir(self.root)
-        self._point_latest_at(manifest.version)
         log.info(
             "model published",
             extra={
                 "model_version": manifest.version,
                 "parent_version": manifest.parent_version,
+                "status": manifest.status,
                 "path": str(target),
             },
         )
         return target
 
-    def _point_latest_at(self, version: str) -> None:
-        """Replace LATEST atomically: write a temporary file, fsync it, rename it over LATEST."""
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{LATEST_FILE}-", dir=self.root)
+    def promote(self, version: str, reason: str) -> ModelManifest:
+        """Verify ``version`` and make it the served one (PROMOTED); log the promotion."""
+        manifest = self.verify(version)
+        manifest = self._set_status(manifest, PROMOTED, reason)
+        self._append_promotion({"action": "promote", "version": version, "reason": reason})
+        self._point_at(PROMOTED_FILE, version)
+        log.info("model promoted", extra={"model_version": version, "reason": reason})
+        return manifest
+
+    def reject(self, version: str, reason: str) -> ModelManifest:
+        """Mark a candidate rejected (it is never served unless promoted by hand later)."""
+        manifest = self._set_status(self.manifest(version), REJECTED, reason)
+        log.warning("model rejected", extra={"model_version": version, "reason": reason})
+        return manifest
+
+    def rollback_target(self) -> str | None:
+        """The version a rollback would serve: the one promoted before the current one."""
+        stack = self._promotion_stack()
+        return stack[-2] if len(stack) >= 2 else None
+
+    def rollback(self, reason: str) -> tuple[str, ModelManifest]:
+        """Serve the previously promoted version again; the current one becomes rolled-back.
+
+        Returns (the version rolled back from, the manifest now served). Raises RegistryError when
+        nothing is promoted or there is no earlier promoted version, ModelIntegrityError when the
+        earlier version no longer verifies (nothing changes then).
+        """
+        current = self.promoted_version()
+        target = self.rollback_target()
+        if current is None or target is None:
+            raise RegistryError(
+                "nothing to roll back to: "
+                + ("no version is promoted" if current is None else f"{current} is the only promoted version")
+            )
+        manifest = self.verify(target)
+        self._set_status(self.manifest(current), ROLLED_BACK, reason)
+        self._append_promotion({"action": "rollback", "version": target, "from": current, "reason": reason})
+        self._point_at(PROMOTED_FILE, target)
+        log.warning("model rolled back", extra={"model_version": target, "from": current, "reason": reason})
+        return current, manifest
+
+    def prune(self, keep: int) -> list[str]:
+        """Delete all but the ``keep`` newest versions, never the promoted one nor the rollback
+        target. Returns the deleted versions. Each is renamed away first, so it vanishes at once."""
+        if keep < 1:
+            raise ValueError("keep at least one version")
+        protected = {self.promoted_version(), self.rollback_target()}
+        versions = self.versions()
+        doomed = [version for version in versions[:-keep] if version not in protected]
+        for version in doomed:
+            trash = self.root / f"{TRASH_PREFIX}{version}"
+            os.rename(self.path(version), trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        if doomed:
+            _fsync_dir(self.root)
+            log.info(
+                "old model versions deleted", extra={"deleted": doomed, "kept": len(versions) - len(doomed)}
+            )
+        return doomed
+
+    def promotions(self) -> list[dict[str, Any]]:
+        """The promotion log, oldest first: {"action": "promote"|"rollback", "version", "at", …}."""
         try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(f"{version}\n".encode())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp_name, self.root / LATEST_FILE)
-        except BaseException:
-            Path(tmp_name).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.root)
+            lines = (self.root / PROMOTIONS_FILE).read_bytes().splitlines()
+        except FileNotFoundError:
+            return []
+        entries = []
+        for line in lines:
+            try:
+                entry = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue  # a torn last line after a crash: the pointer file is the truth
+            if isinstance(entry, dict) and isinstance(entry.get("version"), str):
+                entries.append(entry)
+        return entries
+
+    def _promotion_stack(self) -> list[str]:
+        """Replay the log: promoted versions, oldest first, the current one last (rolled-back ones
+        popped). Versions deleted from disk are skipped."""
+        stack: list[str] = []
+        for entry in self.promotions():
+            if entry.get("action") == "promote":
+                if entry["version"] in stack:
+                    stack.remove(entry["version"])
+                stack.append(entry["version"])
+            elif entry.get("action") == "rollback" and stack and stack[-1] == entry.get("from"):
+                stack.pop()
+        present = set(self.versions())
+        return [version for version in stack if version in present]
+
+    def _set_status(self, manifest: ModelManifest, status: str, reason: str) -> ModelManifest:
+        updated = replace(manifest, status=status, status_reason=reason)
+        _replace_durably(self.path(manifest.version) / MANIFEST_FILE, updated.to_json())
+        return updated
+
+    def _append_promotion(self, entry: dict[str, Any]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        line = orjson.dumps({"at": time.time(), **entry}) + b"\n"
+        with open(self.root / PROMOTIONS_FILE, "ab") as handle:
+            handle.write(line)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def _point_at(self, pointer: str, version: str) -> None:
+        """Replace a pointer file atomically: write a temporary file, fsync it, rename it over."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        _replace_durably(self.root / pointer, f"{version}\n".encode())
 
 
 def check_model_dir(directory: Path, manifest: ModelManifest) -> None:
@@ -321,6 +446,21 @@ def onnx_signature(model_path: Path) -> dict[str, Any]:
         return described
 
     return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
+
+
+def _replace_durably(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path`` (atomic)."""
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _write_durably(path: Path, data: bytes) -> None:

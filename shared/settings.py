@@ -127,11 +127,23 @@ class Settings(BaseSettings):
     train_interval_seconds: float = Field(300.0, gt=0, description="Trainer: time between cycles.")
     train_min_new_events: int = Field(1000, ge=1, description="Trainer: new events needed to retrain.")
     train_window_events: int = Field(5_000_000, ge=1, description="Trainer: most recent events kept.")
+    gate_metric: Literal["ndcg@10", "hr@10"] = Field(
+        "ndcg@10", description="Quality gate: holdout metric a new model must not lose on."
+    )
+    gate_tolerance: float = Field(
+        0.005, ge=0, description="Quality gate: how much worse than the served model a new one may be."
+    )
+    model_keep_versions: int = Field(
+        10, ge=1, description="Registry: newest versions kept (plus the promoted one and its predecessor)."
+    )
 
     # --- scoring (scorer) -------------------------------------------------------------------
     scorer_batch_size: int = Field(256, ge=1, description="Users scored per micro-batch.")
     scorer_batch_wait_ms: int = Field(20, ge=0, description="Max wait to fill a micro-batch.")
     scorer_recent_users: int = Field(100_000, ge=0, description="Users remembered for re-scoring.")
+    scorer_rescore_per_second: int = Field(
+        5000, ge=0, description="Re-scoring after a model swap: users per second at most; 0 = no limit."
+    )
 
     # --- read path (api) --------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="HTTP API bind address.")

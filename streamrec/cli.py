@@ -47,9 +47,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         StackError,
     ]
     try:
-        from .shared.registry import ModelIntegrityError
+        from .shared.registry import ModelIntegrityError, RegistryError
 
-        errors.append(ModelIntegrityError)
+        errors += [ModelIntegrityError, RegistryError]
     except ImportError:
         pass
     return tuple(errors)
@@ -223,16 +223,118 @@ def train(once: bool) -> None:
         run(settings)
         return
     try:
-        manifest = train_once(settings)
+        result = train_once(settings)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    manifest = result.manifest
     click.echo(
-        f"model {manifest.version} published to {settings.model_dir} ({_metrics_line(manifest.metrics)})"
+        f"model {manifest.version} published to {settings.model_dir}: {manifest.status} "
+        f"({result.decision.reason}) ({_metrics_line(manifest.metrics)})"
     )
 
 
 def _metrics_line(metrics: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
+
+
+@cli.group()
+def models() -> None:
+    """The model registry: list, inspect, promote, roll back (STREAMREC_MODEL_DIR)."""
+
+
+def _registry(settings: Settings):
+    from .shared.registry import ModelRegistry
+
+    return ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings' validator
+
+
+@models.command("list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per version instead of a table.")
+def models_list(as_json: bool) -> None:
+    """Every version, oldest first; ``*`` marks the one served (PROMOTED)."""
+    settings = _settings("models", log_format="console")
+    registry = _registry(settings)
+    promoted = registry.promoted_version()
+    rows = []
+    for version in registry.versions():
+        manifest = registry.manifest(version)
+        rows.append(
+            {
+                "version": version,
+                "served": version == promoted,
+                "status": manifest.status,
+                "model": manifest.model_type,
+                "created_at": manifest.created_at,
+                "events": manifest.data.get("events"),
+                "val_ndcg@10": manifest.metrics.get("val_ndcg@10"),
+                "reason": manifest.status_reason,
+            }
+        )
+    if as_json:
+        for row in rows:
+            click.echo(orjson.dumps(row).decode())
+        return
+    if not rows:
+        click.echo(f"no model in {settings.model_dir}")
+        return
+    for row in rows:
+        created = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(row["created_at"]))
+        ndcg = "-" if row["val_ndcg@10"] is None else f"{row['val_ndcg@10']:.4f}"
+        click.echo(
+            f"{'*' if row['served'] else ' '} {row['version']}  {row['status']:<11}  {row['model']:<6}  "
+            f"{created}  events={row['events']}  val_ndcg@10={ndcg}  {row['reason']}"
+        )
+
+
+@models.command("show")
+@click.argument("version")
+def models_show(version: str) -> None:
+    """A version's manifest (JSON), after checking its files against it."""
+    from .shared.registry import ModelIntegrityError
+
+    registry = _registry(_settings("models", log_format="console"))
+    try:
+        manifest = registry.verify(version)
+        intact = "files verified"
+    except ModelIntegrityError as exc:
+        manifest, intact = registry.manifest(version), f"NOT INTACT: {exc}"
+    click.echo(manifest.to_json().decode().rstrip())
+    click.echo(f"# {intact}; {'served now' if registry.promoted_version() == version else 'not served'}")
+
+
+@models.command("promote")
+@click.argument("version")
+@click.option("--reason", default="promoted by hand", show_default=True, help="Recorded with the promotion.")
+def models_promote(version: str, reason: str) -> None:
+    """Serve VERSION (verified first), bypassing the quality gate; scorers switch to it."""
+    settings = _settings("models", log_format="console")
+    manifest = _registry(settings).promote(version, reason)
+    _announce_or_explain(settings, manifest)
+    click.echo(f"promoted {version}")
+
+
+@models.command("rollback")
+@click.option(
+    "--reason", default="rolled back by hand", show_default=True, help="Recorded with the rollback."
+)
+def models_rollback(reason: str) -> None:
+    """Serve the previously promoted version again; the current one is marked rolled-back."""
+    settings = _settings("models", log_format="console")
+    previous, manifest = _registry(settings).rollback(reason)
+    _announce_or_explain(settings, manifest)
+    click.echo(f"rolled back from {previous} to {manifest.version}")
+
+
+def _announce_or_explain(settings: Settings, manifest: Any) -> None:
+    """Tell scorers at once over Kafka; without Kafka they see PROMOTED change within seconds."""
+    from .trainer.service import announce
+
+    if settings.kafka_bootstrap is None:
+        click.echo(
+            "STREAMREC_KAFKA_BOOTSTRAP not set: scorers pick the change up from the registry within ~10 s"
+        )
+        return
+    announce(settings, manifest)
 
 
 @cli.group()

@@ -76,8 +76,14 @@ def run_demo(
         counter.close()
 
         click.echo("[3/4] training a model on the streamed interactions")
-        manifest = train_once(live)
+        result = train_once(live)
+        manifest = result.manifest
         click.echo(f"      model {manifest.version}: {_metrics(manifest.metrics)}")
+        click.echo(f"      quality gate: {manifest.status} ({result.decision.reason})")
+        if not result.promoted:
+            raise StackError(
+                f"the model was not promoted, so nothing new is served: {result.decision.reason}"
+            )
 
         click.echo("[4/4] scorer refreshing every user's recommendations")
         store = redis.Redis.from_url(live.redis_url or "")

@@ -22,6 +22,11 @@ from streamrec.synthetic import generate
 from support import LiveStack, TrainedStack, wait_for
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests that change the served model run after those that check the first trained one."""
+    items.sort(key=lambda item: item.get_closest_marker("changes_model") is not None)  # stable
+
+
 @pytest.fixture(scope="session")
 def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """Embedded broker + Redis + ingest, scorer and api as real processes."""
@@ -57,6 +62,6 @@ def trained_stack(live_stack: LiveStack) -> TrainedStack:
 
     result = live_stack.cli("train", "--once")
     assert result.returncode == 0, result.stderr[-3000:]
-    version = ModelRegistry(live_stack.settings.model_dir).latest_version()
+    version = ModelRegistry(live_stack.settings.model_dir).promoted_version()
     assert version is not None and version in result.stdout
     return TrainedStack(live_stack, events, version)

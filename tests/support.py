@@ -46,11 +46,13 @@ class LiveStack:
         """Environment for a `streamrec` subprocess talking to this stack."""
         return {**os.environ, **self.settings.as_env()}
 
-    def cli(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """Run `streamrec ARGS…` against this stack."""
+    def cli(
+        self, *args: str, timeout: float = 300, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `streamrec ARGS…` against this stack (``env``: extra variables)."""
         return subprocess.run(
             [sys.executable, "-m", "streamrec", *args],
-            env=self.env(),
+            env={**self.env(), **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -13,7 +13,8 @@ One synchronous loop per process:
 Every scorer also reads ``topic_popular_items`` and ``topic_models`` on its own (partition 0
 assigned explicitly, outside the group): popular items from the latest message, so a restarted
 scorer has the fallback at once; models by following announcements after reconciling with the
-registry's LATEST (which is also re-read periodically, in case an announcement was lost).
+registry's PROMOTED pointer (also re-read periodically, in case an announcement was lost). A
+rollback is announced the same way: the scorer serves whatever was announced or promoted last.
 
 A new model is swapped in only after it is verified, loaded and warmed up; a broken one is refused
 and the old one keeps serving. After a swap the recently seen users (a bounded LRU of their latest
@@ -23,6 +24,7 @@ popular list arrives before any model (users seen earlier had nothing to be writ
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -48,9 +50,9 @@ log = get_logger(__name__)
 
 SCORER_GROUP = "streamrec-scorer"
 IDLE_POLL_SECONDS = 0.5  # longest block waiting for traffic; bounds the reaction time to control messages
-LATEST_CHECK_SECONDS = 10.0  # re-read the registry's LATEST this often (covers lost announcements)
+PROMOTED_CHECK_SECONDS = 10.0  # re-read the registry's PROMOTED this often (covers lost announcements)
 PROGRESS_LOG_SECONDS = 60.0
-STARTUP_FALLBACK_VERSIONS = 3  # older versions tried at start-up when LATEST is refused
+STARTUP_FALLBACK_VERSIONS = 3  # earlier promoted versions tried at start-up when PROMOTED is refused
 RETRY_FIRST_DELAY_SECONDS = 0.2
 RETRY_MAX_DELAY_SECONDS = 5.0
 # Redis failures worth waiting out: the server is down, restarting, loading, failing over or full.
@@ -122,15 +124,16 @@ class ScorerService:
         self.recent = RecentUsers(settings.scorer_recent_users)
         self.rescore_queue: OrderedDict[str, None] = OrderedDict()
         self.refused_versions: set[str] = set()
-        self.latest_seen: str | None = None
+        self.promoted_seen: str | None = None
         self.assigned_partitions: set[int] = set()
 
         self.stopping = threading.Event()
         self.users: Consumer | None = None
         self.control: Consumer | None = None
-        self._next_latest_check = 0.0
+        self._next_promoted_check = 0.0
         self._next_progress_log = time.monotonic() + PROGRESS_LOG_SECONDS
         self._rescore_started = 0.0
+        self._next_rescore_at = 0.0
         self.counts = {"batches": 0, "messages": 0, "personal": 0, "fallback": 0, "rescored": 0}
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -140,10 +143,10 @@ class ScorerService:
         self.stopping.set()
 
     def start(self) -> None:
-        """Check the servers, load the registry's LATEST model and connect the consumers."""
+        """Check the servers, load the registry's PROMOTED model and connect the consumers."""
         self._check_topics()
         self._retry("connect to Redis", self.redis.ping)
-        self._reconcile_with_latest()
+        self._reconcile_with_registry()
         self.control = self._control_consumer()
         self.users = Consumer(
             {
@@ -178,9 +181,9 @@ class ScorerService:
         while not self.stopping.is_set():
             try:
                 self._poll_control()
-                self._check_latest_periodically()
-                # With re-scoring pending, do not block waiting for traffic: alternate the two.
-                batch = self._collect_batch(0.0 if self.rescore_queue else IDLE_POLL_SECONDS)
+                self._check_promoted_periodically()
+                # With re-scoring due, do not block waiting for traffic: alternate the two.
+                batch = self._collect_batch(min(IDLE_POLL_SECONDS, self._seconds_until_rescore()))
                 if batch:
                     self._process_user_batch(batch)
                 self._rescore_step()
@@ -234,27 +237,32 @@ class ScorerService:
         low, high = consumer.get_watermark_offsets(popular, timeout=10.0)
         # The last popular list already published is the fallback to serve right now.
         popular.offset = high - 1 if high > low else OFFSET_BEGINNING
-        # Models: the registry's LATEST was read just before; follow announcements from here on.
+        # Models: the registry's PROMOTED was read just before; follow announcements from here on.
         models = TopicPartition(self.settings.topic_models, 0, OFFSET_END)
         consumer.assign([popular, models])
         return consumer
 
-    def _reconcile_with_latest(self) -> None:
-        latest = self.latest_seen = self.registry.latest_version()
-        if latest is None:
+    def _reconcile_with_registry(self) -> None:
+        promoted = self.promoted_seen = self.registry.promoted_version()
+        if promoted is None:
             log.info(
-                "no model in the registry yet: serving popular items",
+                "no promoted model in the registry yet: serving popular items",
                 extra={"registry": str(self.registry.root)},
             )
             return
-        self._switch_model(latest, reason="registry LATEST")
-        # A refused LATEST must not leave a restarted scorer without any model: fall back to the
-        # newest older version that verifies (a running scorer would have kept serving it).
-        older = [version for version in reversed(self.registry.versions()) if version < latest]
-        for version in older[:STARTUP_FALLBACK_VERSIONS]:
+        self._switch_model(promoted, reason="registry PROMOTED")
+        # A refused PROMOTED must not leave a restarted scorer without any model: fall back to the
+        # newest earlier *promoted* version that verifies (a running scorer would have kept serving
+        # it); rejected and rolled-back versions are never candidates.
+        earlier = [
+            entry["version"]
+            for entry in reversed(self.registry.promotions())
+            if entry.get("action") == "promote" and entry["version"] != promoted
+        ]
+        for version in list(dict.fromkeys(earlier))[:STARTUP_FALLBACK_VERSIONS]:
             if self.model is not None:
                 break
-            self._switch_model(version, reason="LATEST refused: newest usable older version")
+            self._switch_model(version, reason="PROMOTED refused: newest usable earlier promoted version")
 
     # --- consumer-group callbacks ------------------------------------------------------------
 
@@ -430,17 +438,17 @@ class ScorerService:
             # Users seen before any list existed got nothing written: give them their fallback now.
             self._queue_rescore()
 
-    def _check_latest_periodically(self) -> None:
+    def _check_promoted_periodically(self) -> None:
         now = time.monotonic()
-        if now < self._next_latest_check:
+        if now < self._next_promoted_check:
             return
-        self._next_latest_check = now + LATEST_CHECK_SECONDS
-        latest = self.registry.latest_version()
-        # React to LATEST *changing* (not differing from the served model), so a refused
-        # version or an announced one that LATEST lags behind does not cause flapping.
-        if latest is not None and latest != self.latest_seen:
-            self.latest_seen = latest
-            self._switch_model(latest, reason="registry LATEST changed")
+        self._next_promoted_check = now + PROMOTED_CHECK_SECONDS
+        promoted = self.registry.promoted_version()
+        # React to PROMOTED *changing* (not differing from the served model), so a refused
+        # version or an announced one that PROMOTED lags behind does not cause flapping.
+        if promoted is not None and promoted != self.promoted_seen:
+            self.promoted_seen = promoted
+            self._switch_model(promoted, reason="registry PROMOTED changed")
 
     def _switch_model(self, version: str, reason: str) -> None:
         """Load, verify and warm up ``version``; serve it only if all of that succeeded."""
@@ -476,9 +484,16 @@ class ScorerService:
         self.rescore_queue = OrderedDict.fromkeys(self.recent.most_recent_first())
         self._rescore_started = time.monotonic()
 
-    def _rescore_step(self) -> None:
-        """Re-score one chunk (at most scorer_batch_size) of remembered users with what is served now."""
+    def _seconds_until_rescore(self) -> float:
+        """How long until the next re-scoring chunk is allowed (infinite with nothing queued)."""
         if not self.rescore_queue:
+            return math.inf
+        return max(0.0, self._next_rescore_at - time.monotonic())
+
+    def _rescore_step(self) -> None:
+        """Re-score one chunk (at most scorer_batch_size) of remembered users with what is served now,
+        at most ``scorer_rescore_per_second`` users per second (real-time batches go first)."""
+        if self._seconds_until_rescore() > 0:
             return
         histories: dict[str, list[str]] = {}
         while self.rescore_queue and len(histories) < self.settings.scorer_batch_size:
@@ -489,6 +504,8 @@ class ScorerService:
                 histories[user] = remembered.history
         self._write_lists(self._score(histories))
         self.counts["rescored"] += len(histories)
+        if rate := self.settings.scorer_rescore_per_second:
+            self._next_rescore_at = time.monotonic() + len(histories) / rate
         if not self.rescore_queue:
             log.info(
                 "re-scoring of remembered users done",

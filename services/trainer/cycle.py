@@ -1,4 +1,5 @@
-"""One training cycle: events -> trained model -> ONNX (parity-checked) -> published registry version.
+"""One training cycle: events -> trained model -> ONNX (parity-checked) -> registry candidate ->
+quality gate -> promoted (served) or rejected -> old versions pruned.
 
 The trainer service (services/trainer/service.py) decides *when* to train and with which events;
 this module is the *what*, with no Kafka in sight, so it can run from tests and scripts too.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ from streamrec.shared.settings import Settings
 
 from .dataset import SequenceDataset, build_dataset
 from .export import export_model
+from .gate import GateDecision, judge
 from .train import train
 
 log = get_logger(__name__)
@@ -27,14 +30,56 @@ log = get_logger(__name__)
 PARITY_SAMPLE_USERS = 256
 
 
-def run_training_cycle(events: pd.DataFrame, settings: Settings, data_info: dict[str, Any]) -> ModelManifest:
-    """Train on ``events``, export and verify the model, publish it as the new latest version.
+@dataclass(frozen=True)
+class CycleResult:
+    """A finished cycle: the new version's manifest (status promoted or rejected) and why."""
+
+    manifest: ModelManifest
+    decision: GateDecision
+
+    @property
+    def promoted(self) -> bool:
+        """True if the new version is now the served one."""
+        return self.decision.promote
+
+
+def run_training_cycle(events: pd.DataFrame, settings: Settings, data_info: dict[str, Any]) -> CycleResult:
+    """Train on ``events``, export and verify the model, publish it as a candidate, and promote or
+    reject it through the quality gate (gate.py) on the same data's holdout; then prune versions
+    beyond the retention.
 
     ``events`` has the columns user_id, item_id, event_type, timestamp, value (one row per event,
     in arrival order). ``data_info`` describes the training window for the manifest (events, users,
     items, window_start, window_end, …); values it gives override the ones computed from ``events``.
     Raises ValueError if there is too little data to train; nothing is published on any error.
     """
+    manifest, dataset = publish_candidate(events, settings, data_info)
+    registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings' validator
+    decision = judge(registry, manifest.version, dataset, settings)
+    if decision.promote:
+        manifest = registry.promote(manifest.version, decision.reason)
+    else:
+        manifest = registry.reject(manifest.version, decision.reason)
+    registry.prune(settings.model_keep_versions)
+    log.info(
+        "training cycle done",
+        extra={
+            "model_version": manifest.version,
+            "parent_version": manifest.parent_version,
+            "status": manifest.status,
+            "gate": decision.reason,
+            **decision.as_metrics(settings.gate_metric),
+            **manifest.metrics,
+        },
+    )
+    return CycleResult(manifest, decision)
+
+
+def publish_candidate(
+    events: pd.DataFrame, settings: Settings, data_info: dict[str, Any]
+) -> tuple[ModelManifest, SequenceDataset]:
+    """Train, export (parity-checked) and publish a candidate version, not judged yet; return its
+    manifest and the dataset it was trained on (whose validation users are the gate's holdout)."""
     dataset = build_dataset(events, settings.max_seq_len)
     if dataset.n_items < 2:
         raise ValueError(f"too little data to train: {dataset.n_items} distinct item(s), need at least 2")
@@ -43,7 +88,6 @@ def run_training_cycle(events: pd.DataFrame, settings: Settings, data_info: dict
 
     result = train(dataset, settings)
     registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings' validator
-    parent_version = registry.latest_version()
     staging_dir = registry.new_staging_dir()
     try:
         histories, exclude = _parity_sample(dataset, settings)
@@ -52,7 +96,7 @@ def run_training_cycle(events: pd.DataFrame, settings: Settings, data_info: dict
             version=new_version(),
             created_at=time.time(),
             model_type=settings.model,
-            parent_version=parent_version,
+            parent_version=registry.promoted_version(),
             n_items=result.model.n_items,
             max_seq_len=result.model.max_seq_len,
             top_k=result.model.top_k,
@@ -66,11 +110,7 @@ def run_training_cycle(events: pd.DataFrame, settings: Settings, data_info: dict
     except BaseException:
         shutil.rmtree(staging_dir, ignore_errors=True)
         raise
-    log.info(
-        "training cycle done",
-        extra={"model_version": manifest.version, "parent_version": parent_version, **manifest.metrics},
-    )
-    return manifest
+    return manifest, dataset
 
 
 def _parity_sample(dataset: SequenceDataset, settings: Settings) -> tuple[np.ndarray, np.ndarray]:

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from confluent_kafka import Producer
@@ -35,6 +35,9 @@ from ..shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
 from ..shared.settings import ConfigError, Settings
 from ..topics import KafkaUnavailable
 from .event_log import EventLog
+
+if TYPE_CHECKING:
+    from .cycle import CycleResult
 
 log = get_logger(__name__)
 
@@ -96,8 +99,9 @@ def announce(settings: Settings, manifest: ModelManifest, timeout: float = 30.0)
     log.info("model announced", extra={"model_version": manifest.version, "topic": settings.topic_models})
 
 
-def train_once(settings: Settings, event_log: EventLog | None = None) -> ModelManifest:
-    """Catch up on the stream, train one model on the recent window, publish and announce it.
+def train_once(settings: Settings, event_log: EventLog | None = None) -> CycleResult:
+    """Catch up on the stream, train one model on the recent window, publish it, and, if the
+    quality gate promotes it, announce it.
 
     Raises NotEnoughData (a ValueError) when the log is too small to train on.
     """
@@ -160,7 +164,7 @@ class CycleSchedule:
         schedule = cls(settings.train_interval_seconds, settings.train_min_new_events)
         registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings
         try:
-            version = registry.latest_version()
+            version = registry.newest_version()
             manifest = registry.manifest(version) if version else None
         except ModelIntegrityError as exc:
             log.warning(
@@ -213,7 +217,7 @@ def _run_cycle(
     schedule.mark(time.time(), event_log.last_seq())
 
 
-def _train_and_announce(settings: Settings, event_log: EventLog) -> ModelManifest:
+def _train_and_announce(settings: Settings, event_log: EventLog) -> CycleResult:
     events = event_log.window(settings.train_window_events)
     data_info = describe_window(events, event_log.last_seq())
     if events.empty:
@@ -226,23 +230,26 @@ def _train_and_announce(settings: Settings, event_log: EventLog) -> ModelManifes
     log.info("training cycle started", extra=data_info)
     started = time.monotonic()
     try:
-        manifest = run_training_cycle(events, settings, data_info)
+        result = run_training_cycle(events, settings, data_info)
     except ValueError as exc:
         raise NotEnoughData(
             f"too little data to train ({data_info['events']} events, {data_info['users']} users, "
             f"{data_info['items']} items): {exc}"
         ) from exc
+    manifest = result.manifest
     log.info(
         "training cycle finished",
         extra={
             "model_version": manifest.version,
+            "status": manifest.status,
             "cycle_seconds": round(time.monotonic() - started, 2),
             **data_info,
             **manifest.metrics,
         },
     )
-    announce(settings, manifest)
-    return manifest
+    if result.promoted:
+        announce(settings, manifest)
+    return result
 
 
 @contextmanager

@@ -1,8 +1,4 @@
-"""What the stack serves is what the offline code computes, and a new event moves a user's list.
-
-These tests train a new model version on the shared stack, so they live in a file that runs after
-the ones that check the first trained version.
-"""
+"""What the stack serves is what the offline code computes, and a new event moves a user's list."""
 
 from __future__ import annotations
 
@@ -54,6 +50,7 @@ def test_a_new_event_changes_the_users_list_under_the_same_model(trained_stack: 
     assert after.items != before.items, "the list did not follow the user's new event"
 
 
+@pytest.mark.changes_model
 def test_served_lists_are_the_offline_top_n_of_the_same_model(trained_stack: TrainedStack) -> None:
     """Replay MovieLens (minus each user's last item) into Kafka, train, and recompute the served
     lists offline: the protocol's sequences (the evaluation code) through the published ONNX model."""
@@ -72,10 +69,12 @@ def test_served_lists_are_the_offline_top_n_of_the_same_model(trained_stack: Tra
     wait_for(lambda: counter.update() >= before + sent, 180, f"ingest to accept {sent} replayed events")
     counter.close()
 
-    result = live.cli("train", "--once")
+    # This test is about serving, not the quality gate (tests/integration/test_model_lifecycle.py):
+    # let this model through whatever its holdout score against the one served now.
+    result = live.cli("train", "--once", env={"STREAMREC_GATE_TOLERANCE": "1"})
     assert result.returncode == 0, result.stderr[-3000:]
     registry = ModelRegistry(live.settings.model_dir)
-    version = registry.latest_version()
+    version = registry.promoted_version()
     assert version is not None and version != trained_stack.version
     manifest = registry.verify(version)
 

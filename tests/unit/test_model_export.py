@@ -18,10 +18,12 @@ from streamrec.shared.contracts import (
     ONNX_OUTPUT_SCORES,
     PADDING_INDEX,
 )
-from streamrec.shared.registry import ModelRegistry, expected_signature
+from streamrec.shared.registry import PROMOTED, ModelRegistry, expected_signature
 from streamrec.shared.settings import Settings
-from streamrec.trainer.cycle import run_training_cycle
+from streamrec.trainer.cycle import publish_candidate, run_training_cycle
+from streamrec.trainer.dataset import build_dataset
 from streamrec.trainer.export import ExportedModel, ParityError, check_parity, export_model
+from streamrec.trainer.gate import judge
 from streamrec.trainer.model import MeanEmbeddingMF
 
 N_ITEMS, MAX_SEQ_LEN, TOP_K = 30, 6, 10
@@ -124,23 +126,43 @@ def chain_events(users: int = 40, items: int = 20) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "timestamp", "value"])
 
 
-def test_training_cycle_publishes_a_verified_version(tmp_path: Path) -> None:
+def test_training_cycle_publishes_gates_and_promotes(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, epochs=2, embedding_dim=8, max_seq_len=5, top_n=50)
     registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]
 
     first = run_training_cycle(chain_events(), settings, {"window_end": 123.0})
-    assert registry.latest_version() == first.version
-    assert registry.verify(first.version) == first
-    assert first.parent_version is None
-    assert first.top_k == 20  # min(top_n, n_items)
-    assert first.data["events"] == 200 and first.data["window_end"] == 123.0
-    assert "val_ndcg@10" in first.metrics
-    assert len(registry.vocabulary(first.version)) == first.n_items == 20
+    manifest = first.manifest
+    assert first.promoted and first.decision.baseline_name == "popularity"
+    assert first.decision.candidate > first.decision.baseline  # type: ignore[operator]
+    assert registry.promoted_version() == manifest.version
+    assert registry.verify(manifest.version) == manifest and manifest.status == PROMOTED
+    assert manifest.parent_version is None
+    assert manifest.top_k == 20  # min(top_n, n_items)
+    assert manifest.data["events"] == 200 and manifest.data["window_end"] == 123.0
+    assert "val_ndcg@10" in manifest.metrics
+    assert len(registry.vocabulary(manifest.version)) == manifest.n_items == 20
 
+    # Same data and seed: an equally good model, so it passes the gate against the first.
     second = run_training_cycle(chain_events(), settings, {})
-    assert second.parent_version == first.version
-    assert registry.versions() == [first.version, second.version]
-    assert registry.latest_version() == second.version
+    assert second.promoted and second.decision.baseline_name == f"promoted {manifest.version}"
+    assert second.manifest.parent_version == manifest.version
+    assert registry.versions() == [manifest.version, second.manifest.version]
+    assert registry.promoted_version() == second.manifest.version
+
+
+def test_the_gate_rejects_a_model_trained_on_shuffled_items(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, epochs=3, embedding_dim=8, max_seq_len=5, top_n=50)
+    registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]
+    events = chain_events()
+    good = run_training_cycle(events, settings, {}).manifest
+
+    # Same events with the items shuffled between them: the sequences say nothing any more.
+    shuffled = events.assign(item_id=events.item_id.sample(frac=1.0, random_state=0).to_numpy())
+    bad, _ = publish_candidate(shuffled, settings, {})
+    decision = judge(registry, bad.version, build_dataset(events, settings.max_seq_len), settings)
+    assert not decision.promote and "worse than" in decision.reason
+    assert decision.candidate < decision.baseline - settings.gate_tolerance  # type: ignore[operator]
+    assert registry.promoted_version() == good.version
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
 @pytest.fixture(scope="module")
 def served(registry: ModelRegistry) -> ServedModel:
     """The test model, loaded."""
-    version = registry.latest_version()
+    version = registry.newest_version()
     assert version is not None
     return ServedModel.load(registry, version, threads=1)
 
@@ -84,7 +84,7 @@ def ids(ranked: list[tuple[str, float]]) -> list[str]:
 
 
 def test_load_reads_the_manifest_and_vocabulary(served: ServedModel, registry: ModelRegistry) -> None:
-    assert served.version == registry.latest_version()
+    assert served.version == registry.newest_version()
     assert (served.max_seq_len, served.top_k) == (MAX_SEQ_LEN, TOP_K)
     assert served.index_of["i1"] == 1 and served.index_of["i10"] == N_ITEMS
 
@@ -142,7 +142,7 @@ def test_an_empty_batch_returns_nothing(served: ServedModel) -> None:
 
 
 def test_a_corrupt_model_file_is_refused(registry: ModelRegistry, tmp_path: Path) -> None:
-    version = registry.latest_version()
+    version = registry.newest_version()
     assert version is not None
     copy = ModelRegistry(tmp_path / "models")
     shutil.copytree(registry.path(version), copy.path(version))

@@ -1,4 +1,4 @@
-"""The model registry: atomic publish, LATEST pointer, integrity checks."""
+"""The model registry: atomic publish, lifecycle (promote, reject, rollback, prune), integrity checks."""
 
 from __future__ import annotations
 
@@ -12,21 +12,27 @@ import pytest
 from onnx import TensorProto, helper
 
 from streamrec.shared.contracts import (
-    LATEST_FILE,
     MANIFEST_FILE,
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
     ONNX_INPUT_HISTORY,
     ONNX_OUTPUT_ITEMS,
     ONNX_OUTPUT_SCORES,
+    PROMOTED_FILE,
+    PROMOTIONS_FILE,
     VOCAB_FILE,
 )
 from streamrec.shared.registry import (
     BATCH_DIM,
+    CANDIDATE,
     EXCLUDE_DIM,
+    PROMOTED,
+    REJECTED,
+    ROLLED_BACK,
     ModelIntegrityError,
     ModelManifest,
     ModelRegistry,
+    RegistryError,
     expected_signature,
     new_version,
     sha256_file,
@@ -87,35 +93,99 @@ def registry(tmp_path: Path) -> ModelRegistry:
 
 def test_empty_registry(registry: ModelRegistry) -> None:
     assert registry.versions() == []
-    assert registry.latest_version() is None
+    assert registry.promoted_version() is None and registry.newest_version() is None
 
 
-def test_publish_moves_staging_into_place_and_points_latest(registry: ModelRegistry) -> None:
+def test_publish_moves_staging_into_place_as_a_candidate(registry: ModelRegistry) -> None:
     staging, manifest = _stage(registry)
     path = registry.publish(staging, manifest)
 
     assert path == registry.path(manifest.version)
     assert not staging.exists()
-    assert registry.versions() == [manifest.version]
-    assert registry.latest_version() == manifest.version
+    assert registry.versions() == [manifest.version] and registry.newest_version() == manifest.version
+    assert registry.promoted_version() is None  # published is not served
     assert registry.verify(manifest.version) == manifest
-    assert registry.manifest(manifest.version) == manifest
+    assert registry.manifest(manifest.version).status == CANDIDATE
     assert registry.vocabulary(manifest.version) == VOCABULARY
-    # Nothing but the version and LATEST is left behind (no staging or temporary files).
-    assert sorted(p.name for p in registry.root.iterdir()) == sorted([LATEST_FILE, manifest.version])
+    # Nothing but the version is left behind (no staging or temporary files).
+    assert [p.name for p in registry.root.iterdir()] == [manifest.version]
 
 
-def test_versions_sorted_oldest_first_and_latest_follows_publish(registry: ModelRegistry) -> None:
-    published = []
-    for _ in range(3):
-        parent = registry.latest_version()
-        staging, manifest = _stage(registry, parent=parent)
+def test_versions_sorted_oldest_first(registry: ModelRegistry) -> None:
+    published = _publish(registry, 3)
+    assert registry.versions() == published
+    assert registry.newest_version() == published[-1]
+    assert registry.manifest(published[-1]).parent_version == published[-2]
+
+
+def test_promote_serves_a_version_and_reject_records_why(registry: ModelRegistry) -> None:
+    first, second = _publish(registry, 2)
+    registry.promote(first, "beats popularity")
+    registry.reject(second, "worse than the promoted model")
+    assert registry.promoted_version() == first
+    assert (registry.manifest(first).status, registry.manifest(first).status_reason) == (
+        PROMOTED,
+        "beats popularity",
+    )
+    assert registry.manifest(second).status == REJECTED
+    # Status changes leave the model files intact and verifiable.
+    assert registry.verify(second).status_reason == "worse than the promoted model"
+    assert (registry.root / PROMOTED_FILE).read_text().strip() == first
+    assert [entry["version"] for entry in registry.promotions()] == [first]
+
+
+def test_rollback_returns_to_the_previous_promoted_version(registry: ModelRegistry) -> None:
+    first, rejected, second, third = _publish(registry, 4)
+    for version in (first, second, third):
+        registry.promote(version, "gate passed")
+    registry.reject(rejected, "gate failed")
+    assert registry.rollback("bad clicks") == (third, registry.manifest(second))
+    assert registry.promoted_version() == second and registry.manifest(third).status == ROLLED_BACK
+    registry.rollback("still bad")
+    assert registry.promoted_version() == first  # never the rejected one
+    with pytest.raises(RegistryError, match="only promoted version"):
+        registry.rollback("again")
+    assert registry.promoted_version() == first
+
+
+def test_rollback_refuses_a_target_that_no_longer_verifies(registry: ModelRegistry) -> None:
+    first, second = _publish(registry, 2)
+    registry.promote(first, "ok")
+    registry.promote(second, "ok")
+    (registry.path(first) / MODEL_FILE).write_bytes(b"tampered")
+    with pytest.raises(ModelIntegrityError, match="corrupt"):
+        registry.rollback("try")
+    assert registry.promoted_version() == second and registry.manifest(second).status == PROMOTED
+
+
+def test_prune_keeps_the_newest_the_promoted_and_the_rollback_target(registry: ModelRegistry) -> None:
+    versions = _publish(registry, 6)
+    registry.promote(versions[0], "ok")
+    registry.promote(versions[1], "ok")
+    deleted = registry.prune(keep=2)
+    assert deleted == versions[2:4]
+    assert registry.versions() == [versions[0], versions[1], versions[4], versions[5]]
+    assert not [p for p in registry.root.iterdir() if p.name.startswith(".")]
+    assert registry.prune(keep=2) == []
+
+
+def test_a_torn_promotion_log_line_is_ignored(registry: ModelRegistry) -> None:
+    first, second = _publish(registry, 2)
+    registry.promote(first, "ok")
+    registry.promote(second, "ok")
+    with open(registry.root / PROMOTIONS_FILE, "ab") as log_file:
+        log_file.write(b'{"action": "promote", "vers')  # a crash mid-append
+    assert registry.rollback_target() == first
+
+
+def _publish(registry: ModelRegistry, count: int) -> list[str]:
+    published: list[str] = []
+    for _ in range(count):
+        staging, manifest = _stage(registry, parent=published[-1] if published else None)
         registry.publish(staging, manifest)
         published.append(manifest.version)
         time.sleep(0.002)  # versions have millisecond resolution
-    assert registry.versions() == published
-    assert registry.latest_version() == published[-1]
-    assert registry.manifest(published[-1]).parent_version == published[-2]
+    return published
 
 
 def test_new_version_is_sortable_and_unique() -> None:
@@ -153,24 +223,22 @@ def test_unfinished_staging_dir_is_invisible(registry: ModelRegistry) -> None:
     staging, manifest = _stage(registry)
     (staging / MANIFEST_FILE).write_bytes(manifest.to_json())  # even with a manifest inside
     assert registry.versions() == []
-    assert registry.latest_version() is None
 
 
-def test_crash_between_rename_and_latest_keeps_old_latest(registry: ModelRegistry, monkeypatch) -> None:
-    staging, first = _stage(registry)
-    registry.publish(staging, first)
-    staging, second = _stage(registry, parent=first.version)
+def test_crash_while_promoting_keeps_the_old_pointer(registry: ModelRegistry, monkeypatch) -> None:
+    first, second = _publish(registry, 2)
+    registry.promote(first, "ok")
 
     def crash(*args: object) -> None:
         raise OSError("simulated crash")
 
     monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError, match="simulated crash"):
-        registry.publish(staging, second)
+        registry.promote(second, "ok")
     monkeypatch.undo()
-    # The new version is complete on disk, but LATEST still names the old one; no temp files left.
-    assert registry.latest_version() == first.version
-    assert registry.verify(second.version) == second
+    # PROMOTED still names the old version and nothing half-written is left.
+    assert registry.promoted_version() == first
+    assert registry.verify(second).status == CANDIDATE
     assert not [p for p in registry.root.iterdir() if p.name.startswith(".")]
 
 
@@ -180,7 +248,6 @@ def test_publish_refuses_files_that_do_not_match_the_manifest(registry: ModelReg
     with pytest.raises(ModelIntegrityError, match=f"{VOCAB_FILE} is corrupt"):
         registry.publish(staging, manifest)
     assert registry.versions() == []
-    assert registry.latest_version() is None
 
 
 def test_publish_refuses_an_existing_version(registry: ModelRegistry) -> None:

@@ -1,0 +1,125 @@
+"""The quality gate: a new model is served only if it is not worse than the one served now.
+
+Both models are measured the same way, through their exported ONNX files (what the scorer would
+run), on the same holdout: the candidate's validation users, each with their most recent item held
+out, their earlier items as history and excluded from the ranking. The candidate is promoted if
+its metric (``settings.gate_metric``, NDCG@10 by default) is at least the served model's minus
+``settings.gate_tolerance``. The first model has nothing to be compared with: it is promoted if
+it beats recommending the most popular items on that holdout.
+
+Caveat, on the safe side: the served model may have been trained on some of the held-out events
+(those that arrived before it), which flatters it; a candidate has to be clearly no worse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from streamrec.shared.contracts import MODEL_FILE, ONNX_INPUT_EXCLUDE, ONNX_INPUT_HISTORY, PADDING_INDEX
+from streamrec.shared.logs import get_logger
+from streamrec.shared.registry import ModelIntegrityError, ModelRegistry
+from streamrec.shared.settings import Settings
+
+from .dataset import SequenceDataset
+from .train import METRIC_K, popularity_baseline
+
+log = get_logger(__name__)
+
+# Holdout users scored per onnxruntime call.
+GATE_BATCH = 512
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    """What the gate decided about a candidate, and the numbers it decided on."""
+
+    promote: bool
+    reason: str
+    candidate: float  # the candidate's holdout metric
+    baseline: float | None  # the served model's (or popularity's) on the same holdout
+    baseline_name: str  # "promoted <version>", "popularity" or "none"
+
+    def as_metrics(self, metric: str) -> dict[str, float]:
+        """The numbers for the manifest's metrics."""
+        values = {f"holdout_{metric}": self.candidate}
+        if self.baseline is not None:
+            values[f"holdout_{metric}_baseline"] = self.baseline
+        return values
+
+
+def holdout_metrics(registry: ModelRegistry, version: str, dataset: SequenceDataset) -> dict[str, float]:
+    """NDCG@10 and HR@10 of a registry version on ``dataset``'s validation users, via onnxruntime.
+
+    Items the version does not know are left out of its input (as the scorer does); a held-out
+    item it does not know counts as a miss.
+    """
+    manifest = registry.verify(version)
+    index_of = {item: index for index, item in enumerate(registry.vocabulary(version), start=1)}
+    # Dataset index -> this model's index (0 = unknown to the model, i.e. padding).
+    to_model = np.array([PADDING_INDEX] + [index_of.get(item, PADDING_INDEX) for item in dataset.vocabulary])
+    session = ort.InferenceSession(
+        str(registry.path(version) / MODEL_FILE), providers=["CPUExecutionProvider"]
+    )
+    users = dataset.val_users
+    ndcg = hits = 0.0
+    for start in range(0, len(users), GATE_BATCH):
+        chunk = users[start : start + GATE_BATCH]
+        history = _left_aligned_known(to_model[dataset.val_histories(chunk)], manifest.max_seq_len)
+        rows, items = dataset.val_seen(chunk)
+        width = max(1, int(np.bincount(rows, minlength=len(chunk)).max(initial=1)))
+        exclude = np.zeros((len(chunk), width), dtype=np.int64)
+        column = np.arange(len(rows)) - np.searchsorted(rows, rows)  # position within each row
+        exclude[rows, column] = to_model[items]
+        _, ranked = session.run(None, {ONNX_INPUT_HISTORY: history, ONNX_INPUT_EXCLUDE: exclude})
+        targets = to_model[dataset.val_targets(chunk)]
+        found = (ranked[:, :METRIC_K] == targets[:, None]) & (targets[:, None] != PADDING_INDEX)
+        rank = found.argmax(axis=1)
+        hit = found.any(axis=1)
+        ndcg += float(np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0).sum())
+        hits += float(hit.sum())
+    n = max(1, len(users))
+    return {f"ndcg@{METRIC_K}": ndcg / n, f"hr@{METRIC_K}": hits / n}
+
+
+def _left_aligned_known(history: np.ndarray, length: int) -> np.ndarray:
+    """Drop unknown (0) items from each row, keep the last ``length`` known ones, left-padded."""
+    out = np.zeros((len(history), length), dtype=np.int64)
+    for row, items in enumerate(history):
+        known = items[items != PADDING_INDEX][-length:]
+        if len(known):
+            out[row, length - len(known) :] = known
+    return out
+
+
+def judge(
+    registry: ModelRegistry, candidate: str, dataset: SequenceDataset, settings: Settings
+) -> GateDecision:
+    """Decide whether ``candidate`` may replace the promoted version (see the module docstring)."""
+    metric = settings.gate_metric
+    if len(dataset.val_users) == 0:
+        return GateDecision(
+            True, "no holdout users to compare on (every user has < 3 events)", 0.0, None, "none"
+        )
+    score = holdout_metrics(registry, candidate, dataset)[metric]
+    served = registry.promoted_version()
+    if served is not None:
+        try:
+            served_score = holdout_metrics(registry, served, dataset)[metric]
+        except ModelIntegrityError as exc:
+            log.warning("promoted model unusable; judging against popularity", extra={"error": str(exc)})
+        else:
+            passed = score >= served_score - settings.gate_tolerance
+            verdict = "not worse than" if passed else "worse than"
+            reason = (
+                f"holdout {metric} {score:.4f} {verdict} promoted {served}'s {served_score:.4f} "
+                f"(tolerance {settings.gate_tolerance})"
+            )
+            return GateDecision(passed, reason, score, served_score, f"promoted {served}")
+    ndcg, hr = popularity_baseline(dataset)
+    popular = ndcg if metric == f"ndcg@{METRIC_K}" else hr
+    passed = score > popular
+    reason = f"first model: holdout {metric} {score:.4f} {'beats' if passed else 'does not beat'} popularity's {popular:.4f}"
+    return GateDecision(passed, reason, score, popular, "popularity")
