@@ -18,7 +18,8 @@ promotes it (:meth:`~ModelRegistry.promote`: PROMOTED points at it) or rejects i
 current one *rolled-back*. Every pointer or manifest change is a write to a temporary file and an
 atomic rename, so readers (the scorer) only ever see complete versions and whole files, and
 :meth:`ModelRegistry.verify` re-checks every model file against its manifest. A manifest's only
-changing fields are ``status`` and ``status_reason``; model files are covered by sha256.
+changing fields are ``status``, ``status_reason`` and the gate's holdout metrics; model files are
+covered by sha256.
 
 One writer at a time (the trainer, or an operator's ``streamrec models`` command).
 """
@@ -32,7 +33,7 @@ import secrets
 import shutil
 import tempfile
 import time
-from dataclasses import MISSING, asdict, dataclass, replace
+from dataclasses import MISSING, asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,7 +97,9 @@ class ModelManifest:
     signature: dict[str, Any]  # {"inputs": {name: {dtype, shape}}, "outputs": {name: {dtype, shape}}}
     metrics: dict[str, float]  # e.g. val_ndcg@10, val_hr@10, best_epoch, train_seconds, final_loss
     data: dict[str, Any]  # events, users, items, window_start, window_end (given by the trainer)
-    status: str = CANDIDATE  # one of STATUSES; the only field (with status_reason) that changes
+    curve: list[dict[str, Any]] = field(default_factory=list)  # per epoch: loss, validation metric, s
+    # Set by the lifecycle after publishing (the only fields that change; model files never do):
+    status: str = CANDIDATE  # one of STATUSES
     status_reason: str = ""
 
     def to_json(self) -> bytes:
@@ -114,7 +117,11 @@ class ModelManifest:
             raise ModelIntegrityError("manifest is not a JSON object")
         # Unknown keys are ignored so that a newer trainer's manifest stays readable by an older scorer.
         fields = cls.__dataclass_fields__
-        missing = [name for name, field in fields.items() if name not in data and field.default is MISSING]
+        missing = [
+            name
+            for name, spec in fields.items()
+            if name not in data and spec.default is MISSING and spec.default_factory is MISSING
+        ]
         if missing:
             raise ModelIntegrityError(f"manifest misses field(s): {', '.join(missing)}")
         return cls(**{name: data[name] for name in fields if name in data})
@@ -273,18 +280,19 @@ class ModelRegistry:
         )
         return target
 
-    def promote(self, version: str, reason: str) -> ModelManifest:
-        """Verify ``version`` and make it the served one (PROMOTED); log the promotion."""
+    def promote(self, version: str, reason: str, metrics: dict[str, float] | None = None) -> ModelManifest:
+        """Verify ``version`` and make it the served one (PROMOTED); log the promotion. ``metrics``
+        (e.g. the gate's holdout numbers) are added to the manifest's."""
         manifest = self.verify(version)
-        manifest = self._set_status(manifest, PROMOTED, reason)
+        manifest = self._set_status(manifest, PROMOTED, reason, metrics)
         self._append_promotion({"action": "promote", "version": version, "reason": reason})
         self._point_at(PROMOTED_FILE, version)
         log.info("model promoted", extra={"model_version": version, "reason": reason})
         return manifest
 
-    def reject(self, version: str, reason: str) -> ModelManifest:
+    def reject(self, version: str, reason: str, metrics: dict[str, float] | None = None) -> ModelManifest:
         """Mark a candidate rejected (it is never served unless promoted by hand later)."""
-        manifest = self._set_status(self.manifest(version), REJECTED, reason)
+        manifest = self._set_status(self.manifest(version), REJECTED, reason, metrics)
         log.warning("model rejected", extra={"model_version": version, "reason": reason})
         return manifest
 
@@ -363,8 +371,12 @@ class ModelRegistry:
         present = set(self.versions())
         return [version for version in stack if version in present]
 
-    def _set_status(self, manifest: ModelManifest, status: str, reason: str) -> ModelManifest:
-        updated = replace(manifest, status=status, status_reason=reason)
+    def _set_status(
+        self, manifest: ModelManifest, status: str, reason: str, metrics: dict[str, float] | None = None
+    ) -> ModelManifest:
+        updated = replace(
+            manifest, status=status, status_reason=reason, metrics=manifest.metrics | (metrics or {})
+        )
         _replace_durably(self.path(manifest.version) / MANIFEST_FILE, updated.to_json())
         return updated
 

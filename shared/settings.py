@@ -125,8 +125,16 @@ class Settings(BaseSettings):
     train_threads: int = Field(0, ge=0, description="Torch threads for training; 0 = one per core.")
     seed: int = Field(42, description="Random seed: same data + seed = same model.")
     train_interval_seconds: float = Field(300.0, gt=0, description="Trainer: time between cycles.")
-    train_min_new_events: int = Field(1000, ge=1, description="Trainer: new events needed to retrain.")
-    train_window_events: int = Field(5_000_000, ge=1, description="Trainer: most recent events kept.")
+    train_min_new_events: int = Field(1000, ge=1, description="Trainer: new events that trigger a retrain.")
+    train_trigger: Literal["any", "all"] = Field(
+        "any",
+        description="Trainer: retrain when the interval passed (and anything arrived) OR enough new events "
+        "arrived (any), or only when both hold (all).",
+    )
+    train_window_events: int = Field(5_000_000, ge=1, description="Trainer: most recent events trained on.")
+    train_window_days: float = Field(
+        0.0, ge=0, description="Trainer: also drop events older than this many days (by timestamp); 0 = keep."
+    )
     gate_metric: Literal["ndcg@10", "hr@10"] = Field(
         "ndcg@10", description="Quality gate: holdout metric a new model must not lose on."
     )

@@ -56,10 +56,11 @@ def run_training_cycle(events: pd.DataFrame, settings: Settings, data_info: dict
     manifest, dataset = publish_candidate(events, settings, data_info)
     registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings' validator
     decision = judge(registry, manifest.version, dataset, settings)
+    holdout = decision.as_metrics(settings.gate_metric)
     if decision.promote:
-        manifest = registry.promote(manifest.version, decision.reason)
+        manifest = registry.promote(manifest.version, decision.reason, holdout)
     else:
-        manifest = registry.reject(manifest.version, decision.reason)
+        manifest = registry.reject(manifest.version, decision.reason, holdout)
     registry.prune(settings.model_keep_versions)
     log.info(
         "training cycle done",
@@ -68,7 +69,6 @@ def run_training_cycle(events: pd.DataFrame, settings: Settings, data_info: dict
             "parent_version": manifest.parent_version,
             "status": manifest.status,
             "gate": decision.reason,
-            **decision.as_metrics(settings.gate_metric),
             **manifest.metrics,
         },
     )
@@ -105,6 +105,10 @@ def publish_candidate(
             signature=exported.signature,
             metrics=result.metrics,
             data=_describe_events(events, dataset) | data_info,
+            curve=[
+                {"epoch": s.epoch, "loss": s.loss, "val_ndcg@10": s.val_ndcg, "seconds": round(s.seconds, 3)}
+                for s in result.history
+            ],
         )
         registry.publish(staging_dir, manifest)
     except BaseException:

@@ -4,13 +4,12 @@
 ``train_window_events`` events, publishes the model to the registry and announces it on
 ``topic_models``. ``run`` does the same continuously until SIGINT/SIGTERM.
 
-When ``run`` retrains: once at least ``train_interval_seconds`` passed since the last cycle AND
-at least ``train_min_new_events`` events arrived since it (both must hold). The first model is
-trained as soon as ``train_min_new_events`` events are in the log. For one criterion alone, set
-the other to its minimum: ``STREAMREC_TRAIN_MIN_NEW_EVENTS=1`` retrains every interval (if
-anything arrived); ``STREAMREC_TRAIN_INTERVAL_SECONDS=1`` retrains after every N new events.
-The schedule survives restarts: the last cycle's time and log position are read back from the
-newest model's manifest.
+When ``run`` retrains (``train_trigger``): with ``any`` (the default), as soon as
+``train_min_new_events`` events arrived since the last cycle, or ``train_interval_seconds`` passed
+and at least one event arrived, whichever comes first; with ``all``, only when both hold. The first
+model is trained under the same rule. Training uses the most recent ``train_window_events`` events,
+minus those older than ``train_window_days`` (if set). The schedule survives restarts: the last
+cycle's time and log position are read back from the newest model's manifest.
 
 Stopping: the first SIGINT/SIGTERM lets a cycle in progress finish and then exits; a second one
 abandons the cycle (the registry publishes atomically, so no half model is ever visible).
@@ -76,6 +75,14 @@ def describe_window(events: pd.DataFrame, log_seq: int) -> dict[str, Any]:
         "window_end": None if empty else float(events["timestamp"].max()),
         LOG_SEQ_KEY: log_seq,
     }
+
+
+def within_days(events: pd.DataFrame, days: float) -> pd.DataFrame:
+    """The events at most ``days`` older than the newest one (by event timestamp); all if days is 0."""
+    if days <= 0 or events.empty:
+        return events
+    cutoff = float(events["timestamp"].max()) - days * 86_400
+    return events[events["timestamp"] >= cutoff].reset_index(drop=True)
 
 
 def announce(settings: Settings, manifest: ModelManifest, timeout: float = 30.0) -> None:
@@ -155,13 +162,14 @@ class CycleSchedule:
 
     interval_seconds: float
     min_new_events: int
+    trigger: str = "any"  # "any": time or events, whichever first; "all": both
     last_cycle_at: float = 0.0  # epoch s of the last cycle; 0 = never
     last_cycle_seq: int = 0  # log position (EventLog.last_seq) the last cycle trained up to
 
     @classmethod
     def resume(cls, settings: Settings, log_seq: int) -> CycleSchedule:
         """The schedule as the newest model in the registry left it (or a fresh one)."""
-        schedule = cls(settings.train_interval_seconds, settings.train_min_new_events)
+        schedule = cls(settings.train_interval_seconds, settings.train_min_new_events, settings.train_trigger)
         registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings
         try:
             version = registry.newest_version()
@@ -185,10 +193,12 @@ class CycleSchedule:
 
     def due(self, now: float, log_seq: int) -> bool:
         """True when a cycle should start now."""
-        return (
-            self.new_events(log_seq) >= self.min_new_events
-            and now - self.last_cycle_at >= self.interval_seconds
-        )
+        new = self.new_events(log_seq)
+        enough_events = new >= self.min_new_events
+        interval_passed = now - self.last_cycle_at >= self.interval_seconds and new > 0
+        if self.trigger == "all":
+            return enough_events and interval_passed
+        return enough_events or interval_passed
 
     def mark(self, now: float, log_seq: int) -> None:
         """Record a cycle (successful or not) so the next one waits for time and data again."""
@@ -218,7 +228,7 @@ def _run_cycle(
 
 
 def _train_and_announce(settings: Settings, event_log: EventLog) -> CycleResult:
-    events = event_log.window(settings.train_window_events)
+    events = within_days(event_log.window(settings.train_window_events), settings.train_window_days)
     data_info = describe_window(events, event_log.last_seq())
     if events.empty:
         raise NotEnoughData(

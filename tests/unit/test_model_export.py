@@ -140,6 +140,12 @@ def test_training_cycle_publishes_gates_and_promotes(tmp_path: Path) -> None:
     assert manifest.top_k == 20  # min(top_n, n_items)
     assert manifest.data["events"] == 200 and manifest.data["window_end"] == 123.0
     assert "val_ndcg@10" in manifest.metrics
+    # The run is recorded: loss curve per epoch, and the gate's numbers.
+    assert [point["epoch"] for point in manifest.curve] == list(
+        range(1, int(manifest.metrics["epochs_run"]) + 1)
+    )
+    assert manifest.metrics["holdout_ndcg@10"] == first.decision.candidate
+    assert manifest.metrics["holdout_ndcg@10_baseline"] == first.decision.baseline
     assert len(registry.vocabulary(manifest.version)) == manifest.n_items == 20
 
     # Same data and seed: an equally good model, so it passes the gate against the first.
