@@ -158,6 +158,16 @@ class Settings(BaseSettings):
     api_port: int = Field(8000, ge=0, le=65535, description="HTTP API port.")
     api_max_n: int = Field(100, ge=1, description="Largest n the HTTP endpoint serves.")
 
+    # --- operations -------------------------------------------------------------------------
+    metrics_host: str = Field("127.0.0.1", description="Bind address of the metrics/health endpoints.")
+    metrics_port: int = Field(
+        9100,
+        ge=0,
+        le=65535,
+        description="ingest, scorer, trainer: /metrics, /healthz, /readyz on this port; 0 = off. "
+        "The api serves them on its own port.",
+    )
+
     # --- logging ----------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log threshold.")
     log_format: Literal["json", "console"] = Field(

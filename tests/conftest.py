@@ -12,14 +12,13 @@ import pytest
 import redis
 
 from streamrec.processes import free_port
-from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
 
-from support import LiveStack, TrainedStack, wait_for
+from support import LiveStack, TrainedStack
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,11 +53,7 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
 def trained_stack(live_stack: LiveStack) -> TrainedStack:
     """Stream a synthetic dataset in, wait for ingest, train once via the CLI, wait for the scorer."""
     events = generate(users=80, items=60, clusters=4, events_per_user=(6, 20), seed=3)
-    with Publisher(settings=live_stack.settings) as publisher:
-        sent = publish_stream(publisher, dataset_events(events, "synthetic"), len(events), progress=False)
-    counter = live_stack.feature_updates()
-    wait_for(lambda: counter.update() >= sent, 180, f"ingest to process {sent} events")
-    counter.close()
+    live_stack.stream_in(events, "synthetic")
 
     result = live_stack.cli("train", "--once")
     assert result.returncode == 0, result.stderr[-3000:]

@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import redis
 
+from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
@@ -62,6 +63,21 @@ class LiveStack:
         """The user's list as the scorer wrote it, or None."""
         raw = self.redis.get(self.keys.recs(user_id))
         return None if raw is None else CachedList.from_json(raw)
+
+    def stream_in(self, frame: pd.DataFrame, source: str, timeout: float = 180) -> int:
+        """Publish an interaction frame (time order, event ids ``source:row``) and wait until
+        ingest accepted every event; returns how many were sent."""
+        counter = self.feature_updates()
+        try:
+            before = counter.update()
+            with Publisher(settings=self.settings) as publisher:
+                sent = publish_stream(publisher, dataset_events(frame, source), len(frame), progress=False)
+            wait_for(
+                lambda: counter.update() >= before + sent, timeout, f"ingest to accept {sent} {source} events"
+            )
+        finally:
+            counter.close()
+        return sent
 
     def feature_updates(self) -> MessageCounter:
         """A counter of user-features messages: ingest sends one per accepted event."""

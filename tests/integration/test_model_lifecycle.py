@@ -14,7 +14,6 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import MANIFEST_FILE, MODEL_FILE, ModelAnnouncement
 from streamrec.shared.registry import PROMOTED, REJECTED, ROLLED_BACK, ModelRegistry, new_version
 from streamrec.trainer.cycle import publish_candidate
@@ -78,12 +77,7 @@ def test_retraining_with_more_data_promotes_and_moves_every_list_without_a_gap(
         )
         for step in (1, 2)
     ).assign(row=lambda frame: range(len(frame)))
-    counter = live.feature_updates()
-    before = counter.update()
-    with Publisher(settings=live.settings) as publisher:
-        sent = publish_stream(publisher, dataset_events(more, "more"), len(more), progress=False)
-    wait_for(lambda: counter.update() >= before + sent, 180, f"ingest to accept {sent} more events")
-    counter.close()
+    live.stream_in(more, "more")
 
     with watch_for_gaps(live, users) as missing:
         # A generous tolerance: models of ~1,000 synthetic events differ by noise; the gate's

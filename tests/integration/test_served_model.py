@@ -8,7 +8,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from streamrec.publisher import Publisher, dataset_events, publish_stream
+from streamrec.publisher import Publisher
 from streamrec.shared.contracts import ONNX_INPUT_EXCLUDE, ONNX_INPUT_HISTORY, PADDING_INDEX
 from streamrec.shared.datasets import in_time_order, load_interactions
 from streamrec.shared.registry import MODEL_FILE, ModelRegistry
@@ -62,12 +62,7 @@ def test_served_lists_are_the_offline_top_n_of_the_same_model(trained_stack: Tra
     ordered = in_time_order(ratings)
     replayed = ordered[ordered.groupby("user_id").cumcount(ascending=False) > 0]
 
-    counter = live.feature_updates()
-    before = counter.update()
-    with Publisher(settings=live.settings) as publisher:
-        sent = publish_stream(publisher, dataset_events(replayed, "served"), len(replayed), progress=False)
-    wait_for(lambda: counter.update() >= before + sent, 180, f"ingest to accept {sent} replayed events")
-    counter.close()
+    live.stream_in(replayed, "served")
 
     # This test is about serving, not the quality gate (tests/integration/test_model_lifecycle.py):
     # let this model through whatever its holdout score against the one served now.
