@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .embedded import EmbeddedServers, start_missing_servers
-from .processes import ChildProcess, StackError, spawn, wait_for_port
+from .processes import ChildProcess, StackError, free_port, spawn, wait_for_port
 from .shared.logs import get_logger
 from .shared.settings import Settings
 
@@ -51,6 +51,9 @@ class Stack:
         self._servers: EmbeddedServers | None = None
         self.children: dict[str, ChildProcess] = {}
         self.restarts: dict[str, int] = dict.fromkeys(services, 0)
+        # Each service's /metrics, /healthz, /readyz port: services share this machine, so each gets
+        # a free one (kept across restarts) unless the endpoints are off (STREAMREC_METRICS_PORT=0).
+        self.ops_ports: dict[str, int] = {}
 
     @property
     def settings(self) -> Settings:
@@ -74,9 +77,19 @@ class Stack:
 
     def _spawn(self, name: str) -> None:
         env = {**os.environ, **self.settings.as_env()}
+        if name != "api" and self.settings.metrics_port:
+            port = self.ops_ports.setdefault(name, free_port())
+            env["STREAMREC_METRICS_PORT"] = str(port)
         argv = [sys.executable, "-m", "streamrec", name]
         self.children[name] = spawn(name, argv, self.run_dir / f"{name}.log", env)
-        log.info("service started", extra={"service_name": name, "pid": self.children[name].pid})
+        log.info(
+            "service started",
+            extra={
+                "service_name": name,
+                "pid": self.children[name].pid,
+                "ops_port": self.ops_ports.get(name),
+            },
+        )
 
     def supervise(self) -> None:
         """Restart services that died (up to MAX_RESTARTS each); raise if one keeps dying."""

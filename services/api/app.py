@@ -3,6 +3,7 @@
 - ``GET /users/{user_id}/recommendations?n=20`` — the user's top ``n`` (1 ≤ n ≤ ``api_max_n``);
   an unknown user gets the popular list (source ``fallback``); 404 if there is neither yet.
 - ``GET /healthz`` — the process is alive. ``GET /readyz`` — Redis answers.
+- ``GET /metrics`` — Prometheus: requests by endpoint and status, and their latency.
 
 Errors are JSON ``{"detail": "..."}``: 422 for a bad user id or n, 503 while Redis is unreachable.
 """
@@ -10,20 +11,30 @@ Errors are JSON ``{"detail": "..."}``: 422 for a bad user id or n, 503 while Red
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime, and
 # the `n` bound comes from `settings` in create_app's scope, which a string annotation cannot see.
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 import redis
 import uvicorn
-from fastapi import FastAPI, Path, Query, Request
+from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
 from ..client import DEFAULT_N, AsyncRecommendationClient, resolve_user_id
 from ..shared.logs import get_logger
 from ..shared.settings import ConfigError, Settings
 
 log = get_logger(__name__)
+
+REQUESTS = Counter("streamrec_api_requests_total", "HTTP requests, by route and status.", ["route", "status"])
+LATENCY = Histogram(
+    "streamrec_api_request_seconds",
+    "HTTP request latency, by route.",
+    ["route"],
+    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -42,6 +53,16 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Real-time recommendations, read from the scorer's cache in Redis.",
         lifespan=lifespan,
     )
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Any) -> Response:
+        started = time.perf_counter()
+        response = await call_next(request)
+        # The route template (not the raw path): one series per endpoint, not one per user.
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        LATENCY.labels(route).observe(time.perf_counter() - started)
+        REQUESTS.labels(route, str(response.status_code)).inc()
+        return response
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(_request: Request, exc: redis.RedisError) -> JSONResponse:
@@ -84,6 +105,11 @@ def create_app(settings: Settings) -> FastAPI:
         """Readiness: Redis answers (503 otherwise, so a load balancer stops routing here)."""
         await client.ping()  # a RedisError becomes a 503 through the handler above
         return JSONResponse({"status": "ready"})
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus metrics of this process."""
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

@@ -28,12 +28,14 @@ from typing import Any
 
 import aiokafka
 import faust
+import prometheus_client as prom
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from ..shared.contracts import DeadLetter, PopularItems, UserFeatures
 from ..shared.events import Interaction, Rejection, parse_event
 from ..shared.logs import get_logger
+from ..shared.ops import start_ops_server
 from ..shared.settings import ConfigError, Settings
 from .features import ItemPopularity, PopularityRanking, UserState, add_item_event, apply_event
 
@@ -48,6 +50,25 @@ COUNTERS_LOG_SECONDS = 30.0
 # Dead letters keep at most this much of the original payload, so that even a huge message
 # (escaped as JSON) fits in one Kafka record.
 DEAD_LETTER_PAYLOAD_BYTES = 128 * 1024
+
+
+# --- metrics (Prometheus; served on STREAMREC_METRICS_PORT, see shared/ops.py) ---------------------
+EVENTS = prom.Counter(
+    "streamrec_ingest_events_total", "Events read from the input topic, by outcome.", ["outcome"]
+)  # outcome: valid, invalid (dead-lettered), accepted (in the features), duplicate (dropped)
+INVALID_EVENTS = prom.Counter(
+    "streamrec_ingest_invalid_events_total", "Dead-lettered events, by reason.", ["reason"]
+)
+FEATURE_UPDATE_SECONDS = prom.Histogram(
+    "streamrec_ingest_feature_update_seconds",
+    "Time to fold one event into its user's state and send the new features.",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
+)
+EVENT_AGE_SECONDS = prom.Histogram(
+    "streamrec_ingest_event_age_seconds",
+    "From the event's timestamp to its features update (includes Kafka and queueing).",
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0),
+)
 
 
 @dataclass
@@ -156,6 +177,8 @@ def create_app(settings: Settings) -> faust.App:
 
     async def send_dead_letter(message: faust.types.Message, raw: bytes, reason: str, detail: str) -> None:
         counters.rejected[reason] += 1
+        EVENTS.labels("invalid").inc()
+        INVALID_EVENTS.labels(reason).inc()
         letter = DeadLetter(
             reason=reason,
             detail=detail,
@@ -183,6 +206,7 @@ def create_app(settings: Settings) -> faust.App:
             if isinstance(result, Rejection):
                 await send_dead_letter(event.message, raw, str(result.reason), result.detail)
             else:
+                EVENTS.labels("valid").inc()
                 await events_by_user.send(key=result.user_id, value=result.to_dict())
 
     # --- user features: partitioned by user_id ------------------------------------------------
@@ -193,11 +217,13 @@ def create_app(settings: Settings) -> faust.App:
     async def build_features(stream: faust.StreamT[dict[str, Any]]) -> None:
         """Fold each event into its user's state; announce the new features and the item event."""
         async for data in stream:
+            started = time.perf_counter()
             event = Interaction.from_dict(data)
             stored = user_state.get(event.user_id)
             state = UserState() if stored is None else UserState.from_dict(stored)
             if not apply_event(state, event, settings):
                 counters.duplicates += 1
+                EVENTS.labels("duplicate").inc()
                 continue
             user_state[event.user_id] = state.to_dict()
             counters.accepted += 1
@@ -213,6 +239,9 @@ def create_app(settings: Settings) -> faust.App:
                 key=event.item_id,
                 value={"item_id": event.item_id, "timestamp": event.timestamp, "weight": event.weight},
             )
+            EVENTS.labels("accepted").inc()
+            FEATURE_UPDATE_SECONDS.observe(time.perf_counter() - started)
+            EVENT_AGE_SECONDS.observe(max(0.0, features.updated_at - event.timestamp))
 
     # --- item popularity: one partition, one owner ---------------------------------------------
 
@@ -282,10 +311,16 @@ class IngestWorker(faust.Worker):
         super().__init__(app, quiet=True, override_logging=False, redirect_stdouts=False, **kwargs)
         self.spinner = None
         self.started_at = time.monotonic()
+        self.ready = False
+
+    def readiness(self) -> str | None:
+        """None once the worker joined its group and recovered its tables (for /readyz)."""
+        return None if self.ready else "starting: joining the consumer group, recovering tables"
 
     async def on_startup_finished(self) -> None:
         """Called by Faust once the consumer joined the group and tables are recovered."""
         await super().on_startup_finished()
+        self.ready = True
         log.info(
             "ingest ready",
             extra={"startup_seconds": round(time.monotonic() - self.started_at, 2), "app_id": APP_ID},
@@ -302,6 +337,7 @@ def run(settings: Settings) -> None:
         extra={"bootstrap": settings.kafka_bootstrap, "input": settings.topic_interactions, "app_id": APP_ID},
     )
     worker = IngestWorker(app)
+    start_ops_server(settings, alive=lambda: None, ready=worker.readiness)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # mode exits via SystemExit; a clean stop is not an error for callers

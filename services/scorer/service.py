@@ -38,9 +38,11 @@ from typing import TypeVar
 import orjson
 import redis
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
+from prometheus_client import Counter, Gauge, Histogram
 
 from ..shared.contracts import CachedList, ModelAnnouncement, PopularItems, RedisKeys, UserFeatures
 from ..shared.logs import get_logger
+from ..shared.ops import start_ops_server
 from ..shared.registry import ModelIntegrityError, ModelRegistry
 from ..shared.settings import ConfigError, Settings
 from ..topics import existing_topics
@@ -66,6 +68,29 @@ RETRYABLE_REDIS_ERRORS: tuple[type[Exception], ...] = (
 )
 
 T = TypeVar("T")
+
+
+# --- metrics (Prometheus; served on STREAMREC_METRICS_PORT, see shared/ops.py) ---------------------
+LISTS_WRITTEN = Counter(
+    "streamrec_scorer_lists_total", "Recommendation lists written to Redis, by source.", ["source", "trigger"]
+)
+SCORING_SECONDS = Histogram(
+    "streamrec_scorer_scoring_seconds",
+    "Time to score one micro-batch (model or fallback), before the Redis write.",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+)
+FRESHNESS_SECONDS = Histogram(
+    "streamrec_scorer_freshness_seconds",
+    "From ingest's feature update to the user's new list in Redis.",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+REDIS_WRITE_ERRORS = Counter("streamrec_scorer_redis_errors_total", "Failed Redis operations (then retried).")
+MODEL_IN_USE = Gauge("streamrec_scorer_model_info", "1 for the model version served now.", ["version"])
+MODELS_REFUSED = Counter("streamrec_scorer_models_refused_total", "Model versions refused at load.")
+RESCORE_QUEUE = Gauge("streamrec_scorer_rescore_queue", "Users waiting to be re-scored after a swap.")
+CONSUMER_LAG = Gauge(
+    "streamrec_scorer_consumer_lag", "Messages behind the partition's end (this scorer's partitions)."
+)
 
 
 class Stopped(Exception):
@@ -135,8 +160,17 @@ class ScorerService:
         self._rescore_started = 0.0
         self._next_rescore_at = 0.0
         self.counts = {"batches": 0, "messages": 0, "personal": 0, "fallback": 0, "rescored": 0}
+        self.redis_ok = True  # False while a Redis operation is being retried
 
     # --- lifecycle ---------------------------------------------------------------------------
+
+    def readiness(self) -> str | None:
+        """None when serving; otherwise why not (for /readyz)."""
+        if self.users is None:
+            return "starting: connecting to Kafka and Redis, loading the model"
+        if not self.redis_ok:
+            return "Redis unreachable: writes are being retried"
+        return None
 
     def request_stop(self) -> None:
         """Ask the loop to finish the batch in hand, commit and return (safe from a signal handler)."""
@@ -315,8 +349,12 @@ class ScorerService:
             self.rescore_queue.pop(features.user_id, None)  # scored now, with the current model
 
         lists = self._score({user: features.history for user, features in latest.items()})
-        self._write_lists(lists)
+        self._write_lists(lists, trigger="event")
+        written_at = time.time()
+        for features in latest.values():
+            FRESHNESS_SECONDS.observe(max(0.0, written_at - features.updated_at))
         self._commit(next_offsets)
+        self._update_lag(messages)
         self.counts["batches"] += 1
         self.counts["messages"] += len(messages)
 
@@ -335,6 +373,10 @@ class ScorerService:
 
     def _score(self, histories: dict[str, list[str]]) -> dict[str, CachedList]:
         """A list per user: the model's, or popular minus the user's items. Users with neither are left out."""
+        with SCORING_SECONDS.time():
+            return self._score_untimed(histories)
+
+    def _score_untimed(self, histories: dict[str, list[str]]) -> dict[str, CachedList]:
         now = time.time()
         top_n = self.settings.top_n
         model = self.model
@@ -363,8 +405,9 @@ class ScorerService:
 
     # --- Redis -------------------------------------------------------------------------------
 
-    def _write_lists(self, lists: dict[str, CachedList]) -> None:
-        """SET every user's list in one pipeline, retrying until it succeeds (or Stopped)."""
+    def _write_lists(self, lists: dict[str, CachedList], trigger: str) -> None:
+        """SET every user's list in one pipeline, retrying until it succeeds (or Stopped).
+        ``trigger`` (event, rescore) labels the metric."""
         if not lists:
             return
 
@@ -375,6 +418,23 @@ class ScorerService:
             pipe.execute()
 
         self._retry(f"write {len(lists)} recommendation lists", write)
+        for source in ("personal", "fallback"):
+            if count := sum(1 for cached in lists.values() if cached.source == source):
+                LISTS_WRITTEN.labels(source, trigger).inc(count)
+
+    def _update_lag(self, messages: list[Message]) -> None:
+        """Lag after a batch: the partitions' cached high watermarks minus the next offsets."""
+        assert self.users is not None
+        lag = 0
+        for message in messages:
+            if message.error():
+                continue
+            _, high = self.users.get_watermark_offsets(
+                TopicPartition(message.topic(), message.partition()), cached=True
+            )
+            if high >= 0:
+                lag = max(lag, high - message.offset() - 1)
+        CONSUMER_LAG.set(lag)
 
     def _retry(self, what: str, action: Callable[[], T]) -> T:
         """Run ``action``, waiting out Redis outages with capped exponential backoff.
@@ -390,6 +450,8 @@ class ScorerService:
                 raise  # a configuration problem, not an outage
             except (redis.exceptions.ConnectionError, *RETRYABLE_REDIS_ERRORS) as exc:
                 failures += 1
+                self.redis_ok = False
+                REDIS_WRITE_ERRORS.inc()
                 # Log the first failure and then every 10th, not every attempt.
                 if failures == 1 or failures % 10 == 0:
                     log.warning(
@@ -401,6 +463,7 @@ class ScorerService:
                 delay = min(delay * 2, RETRY_MAX_DELAY_SECONDS)
                 continue
             if failures:
+                self.redis_ok = True
                 log.info("Redis available again", extra={"action": what, "attempts": failures + 1})
             return result
 
@@ -459,12 +522,15 @@ class ScorerService:
             model = ServedModel.load(self.registry, version)
         except (ModelIntegrityError, OSError) as exc:
             self.refused_versions.add(version)
+            MODELS_REFUSED.inc()
             log.error(
                 "model refused, keeping the current one",
                 extra={"model_version": version, "serving": current, "reason": reason, "error": str(exc)},
             )
             return
         self.model = model  # the swap: batches are scored between loop steps, never mid-swap
+        MODEL_IN_USE.clear()
+        MODEL_IN_USE.labels(version).set(1)
         self._retry("write the served model version", lambda: self.redis.set(self.keys.model, version))
         self._queue_rescore()
         log.info(
@@ -502,8 +568,9 @@ class ScorerService:
             # A user whose partition moved to another scorer is that scorer's to write now.
             if remembered is not None and remembered.partition in self.assigned_partitions:
                 histories[user] = remembered.history
-        self._write_lists(self._score(histories))
+        self._write_lists(self._score(histories), trigger="rescore")
         self.counts["rescored"] += len(histories)
+        RESCORE_QUEUE.set(len(self.rescore_queue))
         if rate := self.settings.scorer_rescore_per_second:
             self._next_rescore_at = time.monotonic() + len(histories) / rate
         if not self.rescore_queue:
@@ -538,6 +605,7 @@ def run(settings: Settings) -> None:
         service.request_stop()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    start_ops_server(settings, alive=lambda: None, ready=service.readiness)
     try:
         service.start()
         service.run()

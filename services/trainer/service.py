@@ -27,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 from confluent_kafka import Producer
+from prometheus_client import Counter, Gauge
 
 from ..shared.contracts import ModelAnnouncement
 from ..shared.logs import get_logger
+from ..shared.ops import start_ops_server
 from ..shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
 from ..shared.settings import ConfigError, Settings
 from ..topics import KafkaUnavailable
@@ -44,6 +46,18 @@ log = get_logger(__name__)
 STATUS_EVERY_SECONDS = 60.0
 # Key of the manifest's data dict holding the log position the model was trained up to.
 LOG_SEQ_KEY = "log_seq"
+
+
+# --- metrics (Prometheus; served on STREAMREC_METRICS_PORT by the continuous trainer) ----------
+CYCLES = Counter("streamrec_trainer_cycles_total", "Training cycles, by outcome.", ["outcome"])
+CYCLE_SECONDS = Gauge("streamrec_trainer_last_cycle_seconds", "Duration of the last training cycle.")
+HOLDOUT = Gauge(
+    "streamrec_trainer_last_holdout",
+    "Last cycle's gate metric: candidate and the served baseline.",
+    ["model"],
+)
+LOG_EVENTS = Gauge("streamrec_trainer_log_events", "Events in the trainer's local log.")
+LOG_POSITION = Gauge("streamrec_trainer_log_position", "Events read from the stream so far (log sequence).")
 
 
 class NotEnoughData(ValueError):
@@ -125,7 +139,12 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     """Run the continuous trainer until SIGINT/SIGTERM (or until ``stop`` is set)."""
     require_kafka(settings)
     stop = stop or threading.Event()
+    opened: list[EventLog] = []
+    start_ops_server(
+        settings, alive=lambda: None, ready=lambda: None if opened else "starting: opening the event log"
+    )
     with _stop_on_signals(stop), EventLog(settings) as event_log:
+        opened.append(event_log)
         schedule = CycleSchedule.resume(settings, event_log.last_seq())
         log.info(
             "trainer started",
@@ -139,6 +158,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         status_at = time.monotonic()
         while not stop.is_set():
             event_log.poll(max_messages=5000, timeout=1.0)
+            LOG_POSITION.set(event_log.last_seq())
             if schedule.due(time.time(), event_log.last_seq()):
                 _run_cycle(settings, event_log, schedule, stop)
             elif time.monotonic() - status_at > STATUS_EVERY_SECONDS:
@@ -210,20 +230,30 @@ def _run_cycle(
     settings: Settings, event_log: EventLog, schedule: CycleSchedule, stop: threading.Event
 ) -> None:
     """One cycle of the continuous trainer; failures are logged, never fatal."""
+    started = time.monotonic()
     try:
         event_log.catch_up(stop=stop)
         if stop.is_set():
             return
-        _train_and_announce(settings, event_log)
+        result = _train_and_announce(settings, event_log)
+        CYCLES.labels(result.manifest.status).inc()
+        HOLDOUT.labels("candidate").set(result.decision.candidate)
+        if result.decision.baseline is not None:
+            HOLDOUT.labels("baseline").set(result.decision.baseline)
     except NotEnoughData as exc:
+        CYCLES.labels("skipped").inc()
         log.warning("training skipped", extra={"reason": str(exc)})
     except AnnouncementFailed as exc:
+        CYCLES.labels("not_announced").inc()
         log.error("model published but not announced", extra={"error": str(exc)})
     except KeyboardInterrupt:
         log.warning("training cycle abandoned (publishing is atomic: no half model is visible)")
         stop.set()
     except Exception:  # a bad cycle must not stop the log from following the stream
+        CYCLES.labels("failed").inc()
         log.exception("training cycle failed")
+    CYCLE_SECONDS.set(time.monotonic() - started)
+    LOG_EVENTS.set(event_log.count())
     schedule.mark(time.time(), event_log.last_seq())
 
 

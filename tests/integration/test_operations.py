@@ -1,0 +1,110 @@
+"""Every service answers /healthz, /readyz and /metrics, and the metrics count what happened."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+from confluent_kafka import Producer
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamrec.processes import free_port
+
+from support import TrainedStack, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def samples(base: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The /metrics page as {(sample name, sorted labels): value}."""
+    response = httpx.get(f"{base}/metrics", timeout=5)
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def ready(base: str) -> bool:
+    try:
+        return httpx.get(f"{base}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_ingest_and_scorer_report_health_and_what_they_did(trained_stack: TrainedStack) -> None:
+    live = trained_stack.live
+    events = len(trained_stack.events)
+    for service in ("ingest", "scorer"):
+        base = f"http://127.0.0.1:{live.stack.ops_ports[service]}"
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+        wait_for(lambda base=base: ready(base), 60, f"{service} /readyz")
+        assert httpx.get(f"{base}/nope", timeout=5).status_code == 404
+
+    ingest_base = f"http://127.0.0.1:{live.stack.ops_ports['ingest']}"
+    not_json = ("streamrec_ingest_invalid_events_total", (("reason", "not_json"),))
+    before = samples(ingest_base).get(not_json, 0)
+    producer = Producer({"bootstrap.servers": live.settings.kafka_bootstrap})
+    producer.produce(live.settings.topic_interactions, b"this is not an event")
+    assert producer.flush(30) == 0
+    wait_for(
+        lambda: samples(ingest_base).get(not_json, 0) >= before + 1, 60, "the invalid event to be counted"
+    )
+    ingest = samples(ingest_base)
+    assert ingest[("streamrec_ingest_events_total", (("outcome", "accepted"),))] >= events
+    assert ingest[("streamrec_ingest_feature_update_seconds_count", ())] >= events
+
+    scorer = samples(f"http://127.0.0.1:{live.stack.ops_ports['scorer']}")
+    written = sum(value for (name, _), value in scorer.items() if name == "streamrec_scorer_lists_total")
+    assert written >= trained_stack.events.user_id.nunique()
+    assert scorer[("streamrec_scorer_scoring_seconds_count", ())] > 0
+    assert scorer[("streamrec_scorer_freshness_seconds_count", ())] > 0
+    served = live.redis.get(live.keys.model).decode()
+    assert scorer[("streamrec_scorer_model_info", (("version", served),))] == 1
+
+
+def test_api_reports_health_and_request_metrics(trained_stack: TrainedStack) -> None:
+    settings = trained_stack.live.settings
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    user = trained_stack.events.user_id.iloc[0]
+    assert httpx.get(f"{base}/users/{user}/recommendations", timeout=5).status_code == 200
+    assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+    assert httpx.get(f"{base}/readyz", timeout=5).status_code == 200
+    api = samples(base)
+    route = "/users/{user_id}/recommendations"
+    assert api[("streamrec_api_requests_total", (("route", route), ("status", "200")))] >= 1
+    assert api[("streamrec_api_request_seconds_count", (("route", route),))] >= 1
+
+
+def test_trainer_reports_health_and_its_log(trained_stack: TrainedStack, tmp_path: Path) -> None:
+    live = trained_stack.live
+    port = free_port()
+    env = {
+        **live.env(),
+        # Its own state, and no cycle during the test: the shared stack's model stays as it is.
+        "STREAMREC_DATA_DIR": str(tmp_path),
+        "STREAMREC_MODEL_DIR": str(tmp_path / "models"),
+        "STREAMREC_TRAIN_MIN_NEW_EVENTS": "100000000",
+        "STREAMREC_TRAIN_INTERVAL_SECONDS": "100000",
+        "STREAMREC_METRICS_PORT": str(port),
+    }
+    log_path = tmp_path / "trainer.log"
+    with open(log_path, "wb") as log_file:
+        trainer = subprocess.Popen([sys.executable, "-m", "streamrec", "trainer"], env=env, stderr=log_file)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_for(lambda: ready(base), 60, "trainer /readyz")
+        wait_for(
+            lambda: samples(base).get(("streamrec_trainer_log_position", ()), 0) >= len(trained_stack.events),
+            60,
+            "the trainer's log to read the stream",
+        )
+        assert httpx.get(f"{base}/healthz", timeout=5).status_code == 200
+    finally:
+        trainer.terminate()
+        assert trainer.wait(30) == 0, log_path.read_text()[-3000:]
