@@ -120,14 +120,23 @@ def cli() -> None:
     show_default=True,
     help="Comma-separated services to run.",
 )
-def dev(services: str) -> None:
+@click.option(
+    "--ingest-workers", default=1, show_default=True, type=click.IntRange(1), help="Ingest instances."
+)
+@click.option("--scorers", default=1, show_default=True, type=click.IntRange(1), help="Scorer instances.")
+def dev(services: str, ingest_workers: int, scorers: int) -> None:
     """Run the stack until Ctrl-C: embedded broker/Redis for unset URLs, plus the services."""
     from .stack import Stack, new_run_dir, settings_for_run
 
     settings = _settings("dev", log_format="console")
     run_dir = new_run_dir(settings.data_dir)
     _exit_on_sigterm()
-    stack = Stack(settings_for_run(settings, run_dir), run_dir, [s.strip() for s in services.split(",")])
+    stack = Stack(
+        settings_for_run(settings, run_dir),
+        run_dir,
+        [s.strip() for s in services.split(",")],
+        replicas={"ingest": ingest_workers, "scorer": scorers},
+    )
     try:
         stack.start()
         env_file = run_dir / "streamrec.env"
@@ -140,6 +149,8 @@ def dev(services: str) -> None:
         click.echo(f"  Redis:  {stack.settings.redis_url}")
         if "api" in stack.services:
             click.echo(f"  HTTP:   http://{stack.settings.api_host}:{stack.settings.api_port}")
+        for name, port in stack.ops_ports.items():
+            click.echo(f"  {name}: http://127.0.0.1:{port}/metrics  (/healthz, /readyz)")
         click.echo(f"In another shell: source {env_file}; streamrec replay PATH; streamrec recommend USER")
         click.echo("Ctrl-C stops everything.")
         while True:

@@ -1,5 +1,7 @@
 """The embedded stack: servers for every URL left unset, plus streamrec's services as supervised
-child processes (``python -m streamrec <service>``), each logging to ``<run_dir>/<service>.log``.
+child processes (``python -m streamrec <service>``), each logging to ``<run_dir>/<instance>.log``.
+A service may run as several instances (``replicas``): ``ingest-1``, ``ingest-2``, … share the
+work through their Kafka consumer group, as they would on several machines.
 
 Used by ``streamrec dev``, ``streamrec demo`` and the integration tests. Everything started here
 is stopped by :meth:`Stack.stop`, and children also die with this process (see processes.py).
@@ -11,7 +13,7 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from .embedded import EmbeddedServers, start_missing_servers
@@ -22,6 +24,7 @@ from .shared.settings import Settings
 log = get_logger(__name__)
 
 SERVICES = ("ingest", "scorer", "trainer", "api")
+SCALABLE = ("ingest", "scorer")  # consumer groups share the partitions; one trainer, one api port
 MAX_RESTARTS = 5
 
 
@@ -41,16 +44,33 @@ def new_run_dir(root: Path) -> Path:
 class Stack:
     """Embedded servers (where needed) + the chosen services, supervised."""
 
-    def __init__(self, settings: Settings, run_dir: Path, services: Sequence[str] = SERVICES) -> None:
-        unknown = set(services) - set(SERVICES)
+    def __init__(
+        self,
+        settings: Settings,
+        run_dir: Path,
+        services: Sequence[str] = SERVICES,
+        replicas: Mapping[str, int] | None = None,
+    ) -> None:
+        replicas = dict(replicas or {})
+        unknown = (set(services) | set(replicas)) - set(SERVICES)
         if unknown:
             raise ValueError(f"unknown services {sorted(unknown)}; choose from {', '.join(SERVICES)}")
+        if any(count < 1 for count in replicas.values()):
+            raise ValueError(f"replicas must be at least 1: {replicas}")
+        if {service for service, count in replicas.items() if count > 1} - set(SCALABLE):
+            raise ValueError(f"only {' and '.join(SCALABLE)} run as several instances: {replicas}")
         self.run_dir = run_dir
         self.services = list(services)
+        # Instance name -> service: "ingest", or "ingest-1", "ingest-2", … with replicas.
+        self.instances: dict[str, str] = {}
+        for service in services:
+            count = replicas.get(service, 1)
+            names = [service] if count == 1 else [f"{service}-{k}" for k in range(1, count + 1)]
+            self.instances |= dict.fromkeys(names, service)
         self._requested = settings
         self._servers: EmbeddedServers | None = None
         self.children: dict[str, ChildProcess] = {}
-        self.restarts: dict[str, int] = dict.fromkeys(services, 0)
+        self.restarts: dict[str, int] = dict.fromkeys(self.instances, 0)
         # Each service's /metrics, /healthz, /readyz port: services share this machine, so each gets
         # a free one (kept across restarts) unless the endpoints are off (STREAMREC_METRICS_PORT=0).
         self.ops_ports: dict[str, int] = {}
@@ -66,7 +86,7 @@ class Stack:
             _check_port_free(self._requested.api_host, self._requested.api_port)
         try:
             self._servers = start_missing_servers(self._requested, self.run_dir)
-            for name in self.services:
+            for name in self.instances:
                 self._spawn(name)
             if "api" in self.children:
                 wait_for_port(self.settings.api_host, self.settings.api_port, 60, self.children["api"])
@@ -76,11 +96,15 @@ class Stack:
         return self
 
     def _spawn(self, name: str) -> None:
+        service = self.instances[name]
         env = {**os.environ, **self.settings.as_env()}
-        if name != "api" and self.settings.metrics_port:
+        if service != "api" and self.settings.metrics_port:
             port = self.ops_ports.setdefault(name, free_port())
             env["STREAMREC_METRICS_PORT"] = str(port)
-        argv = [sys.executable, "-m", "streamrec", name]
+        if service == "ingest" and name != service:
+            # Each Faust worker keeps its table state (RocksDB, locked by one process) apart.
+            env["STREAMREC_DATA_DIR"] = str(self.settings.data_dir / name)
+        argv = [sys.executable, "-m", "streamrec", service]
         self.children[name] = spawn(name, argv, self.run_dir / f"{name}.log", env)
         log.info(
             "service started",

@@ -1,0 +1,112 @@
+"""Two ingest workers and two scorers share the partitions: every event counts once, every user is served.
+
+A stack of its own (embedded broker and Redis) runs ingest-1, ingest-2, scorer-1 and scorer-2.
+The same events are replayed into it and into the session's single-worker stack; the final
+features of every user must be identical in both.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
+
+from streamrec.processes import free_port
+from streamrec.shared.contracts import RedisKeys, UserFeatures
+from streamrec.shared.registry import ModelRegistry
+from streamrec.stack import Stack
+from streamrec.synthetic import generate
+
+from support import LiveStack, TrainedStack, wait_for
+
+pytestmark = pytest.mark.integration
+
+WORKERS = {"ingest": 2, "scorer": 2}
+
+
+@pytest.fixture(scope="module")
+def scaled_stack(tmp_path_factory: pytest.TempPathFactory, live_stack: LiveStack) -> Iterator[LiveStack]:
+    run_dir = tmp_path_factory.mktemp("scaled")
+    settings = live_stack.settings.model_copy(
+        update={"kafka_bootstrap": None, "redis_url": None, "api_port": free_port()}
+    ).with_data_dir(run_dir / "data")
+    stack = Stack(settings, run_dir, ("ingest", "scorer"), replicas=WORKERS).start()
+    live = stack.settings
+    try:
+        yield LiveStack(stack, live, redis.Redis.from_url(live.redis_url or ""), RedisKeys(live.redis_prefix))
+    finally:
+        stack.stop()
+
+
+def final_features(live: LiveStack, prefix: str, expected_users: int) -> dict[str, tuple[int, list[str]]]:
+    """Read the user-features topic from the start: each user's last (event_count, history)."""
+    consumer = Consumer({"bootstrap.servers": live.settings.kafka_bootstrap, "group.id": "unused"})
+    topic = live.settings.topic_user_features
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(live.settings.partitions)])
+    latest: dict[str, tuple[int, list[str]]] = {}
+    idle_since = time.monotonic()
+    deadline = time.monotonic() + 120
+    # Messages of one user are on one partition, in order: the last one read is the final state.
+    while time.monotonic() < deadline and (len(latest) < expected_users or time.monotonic() - idle_since < 5):
+        message = consumer.poll(0.5)
+        if message is None or message.error():
+            continue
+        idle_since = time.monotonic()
+        features = UserFeatures.from_json(message.value())
+        if features.user_id.startswith(prefix):
+            latest[features.user_id.removeprefix(prefix)] = (features.event_count, features.history)
+    consumer.close()
+    return latest
+
+
+def metric_total(port: int, name: str) -> float:
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def test_two_ingest_workers_and_two_scorers_count_every_event_once(
+    scaled_stack: LiveStack, trained_stack: TrainedStack
+) -> None:
+    events = generate(users=150, items=100, clusters=5, events_per_user=(4, 12), seed=21)
+    users = sorted(events.user_id.unique())
+    scaled_stack.stream_in(events, "scale")
+    single = trained_stack.live  # the session stack: one ingest worker, one scorer
+    single.stream_in(events.assign(user_id="single-" + events.user_id), "scale-single")
+
+    scaled = final_features(scaled_stack, "", len(users))
+    reference = final_features(single, "single-", len(users))
+    assert sorted(scaled) == sorted(reference) == users
+    counts = events.groupby("user_id").size()
+    for user in users:
+        assert scaled[user] == reference[user], (
+            f"{user}: two workers {scaled[user]} != one worker {reference[user]}"
+        )
+        assert scaled[user][0] == counts[user]  # exactly once
+
+    # Both workers of each kind took part.
+    ports = scaled_stack.stack.ops_ports
+    for name in ("ingest-1", "ingest-2"):
+        assert metric_total(ports[name], "streamrec_ingest_events_total") > 0, f"{name} processed nothing"
+
+    result = scaled_stack.cli("train", "--once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = ModelRegistry(scaled_stack.settings.model_dir).promoted_version()
+    assert version is not None
+
+    def all_served() -> bool:
+        lists = [scaled_stack.cached(user) for user in users]
+        return all(cached is not None and cached.model_version == version for cached in lists)
+
+    wait_for(all_served, 120, "every user to get recommendations from the trained model")
+    for name in ("scorer-1", "scorer-2"):
+        assert metric_total(ports[name], "streamrec_scorer_lists_total") > 0, f"{name} wrote nothing"
