@@ -2,7 +2,7 @@
 VENV  := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: demo dev test lint
+.PHONY: demo dev test lint bench
 
 $(STAMP): pyproject.toml scripts/bootstrap
 	scripts/bootstrap
@@ -22,3 +22,7 @@ test: $(STAMP) lint
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+
+## bench: the benchmark suite on this machine; writes docs/benchmarks.md (takes ~15 min)
+bench: $(STAMP)
+	$(VENV)/bin/python -m bench

@@ -1,0 +1,45 @@
+"""``python -m bench``: run the benchmarks and write the results page (docs/benchmarks.md).
+
+python -m bench                     # every benchmark, full size
+python -m bench --quick             # small sizes, one pass: checks the suite runs (CI); no page
+python -m bench --only scoring      # one benchmark
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from . import read_path, scoring, training
+from .harness import render_page, render_section, write
+
+BENCHMARKS = {"read_path": read_path.run, "scoring": scoring.run, "training": training.run}
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PAGE = DOCS / "benchmarks.md"
+FRAGMENTS = DOCS / "benchmarks"  # one Markdown fragment per benchmark; the page joins them
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the chosen benchmarks; write the page unless --quick (then print it)."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes; print instead of writing the page")
+    parser.add_argument("--only", action="append", choices=sorted(BENCHMARKS), help="run only these")
+    args = parser.parse_args(argv)
+
+    for name in args.only or BENCHMARKS:
+        print(f"running {name}…", file=sys.stderr, flush=True)
+        fragment = "\n".join(render_section(section) for section in BENCHMARKS[name](args.quick))
+        if args.quick:
+            print(fragment)
+        else:
+            write(FRAGMENTS / f"{name}.md", fragment)
+    if not args.quick:
+        present = [FRAGMENTS / f"{name}.md" for name in BENCHMARKS if (FRAGMENTS / f"{name}.md").exists()]
+        write(PAGE, render_page([path.read_text(encoding="utf-8") for path in present]))
+        print(f"wrote {PAGE}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Read latency: a client's one-lookup read and the HTTP endpoint, against a raw Redis GET.
+
+A real redis-server (the embedded one) holds one user's top-50 list as the scorer writes it.
+Each run times ``REQUESTS`` sequential reads of each kind over loopback; the figures are the
+p50 and p99 of a run (median of the runs' values).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import redis
+
+from streamrec.client import RecommendationClient
+from streamrec.embedded import start_redis
+from streamrec.processes import free_port, spawn, wait_for_port
+from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.settings import Settings
+
+from .harness import RUNS, Figure, Section, percentile
+
+USER = "bench-user"
+
+
+def _latencies(read: object, requests: int) -> list[float]:
+    timings = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        read()  # type: ignore[operator]
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def run(quick: bool) -> list[Section]:
+    """The read-path section: p50/p99 of client and HTTP reads vs raw GET."""
+    requests = 200 if quick else 5000
+    runs = 1 if quick else RUNS
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        redis_process, url = start_redis(run_dir)
+        api_port = free_port()
+        api = None
+        try:
+            settings = Settings(redis_url=url, api_port=api_port, log_level="WARNING")
+            keys = RedisKeys(settings.redis_prefix)
+            store = redis.Redis.from_url(url)
+            items = [(f"item-{i:05d}", 1.0 - i / 100) for i in range(settings.top_n)]
+            store.set(
+                keys.recs(USER),
+                CachedList(items, "20261129T000000.000Z-abcdef", time.time(), "personal").to_json(),
+            )
+            client = RecommendationClient(settings=settings)
+            env = {**os.environ, **settings.as_env()}
+            api = spawn("api", [sys.executable, "-m", "streamrec", "api"], run_dir / "api.log", env)
+            wait_for_port(settings.api_host, api_port, 60, api)
+            http = httpx.Client(base_url=f"http://{settings.api_host}:{api_port}")
+            path = f"/users/{USER}/recommendations?n={settings.top_n}"
+            assert http.get(path).status_code == 200
+
+            samples: dict[str, list[list[float]]] = {"raw": [], "client": [], "http": []}
+            for _ in range(runs):
+                _latencies(lambda: store.get(keys.recs(USER)), 100)  # warm-up
+                samples["raw"].append(_latencies(lambda: store.get(keys.recs(USER)), requests))
+                samples["client"].append(_latencies(lambda: client.get(USER, n=settings.top_n), requests))
+                samples["http"].append(_latencies(lambda: http.get(path), requests))
+            http.close()
+        finally:
+            if api is not None:
+                api.stop()
+            redis_process.stop()
+
+    def ms(kind: str, q: float) -> list[float]:
+        return [percentile(run, q) * 1000 for run in samples[kind]]
+
+    figures = []
+    for q in (50, 99):
+        figures.append(
+            Figure(
+                f"client get() p{q}",
+                "ms",
+                ms("client", q),
+                "raw GET",
+                ms("raw", q),
+                higher_is_better=False,
+                target="p99 ≤ 1.5× raw GET" if q == 99 else "",
+            )
+        )
+    for q in (50, 99):
+        figures.append(
+            Figure(
+                f"HTTP GET p{q}",
+                "ms",
+                ms("http", q),
+                "raw GET",
+                ms("raw", q),
+                higher_is_better=False,
+                target="p99 ≤ 5 ms" if q == 99 else "",
+            )
+        )
+    return [
+        Section(
+            "Read latency (figure 3)",
+            "python -m bench --only read_path" + (" --quick" if quick else ""),
+            figures,
+            description=(
+                f"{requests:,} sequential reads per kind and run over loopback: raw `GET` with redis-py, "
+                "`RecommendationClient.get(user, n=50)` (GET + decode), and the HTTP endpoint "
+                "(`streamrec api`, uvicorn, one worker) through an httpx keep-alive client. The value is a "
+                "top-50 list as the scorer writes it."
+            ),
+        )
+    ]

@@ -1,0 +1,116 @@
+"""Scoring throughput: users/s of the served model in onnxruntime vs the same model in torch eager.
+
+The model is the default one (SASRec, default sizes) exported by the trainer's own export path,
+run the way the scorer runs it (2 intra-op threads, sequential execution). Inputs are full
+histories (``max_seq_len`` items) and as many excluded items. The same run also multiplies a
+``[1024, dim] x [dim, n_items]`` matrix in torch: the GFLOP/s this machine reaches on the scoring
+head alone, to put the model's GFLOP/s in context.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Callable
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from streamrec.shared.contracts import MODEL_FILE, ONNX_INPUT_EXCLUDE, ONNX_INPUT_HISTORY
+from streamrec.shared.settings import Settings
+from streamrec.trainer.export import export_model
+from streamrec.trainer.model import build_model
+
+from .harness import Figure, Section, repeat, timed
+
+THREADS = 2  # the scorer's onnxruntime intra-op threads (services/scorer/model_runtime.py)
+
+
+def model_gflop_per_user(dim: int, length: int, blocks: int, n_items: int) -> float:
+    """Multiply-adds x 2 of one user's forward pass: every position through every block
+    (projections 4d², feed-forward 8d², attention 2Ld) and the last position against every item."""
+    per_position = blocks * (2 * (4 * dim * dim + 8 * dim * dim) + 4 * length * dim)
+    return (length * per_position + 2 * dim * n_items) / 1e9
+
+
+def _users_per_second(call: Callable[[], object], calls: int, batch: int) -> float:
+    return calls * batch / timed(lambda: [call() for _ in range(calls)])
+
+
+def _gflops(call: Callable[[], object], gflop: float) -> float:
+    return gflop / timed(call)
+
+
+@torch.no_grad()
+def _torch_call(model: torch.nn.Module, history: torch.Tensor, exclude: torch.Tensor) -> object:
+    return model(history, exclude)
+
+
+def run(quick: bool) -> list[Section]:
+    """The scoring section: users/s per (catalogue, batch size), ONNX vs torch."""
+    torch.set_num_threads(THREADS)
+    settings = Settings(top_n=50)
+    catalogues = [1_000] if quick else [10_000, 100_000]
+    batches = [1, 64] if quick else [1, 64, 1024]
+    figures: list[Figure] = []
+    for n_items in catalogues:
+        model = build_model(settings, n_items).eval()
+        rng = np.random.default_rng(0)
+        with tempfile.TemporaryDirectory() as out:
+            sample = rng.integers(1, n_items + 1, size=(4, settings.max_seq_len))
+            export_model(model, [f"i{i}" for i in range(n_items)], Path(out), sample, sample)
+            options = ort.SessionOptions()
+            options.intra_op_num_threads = THREADS
+            options.inter_op_num_threads = 1
+            options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+            session = ort.InferenceSession(
+                str(Path(out) / MODEL_FILE), options, providers=["CPUExecutionProvider"]
+            )
+        for batch in batches:
+            history = rng.integers(1, n_items + 1, size=(batch, settings.max_seq_len))
+            exclude = rng.integers(1, n_items + 1, size=(batch, settings.max_seq_len))
+            calls = 4 if quick else max(1, 2048 // batch)
+            feeds = {ONNX_INPUT_HISTORY: history, ONNX_INPUT_EXCLUDE: exclude}
+            onnx = partial(session.run, None, feeds)
+            eager = partial(_torch_call, model, torch.from_numpy(history), torch.from_numpy(exclude))
+            figures.append(
+                Figure(
+                    f"onnxruntime, {n_items:,} items, batch {batch}",
+                    "users/s",
+                    repeat(partial(_users_per_second, onnx, calls, batch)),
+                    "torch eager",
+                    repeat(partial(_users_per_second, eager, calls, batch)),
+                    target="≥ torch eager (ratio ≥ 1)",
+                )
+            )
+        gflop = model_gflop_per_user(settings.embedding_dim, settings.max_seq_len, settings.n_blocks, n_items)
+        best_batch = max(batches)
+        head = torch.randn(best_batch, settings.embedding_dim)
+        catalogue = torch.randn(settings.embedding_dim, n_items)
+        matmul_gflop = 2 * best_batch * settings.embedding_dim * n_items / 1e9
+        figures.append(
+            Figure(
+                f"onnxruntime GFLOP/s, {n_items:,} items, batch {best_batch}",
+                "GFLOP/s",
+                [users * gflop for users in figures[-1].runs],
+                "plain matmul",
+                repeat(partial(_gflops, partial(torch.matmul, head, catalogue), matmul_gflop)),
+                note=f"{gflop * 1e3:.1f} MFLOP per user",
+            )
+        )
+    return [
+        Section(
+            "Scoring throughput (figure 4)",
+            "python -m bench --only scoring" + (" --quick" if quick else ""),
+            figures,
+            description=(
+                f"Default model (SASRec, {settings.n_blocks} blocks, dim {settings.embedding_dim}, "
+                f"{settings.max_seq_len} items of history, top {settings.top_n}), {THREADS} threads for both "
+                "runtimes. Users/s per call size; the GFLOP/s rows count the model's arithmetic "
+                "(bench/scoring.py: model_gflop_per_user) against a plain [batch, dim] x [dim, items] "
+                "matrix product in torch."
+            ),
+        )
+    ]

@@ -1,0 +1,26 @@
+"""The benchmark suite still runs (quick mode: small sizes, one pass; no timing is asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_quick_benchmarks_run_and_report_every_section() -> None:
+    published = {path: path.stat().st_mtime_ns for path in (REPO / "docs").rglob("benchmarks*")}
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    for title in ("Read latency (figure 3)", "Scoring throughput (figure 4)", "Training (figure 5)"):
+        assert f"## {title}" in result.stdout
+    assert "| onnxruntime, 1,000 items, batch 64 |" in result.stdout
+    # Quick figures are printed, never published over the real ones.
+    assert {path: path.stat().st_mtime_ns for path in (REPO / "docs").rglob("benchmarks*")} == published
