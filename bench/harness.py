@@ -27,7 +27,6 @@ class Figure:
     runs: list[float]
     baseline_name: str | None = None
     baseline_runs: list[float] = field(default_factory=list)
-    higher_is_better: bool = True
     target: str = ""  # what the project aims for, in words ("≥ 20,000 ev/s"), or ""
     note: str = ""
 

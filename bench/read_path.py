@@ -77,31 +77,20 @@ def run(quick: bool) -> list[Section]:
     def ms(kind: str, q: float) -> list[float]:
         return [percentile(run, q) * 1000 for run in samples[kind]]
 
-    figures = []
-    for q in (50, 99):
-        figures.append(
-            Figure(
-                f"client get() p{q}",
-                "ms",
-                ms("client", q),
-                "raw GET",
-                ms("raw", q),
-                higher_is_better=False,
-                target="p99 ≤ 1.5× raw GET" if q == 99 else "",
-            )
+    targets = {("client", 99): "p99 ≤ 1.5× raw GET", ("http", 99): "p99 ≤ 5 ms"}
+    labels = {"client": "client get()", "http": "HTTP GET"}
+    figures = [
+        Figure(
+            f"{labels[kind]} p{q}",
+            "ms",
+            ms(kind, q),
+            "raw GET",
+            ms("raw", q),
+            target=targets.get((kind, q), ""),
         )
-    for q in (50, 99):
-        figures.append(
-            Figure(
-                f"HTTP GET p{q}",
-                "ms",
-                ms("http", q),
-                "raw GET",
-                ms("raw", q),
-                higher_is_better=False,
-                target="p99 ≤ 5 ms" if q == 99 else "",
-            )
-        )
+        for kind in ("client", "http")
+        for q in (50, 99)
+    ]
     return [
         Section(
             "Read latency (figure 3)",

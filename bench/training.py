@@ -58,17 +58,15 @@ def run(quick: bool) -> list[Section]:
                     per_epoch,
                     "mf seconds per epoch",
                     baseline,
-                    higher_is_better=False,
                 ),
                 Figure(
                     f"sasrec training total, {name}",
                     "s",
                     totals,
-                    higher_is_better=False,
                     target="≤ 300 s",
                     note=f"{min(epochs)}–{max(epochs)} epochs with early stopping",
                 ),
-                Figure("ONNX export + parity check", "s", exports, higher_is_better=False),
+                Figure("ONNX export + parity check", "s", exports),
             ],
             description=(
                 f"Default settings ({settings.model}: lr {settings.learning_rate}, batch {settings.batch_size} "
