@@ -11,10 +11,15 @@ import argparse
 import sys
 from pathlib import Path
 
-from . import read_path, scoring, training
+from . import ingest, read_path, scoring, training
 from .harness import render_page, render_section, write
 
-BENCHMARKS = {"read_path": read_path.run, "scoring": scoring.run, "training": training.run}
+BENCHMARKS = {
+    "ingest": ingest.run,
+    "read_path": read_path.run,
+    "scoring": scoring.run,
+    "training": training.run,
+}
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGE = DOCS / "benchmarks.md"
 FRAGMENTS = DOCS / "benchmarks"  # one Markdown fragment per benchmark; the page joins them

@@ -121,7 +121,7 @@ def render_section(section: Section) -> str:
         baseline = "–"
         if fig.baseline_runs:
             baseline = f"{fig.baseline_name}: {_number(statistics.median(fig.baseline_runs))} {fig.unit}"
-        ratio = "–" if fig.ratio is None else f"{fig.ratio:.2f}×"
+        ratio = "–" if fig.ratio is None else f"{fig.ratio:.3g}×"
         name = fig.name + (f" ({fig.note})" if fig.note else "")
         lines.append(
             f"| {name} | {_number(fig.median)} {fig.unit} | {_number(min(fig.runs))}–{_number(max(fig.runs))} "

@@ -19,7 +19,13 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         [sys.executable, "-m", "bench", "--quick"], cwd=REPO, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    for title in ("Read latency (figure 3)", "Scoring throughput (figure 4)", "Training (figure 5)"):
+    titles = (
+        "Ingest throughput per worker (figure 1)",
+        "Read latency (figure 3)",
+        "Scoring throughput (figure 4)",
+        "Training (figure 5)",
+    )
+    for title in titles:
         assert f"## {title}" in result.stdout
     assert "| onnxruntime, 1,000 items, batch 64 |" in result.stdout
     # Quick figures are printed, never published over the real ones.
