@@ -113,9 +113,9 @@ def run(quick: bool) -> list[Section]:
     return [
         Section(
             "Ingest throughput per worker (figure 1)",
-            "python -m bench --only ingest"
-            + (" --quick" if quick else "")
-            + ("" if quick or n_events == 200_000 else f"  (BENCH_INGEST_EVENTS={n_events})"),
+            ("" if quick or n_events == 200_000 else f"BENCH_INGEST_EVENTS={n_events} ")
+            + "python -m bench --only ingest"
+            + (" --quick" if quick else ""),
             [
                 Figure(
                     f"one ingest worker, {n_events:,} events, {PARTITIONS} partitions",
