@@ -23,6 +23,6 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-## bench: the benchmark suite on this machine; writes docs/benchmarks.md (takes ~15 min)
+## bench: the benchmark suite on this machine; writes docs/benchmarks.md (about 35 min on 2 cores)
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench
