@@ -354,7 +354,7 @@ class ScorerService:
         for features in latest.values():
             FRESHNESS_SECONDS.observe(max(0.0, written_at - features.updated_at))
         self._commit(next_offsets)
-        self._update_lag(messages)
+        self._update_lag(next_offsets)
         self.counts["batches"] += 1
         self.counts["messages"] += len(messages)
 
@@ -422,18 +422,14 @@ class ScorerService:
             if count := sum(1 for cached in lists.values() if cached.source == source):
                 LISTS_WRITTEN.labels(source, trigger).inc(count)
 
-    def _update_lag(self, messages: list[Message]) -> None:
-        """Lag after a batch: the partitions' cached high watermarks minus the next offsets."""
+    def _update_lag(self, next_offsets: dict[tuple[str, int], int]) -> None:
+        """Lag after a batch: the largest cached high watermark minus next offset of its partitions."""
         assert self.users is not None
         lag = 0
-        for message in messages:
-            if message.error():
-                continue
-            _, high = self.users.get_watermark_offsets(
-                TopicPartition(message.topic(), message.partition()), cached=True
-            )
+        for (topic, partition), offset in next_offsets.items():
+            _, high = self.users.get_watermark_offsets(TopicPartition(topic, partition), cached=True)
             if high >= 0:
-                lag = max(lag, high - message.offset() - 1)
+                lag = max(lag, high - offset)
         CONSUMER_LAG.set(lag)
 
     def _retry(self, what: str, action: Callable[[], T]) -> T:
