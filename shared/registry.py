@@ -298,7 +298,7 @@ class ModelRegistry:
 
     def rollback_target(self) -> str | None:
         """The version a rollback would serve: the one promoted before the current one."""
-        stack = self._promotion_stack()
+        stack = self.promotion_stack()
         return stack[-2] if len(stack) >= 2 else None
 
     def rollback(self, reason: str) -> tuple[str, ModelManifest]:
@@ -357,7 +357,7 @@ class ModelRegistry:
                 entries.append(entry)
         return entries
 
-    def _promotion_stack(self) -> list[str]:
+    def promotion_stack(self) -> list[str]:
         """Replay the log: promoted versions, oldest first, the current one last (rolled-back ones
         popped). Versions deleted from disk are skipped."""
         stack: list[str] = []

@@ -288,12 +288,8 @@ class ScorerService:
         # A refused PROMOTED must not leave a restarted scorer without any model: fall back to the
         # newest earlier *promoted* version that verifies (a running scorer would have kept serving
         # it); rejected and rolled-back versions are never candidates.
-        earlier = [
-            entry["version"]
-            for entry in reversed(self.registry.promotions())
-            if entry.get("action") == "promote" and entry["version"] != promoted
-        ]
-        for version in list(dict.fromkeys(earlier))[:STARTUP_FALLBACK_VERSIONS]:
+        earlier = [version for version in reversed(self.registry.promotion_stack()) if version != promoted]
+        for version in earlier[:STARTUP_FALLBACK_VERSIONS]:
             if self.model is not None:
                 break
             self._switch_model(version, reason="PROMOTED refused: newest usable earlier promoted version")
