@@ -6,7 +6,7 @@ documents the same contracts for people; change both together.
 Data flow::
 
     interactions ──► ingest ──► streamrec.user-features ──► scorer ──► Redis recs:{user}
-         │             │  └──► streamrec.item-events ──► ingest (popularity table)
+         │             │  └──► streamrec.item-events (bundles) ──► ingest (popularity table)
          │             │                    └──► streamrec.popular-items ──► scorer ──► Redis popular
          │             └──► interactions.dlq (invalid events + reason)
          │          streamrec.user-features ──► trainer ──► model registry ──► streamrec.models ──► scorer

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         "streamrec.user-features", description="ingest -> scorer, trainer: a user's features changed."
     )
     topic_item_events: str = Field(
-        "streamrec.item-events", description="ingest internal: events re-keyed by item (popularity)."
+        "streamrec.item-events", description="ingest internal: accepted events, bundled, for popularity."
     )
     topic_popular_items: str = Field(
         "streamrec.popular-items", description="ingest -> scorer: current most popular items."
@@ -96,6 +96,15 @@ class Settings(BaseSettings):
     popularity_half_life_hours: float = Field(24.0 * 7, gt=0, description="Decay of item popularity.")
     popular_publish_seconds: float = Field(5.0, gt=0, description="How often ingest publishes popular items.")
     ingest_web_port: int = Field(0, ge=0, description="Faust web port of ingest; 0 = disabled.")
+    ingest_batch_max: int = Field(
+        1000, ge=1, description="Most input events ingest validates and forwards as one batch."
+    )
+    ingest_batch_wait_ms: int = Field(
+        10,
+        ge=1,
+        le=5000,
+        description="Longest ingest holds a partial batch: adds at most this to an event's latency.",
+    )
 
     # --- model and training (trainer) -------------------------------------------------------
     model: Literal["mf", "sasrec"] = Field(

@@ -2,21 +2,20 @@
 
 Data flow (agents, in order)::
 
-    interactions (any key) ─► validate_events ─┬─► interactions.dlq            (invalid + reason)
-                                               └─► streamrec-ingest-events-by-user  (key = user_id)
+    interactions (any key) ─► validate_events ─┬─► interactions.dlq                (invalid + reason)
+                                               └─► streamrec-ingest-events-by-user  (bundles, by user partition)
     streamrec-ingest-events-by-user ─► build_features [table user_state]
-                                               ├─► streamrec.user-features      (key = user_id)
-                                               └─► streamrec.item-events        (key = item_id)
+                                               ├─► streamrec.user-features      (one per accepted event, key = user_id)
+                                               └─► streamrec.item-events        (one bundle per bundle)
     streamrec.item-events ─► count_popularity [table item_popularity] ─► (timer) streamrec.popular-items
 
 Why the extra hop through ``streamrec-ingest-events-by-user``: a Faust table lives on the partition
 of the event being processed, so all of a user's events must arrive on one partition. Producers
 may key by anything, leave messages unkeyed, or hash keys differently (librdkafka's default
 partitioner is not the Java client's), so ingest never trusts the input partitioning: it
-validates on whatever partition an event lands, then re-publishes the normalised event keyed by
-user_id through Faust's own partitioner. The cost is one internal topic and one more hop; the
-benefit is that the user table is correct for any producer and the input topic may have any
-partition count.
+validates on whatever partition an event lands, then re-publishes the normalised events to the
+partition of their user id. The internal hops carry bundles of events (``bundles.py``): Faust's cost
+is per message, and one message per event per hop was what limited a worker's throughput.
 """
 
 from __future__ import annotations
@@ -26,10 +25,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiokafka
 import faust
 import prometheus_client as prom
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from ..shared.contracts import DeadLetter, PopularItems, UserFeatures
@@ -37,12 +34,17 @@ from ..shared.events import Interaction, Rejection, parse_event
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
 from ..shared.settings import ConfigError, Settings
+from .bundles import (
+    event_bundle,
+    group_by_partition,
+    item_event_bundle,
+    unbundle_events,
+    unbundle_item_events,
+)
 from .features import ItemPopularity, PopularityRanking, UserState, add_item_event, apply_event
+from .transport import IngestApp
 
 log = get_logger(__name__)
-# Faust's services log "Starting…"/"Stopping…" through their class's logger; our subclasses keep
-# them under "faust" so that configure_logging's level for Faust applies to them too.
-faust_log = get_logger("faust.ingest")
 
 APP_ID = "streamrec-ingest"
 EVENTS_BY_USER_TOPIC = f"{APP_ID}-events-by-user"  # Faust-internal, created by Faust
@@ -61,13 +63,17 @@ INVALID_EVENTS = prom.Counter(
 )
 FEATURE_UPDATE_SECONDS = prom.Histogram(
     "streamrec_ingest_feature_update_seconds",
-    "Time to fold one event into its user's state and send the new features.",
+    "Time to fold one bundle of events into its users' states and send the new features.",
     buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1),
 )
 EVENT_AGE_SECONDS = prom.Histogram(
     "streamrec_ingest_event_age_seconds",
     "From the event's timestamp to its features update (includes Kafka and queueing).",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 300.0, 3600.0),
+)
+# Bound once: ``labels()`` is a dictionary lookup under a lock, too slow for a per-event path.
+EVENTS_VALID, EVENTS_INVALID, EVENTS_ACCEPTED, EVENTS_DUPLICATE = (
+    EVENTS.labels(outcome) for outcome in ("valid", "invalid", "accepted", "duplicate")
 )
 
 
@@ -93,38 +99,6 @@ class IngestCounters:
         }
 
 
-class _ShortFetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-    logger = faust_log
-
-    def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
-        consumer = super()._create_worker_consumer(transport)
-        # Faust hard-codes a 1.5 s fetch wait. Tansu answers a fetch over several partitions only
-        # when that wait is over, even if data arrived meanwhile, so every hop could stall 1.5 s.
-        consumer._fetch_max_wait_ms = self.app.fetch_wait_ms  # read by AIOKafkaConsumer.start()
-        return consumer
-
-
-class _ShortFetchWaitConsumer(faust_aiokafka.Consumer):
-    logger = faust_log
-
-    def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
-        return _ShortFetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-
-class _ShortFetchWaitTransport(faust_aiokafka.Transport):
-    Consumer = _ShortFetchWaitConsumer
-
-
-class IngestApp(faust.App):
-    """A Faust app whose consumer waits at most ``fetch_wait_ms`` per fetch."""
-
-    logger = faust_log
-    fetch_wait_ms: int = 50
-
-    def _new_transport(self) -> faust_aiokafka.Transport:
-        return _ShortFetchWaitTransport(self.conf.broker_consumer, self)
-
-
 def _kafka_urls(settings: Settings) -> list[str]:
     # Only Kafka: ingest never talks to Redis, so it does not require STREAMREC_REDIS_URL.
     if settings.kafka_bootstrap is None:
@@ -148,7 +122,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=settings.ingest_web_port > 0,
         web_port=settings.ingest_web_port or 6066,
         consumer_auto_offset_reset="earliest",  # a new deployment processes the existing stream
-        producer_linger=0.005,  # batches the messages of one event; adds at most 5 ms of latency
+        producer_linger=0.005,  # batches the messages of one bundle; adds at most 5 ms of latency
         producer_acks=-1,  # a commit only follows messages the broker has fully acknowledged
         # Tansu holds a first join for half the session timeout; a short one also fails over faster.
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
@@ -177,7 +151,7 @@ def create_app(settings: Settings) -> faust.App:
 
     async def send_dead_letter(message: faust.types.Message, raw: bytes, reason: str, detail: str) -> None:
         counters.rejected[reason] += 1
-        EVENTS.labels("invalid").inc()
+        EVENTS_INVALID.inc()
         INVALID_EVENTS.labels(reason).inc()
         letter = DeadLetter(
             reason=reason,
@@ -192,22 +166,35 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(raw_events, name="validate_events")
     async def validate_events(stream: faust.StreamT[bytes]) -> None:
-        """Parse each raw message; dead-letter the invalid ones, re-key the valid ones by user."""
-        async for event in stream.events():
-            raw: bytes = event.value if event.value is not None else b""  # tombstones are invalid too
-            try:
-                result = parse_event(
-                    raw, max_bytes=settings.max_event_bytes, max_future_seconds=settings.max_future_seconds
-                )
-            except Exception as exc:  # a bug must not stop the stream: park the event, keep going
-                log.exception("event could not be validated", extra={"offset": event.message.offset})
-                await send_dead_letter(event.message, raw, "unexpected_error", repr(exc))
-                continue
-            if isinstance(result, Rejection):
-                await send_dead_letter(event.message, raw, str(result.reason), result.detail)
-            else:
-                EVENTS.labels("valid").inc()
-                await events_by_user.send(key=result.user_id, value=result.to_dict())
+        """Parse raw messages a batch at a time; dead-letter the invalid, bundle the valid by user partition.
+
+        ``take_events`` acks a batch only after this loop body finished with it, and Faust flushes
+        the producer before it commits offsets, so a crash never commits an event whose bundle
+        was not yet sent.
+        """
+        async for batch in stream.take_events(
+            settings.ingest_batch_max, within=settings.ingest_batch_wait_ms / 1000
+        ):
+            valid: list[Interaction] = []
+            for event in batch:
+                raw: bytes = event.value if event.value is not None else b""  # tombstones are invalid too
+                try:
+                    result = parse_event(
+                        raw,
+                        max_bytes=settings.max_event_bytes,
+                        max_future_seconds=settings.max_future_seconds,
+                    )
+                except Exception as exc:  # a bug must not stop the stream: park the event, keep going
+                    log.exception("event could not be validated", extra={"offset": event.message.offset})
+                    await send_dead_letter(event.message, raw, "unexpected_error", repr(exc))
+                    continue
+                if isinstance(result, Rejection):
+                    await send_dead_letter(event.message, raw, str(result.reason), result.detail)
+                else:
+                    valid.append(result)
+            EVENTS_VALID.inc(len(valid))
+            for partition, events in group_by_partition(valid, settings.partitions).items():
+                await events_by_user.send(value=event_bundle(events), partition=partition)
 
     # --- user features: partitioned by user_id ------------------------------------------------
 
@@ -215,33 +202,39 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(events_by_user, name="build_features")
     async def build_features(stream: faust.StreamT[dict[str, Any]]) -> None:
-        """Fold each event into its user's state; announce the new features and the item event."""
-        async for data in stream:
+        """Fold each bundle into its users' states (one table write per user); announce features and items."""
+        async for bundle in stream:
             started = time.perf_counter()
-            event = Interaction.from_dict(data)
-            stored = user_state.get(event.user_id)
-            state = UserState() if stored is None else UserState.from_dict(stored)
-            if not apply_event(state, event, settings):
-                counters.duplicates += 1
-                EVENTS.labels("duplicate").inc()
-                continue
-            user_state[event.user_id] = state.to_dict()
-            counters.accepted += 1
-            features = UserFeatures(
-                user_id=event.user_id,
-                event=event,
-                history=state.history_item_ids(),
-                event_count=state.event_count,
-                updated_at=time.time(),
-            )
-            await user_features.send(key=event.user_id, value=features.to_json())
-            await item_events.send(
-                key=event.item_id,
-                value={"item_id": event.item_id, "timestamp": event.timestamp, "weight": event.weight},
-            )
-            EVENTS.labels("accepted").inc()
+            states: dict[str, UserState] = {}  # this bundle's users, written back once at the end
+            accepted: list[Interaction] = []
+            for event in unbundle_events(bundle):
+                state = states.get(event.user_id)
+                if state is None:
+                    stored = user_state.get(event.user_id)
+                    state = states[event.user_id] = (
+                        UserState() if stored is None else UserState.from_dict(stored)
+                    )
+                if not apply_event(state, event, settings):
+                    counters.duplicates += 1
+                    EVENTS_DUPLICATE.inc()
+                    continue
+                accepted.append(event)
+                features = UserFeatures(
+                    user_id=event.user_id,
+                    event=event,
+                    history=state.history_item_ids(),
+                    event_count=state.event_count,
+                    updated_at=time.time(),
+                )
+                await user_features.send(key=event.user_id, value=features.to_json())
+                EVENT_AGE_SECONDS.observe(max(0.0, features.updated_at - event.timestamp))
+            for user_id, state in states.items():
+                user_state[user_id] = state.to_dict()
+            if accepted:
+                await item_events.send(value=item_event_bundle(accepted), partition=0)
+            counters.accepted += len(accepted)
+            EVENTS_ACCEPTED.inc(len(accepted))
             FEATURE_UPDATE_SECONDS.observe(time.perf_counter() - started)
-            EVENT_AGE_SECONDS.observe(max(0.0, features.updated_at - event.timestamp))
 
     # --- item popularity: one partition, one owner ---------------------------------------------
 
@@ -255,15 +248,21 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(item_events, name="count_popularity")
     async def count_popularity(stream: faust.StreamT[dict[str, Any]]) -> None:
-        """Add each item event to the item's decayed score and to the ranking."""
-        async for data in stream:
-            item_id = data["item_id"]
-            stored = item_popularity.get(item_id)
-            popularity = ItemPopularity() if stored is None else ItemPopularity.from_dict(stored)
-            add_item_event(popularity, data["timestamp"], data["weight"], settings.popularity_half_life_hours)
-            item_popularity[item_id] = popularity.to_dict()
-            ranking.update(item_id, popularity)
-            counters.item_events += 1
+        """Add each bundle's item events to the items' decayed scores (one table write per item)."""
+        async for bundle in stream:
+            changed: dict[str, ItemPopularity] = {}
+            for item_id, timestamp, weight in unbundle_item_events(bundle):
+                popularity = changed.get(item_id)
+                if popularity is None:
+                    stored = item_popularity.get(item_id)
+                    popularity = changed[item_id] = (
+                        ItemPopularity() if stored is None else ItemPopularity.from_dict(stored)
+                    )
+                add_item_event(popularity, timestamp, weight, settings.popularity_half_life_hours)
+                counters.item_events += 1
+            for item_id, popularity in changed.items():
+                item_popularity[item_id] = popularity.to_dict()
+                ranking.update(item_id, popularity)
 
     @item_popularity.on_recover
     async def rebuild_ranking() -> None:
