@@ -395,7 +395,7 @@ def _figures(results: list[RunResult], total: int, train_rows: int) -> list[Figu
     rows = [
         ("i12345", "ids like i12345, as the scorer wrote them", BUDGET),
         ("12345", "numeric ids below 65,536 (MovieLens-style)", BUDGET),
-        ("123450", "numeric ids up to ~200,000 (MovieLens ml-latest range)", BUDGET),
+        ("123450", "numeric ids ×10 (4-byte ids above 65,535, as in MovieLens ml-latest)", BUDGET),
         ("uuid", "36-character UUID ids (text: over budget)", ""),
     ]
     for variant, label, target in rows:
