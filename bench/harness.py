@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RUNS = 3  # every figure is the median of at least this many runs
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+FRAGMENTS = DOCS / "benchmarks"  # one Markdown fragment (and any plot) per benchmark; the page joins them
 
 
 @dataclass

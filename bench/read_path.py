@@ -52,7 +52,7 @@ def run(quick: bool) -> list[Section]:
             items = [(f"item-{i:05d}", 1.0 - i / 100) for i in range(settings.top_n)]
             store.set(
                 keys.recs(USER),
-                CachedList(items, "20261129T000000.000Z-abcdef", time.time(), "personal").to_json(),
+                CachedList(items, "20261129T000000.000Z-abcdef", time.time(), "personal").encode(),
             )
             client = RecommendationClient(settings=settings)
             env = {**os.environ, **settings.as_env()}

@@ -87,6 +87,11 @@ class Settings(BaseSettings):
     model_dir: Path | None = Field(None, description="Model registry directory. Default data_dir/models.")
     redis_prefix: str = Field("streamrec", description="Prefix of every Redis key streamrec writes.")
     recs_ttl_seconds: int = Field(0, ge=0, description="TTL of cached lists in Redis; 0 = keep.")
+    recs_format: Literal["binary", "json"] = Field(
+        "binary",
+        description="Format the scorer writes cached lists in: binary (compact), or json while readers "
+        "older than the binary format still read Redis. Readers take both.",
+    )
 
     # --- features (ingest) -----------------------------------------------------------------
     history_len: int = Field(200, ge=1, description="Recent items kept per user (and excluded).")

@@ -74,7 +74,7 @@ def decode(user_id: str, raw: bytes | None, n: int, *, fallback: bool) -> Recomm
     """Turn a stored value into Recommendations (``fallback``: it is the popular list)."""
     if raw is None:
         return None
-    recs = Recommendations.from_cached(user_id, CachedList.from_json(raw), n)
+    recs = Recommendations.from_cached(user_id, CachedList.decode(raw), n)
     if fallback and recs.source != "fallback":
         recs = Recommendations(recs.user_id, recs.items, recs.model_version, recs.generated_at, "fallback")
     return recs

@@ -126,7 +126,7 @@ def _users_served(store: redis.Redis, keys: RedisKeys, user_ids: list[str], vers
     count = 0
     for start in range(0, len(user_ids), 1000):
         for raw in store.mget([keys.recs(u) for u in user_ids[start : start + 1000]]):
-            if raw is not None and CachedList.from_json(raw).model_version == version:
+            if raw is not None and CachedList.decode(raw).model_version == version:
                 count += 1
     return count
 

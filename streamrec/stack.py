@@ -136,6 +136,11 @@ class Stack:
         servers = self._servers.processes if self._servers else []
         return [c.pid for c in [*self.children.values(), *servers]]
 
+    def processes(self) -> dict[str, ChildProcess]:
+        """Every child by name: embedded servers (``broker``, ``redis``) and service instances."""
+        servers = self._servers.processes if self._servers else []
+        return {child.name: child for child in servers} | self.children
+
     def stop(self) -> None:
         """Stop services (gracefully, in reverse order), then the embedded servers."""
         for name in reversed(list(self.children)):

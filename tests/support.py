@@ -62,7 +62,7 @@ class LiveStack:
     def cached(self, user_id: str) -> CachedList | None:
         """The user's list as the scorer wrote it, or None."""
         raw = self.redis.get(self.keys.recs(user_id))
-        return None if raw is None else CachedList.from_json(raw)
+        return None if raw is None else CachedList.decode(raw)
 
     def stream_in(self, frame: pd.DataFrame, source: str, timeout: float = 180) -> int:
         """Publish an interaction frame (time order, event ids ``source:row``) and wait until

@@ -407,10 +407,14 @@ class ScorerService:
         if not lists:
             return
 
+        values = {
+            self.keys.recs(user): cached.encode(self.settings.recs_format) for user, cached in lists.items()
+        }
+
         def write() -> None:
             pipe = self.redis.pipeline(transaction=False)
-            for user, cached in lists.items():
-                pipe.set(self.keys.recs(user), cached.to_json(), ex=self.ttl)
+            for key, value in values.items():
+                pipe.set(key, value, ex=self.ttl)
             pipe.execute()
 
         self._retry(f"write {len(lists)} recommendation lists", write)
@@ -487,7 +491,8 @@ class ScorerService:
         self.popular = popular
         cached = CachedList(popular.items[: self.settings.top_n], None, popular.generated_at, "fallback")
         # No TTL: the fallback must outlive a pause of ingest; it is replaced on every publish.
-        self._retry("write the popular list", lambda: self.redis.set(self.keys.popular, cached.to_json()))
+        value = cached.encode(self.settings.recs_format)
+        self._retry("write the popular list", lambda: self.redis.set(self.keys.popular, value))
         log.debug("popular list updated", extra={"items": len(popular.items)})
         if first and self.model is None:
             # Users seen before any list existed got nothing written: give them their fallback now.

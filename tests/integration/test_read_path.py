@@ -11,7 +11,7 @@ import redis
 from fastapi.testclient import TestClient
 
 from streamrec.api.app import create_app
-from streamrec.client import AsyncRecommendationClient, RecommendationClient
+from streamrec.client import AsyncRecommendationClient, RecommendationClient, Recommendations
 from streamrec.embedded import start_redis
 from streamrec.processes import free_port
 from streamrec.shared.contracts import CachedList, RedisKeys
@@ -20,7 +20,8 @@ from streamrec.shared.settings import Settings
 pytestmark = pytest.mark.integration
 
 PREFIX = "readtest"
-PERSONAL = CachedList([("a", 3.0), ("b", 2.0), ("c", 1.0)], "m-1", 1_700_000_000.5, "personal")
+# Scores on the binary format's grid (16 bits between the lowest and the highest), so they read back exactly.
+PERSONAL = CachedList([("a", 3.0), ("b", 2.0), ("c", 0.0)], "m-1", 1_700_000_000.5, "personal")
 POPULAR = CachedList([("p1", 9.0), ("p2", 8.0)], None, 1_700_000_001.0, "fallback")
 
 
@@ -39,7 +40,7 @@ def store(redis_url: str) -> Iterator[redis.Redis]:
     """The Redis the client reads, emptied before each test; the user "42" has a personal list."""
     connection = redis.Redis.from_url(redis_url)
     connection.flushdb()
-    connection.set(RedisKeys(PREFIX).recs("42"), PERSONAL.to_json())
+    connection.set(RedisKeys(PREFIX).recs("42"), PERSONAL.encode())
     yield connection
     connection.close()
 
@@ -61,7 +62,7 @@ def test_client_reads_a_personal_list_and_normalises_the_user_id(store: redis.Re
 def test_client_falls_back_to_popular_then_to_none(store: redis.Redis, redis_url: str) -> None:
     with RecommendationClient(settings=settings_for(redis_url)) as client:
         assert client.get("stranger") is None
-        store.set(RedisKeys(PREFIX).popular, POPULAR.to_json())
+        store.set(RedisKeys(PREFIX).popular, POPULAR.encode())
         recs = client.get("stranger", n=1)
         assert recs is not None and recs.source == "fallback" and recs.items == [("p1", 9.0)]
         with pytest.raises(ValueError):
@@ -71,7 +72,7 @@ def test_client_falls_back_to_popular_then_to_none(store: redis.Redis, redis_url
 
 
 def test_async_client_gives_the_same_answers(store: redis.Redis, redis_url: str) -> None:
-    store.set(RedisKeys(PREFIX).popular, POPULAR.to_json())
+    store.set(RedisKeys(PREFIX).popular, POPULAR.encode())
     store.set(RedisKeys(PREFIX).model, "m-1")
 
     async def read() -> tuple[object, ...]:
@@ -96,7 +97,7 @@ def test_api_falls_back_to_popular_and_404s_without_it(store: redis.Redis, redis
     with TestClient(create_app(settings_for(redis_url))) as http:
         missing = http.get("/users/stranger/recommendations")
         assert missing.status_code == 404 and "stranger" in missing.json()["detail"]
-        store.set(RedisKeys(PREFIX).popular, POPULAR.to_json())
+        store.set(RedisKeys(PREFIX).popular, POPULAR.encode())
         fallback = http.get("/users/stranger/recommendations")
         assert fallback.status_code == 200 and fallback.json()["source"] == "fallback"
         assert [item["item_id"] for item in fallback.json()["items"]] == ["p1", "p2"]
@@ -118,3 +119,13 @@ def test_api_answers_503_not_a_traceback_when_redis_is_down() -> None:
         assert response.status_code == 503 and "Redis" in response.json()["detail"]
         assert http.get("/readyz").status_code == 503
         assert http.get("/healthz").status_code == 200
+
+
+def test_lists_written_as_json_by_an_older_scorer_are_still_served(
+    store: redis.Redis, redis_url: str
+) -> None:
+    store.set(RedisKeys(PREFIX).recs("old"), PERSONAL.to_json())
+    with RecommendationClient(redis_url, prefix=PREFIX) as client:
+        assert client.get("old") == Recommendations.from_cached("old", PERSONAL)
+    with TestClient(create_app(settings_for(redis_url))) as http:
+        assert http.get("/users/old/recommendations").json() == PERSONAL.to_response("old")

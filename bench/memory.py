@@ -1,0 +1,469 @@
+"""Memory at scale: each process's RSS over a long replay, and Redis bytes per user (figure 6).
+
+Each run starts the embedded stack (broker, Redis, ``streamrec ingest`` and ``streamrec scorer`` as
+real processes, top-N 50) and then
+
+1. streams the first 5% of a synthetic stream in and trains one model on it with
+   ``streamrec train --once`` (few epochs: the model has to be served, not to be good; promoted by
+   hand if the quality gate refuses it), and waits until the scorer serves it;
+2. replays the other 95% at full speed while sampling every process's RSS (``VmRSS``), against
+   the events each has processed: ingest's output messages for ingest, broker and Redis; the
+   scorer's committed offsets for the scorer. It ends when the scorer has caught up;
+3. measures what the users' lists cost in Redis: ``MEMORY USAGE`` of a sample of the keys the
+   scorer wrote (top-50 lists only), and the same lists written again to another database of the
+   same Redis in the old JSON format (the baseline) and with other id styles, where
+   ``INFO memory`` used_memory before and after writing all of them, per user, cross-checks it.
+
+The trainer service does not run during the replay (a batch job, its memory is bounded by
+``STREAMREC_TRAIN_WINDOW_EVENTS``, not by the stream); the one training's peak RSS is reported.
+``BENCH_MEMORY_EVENTS`` sets the number of events (default 1,000,000 over 100,000 users and
+20,000 items; users and items scale with it); quick mode is 3,000 events in one run.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pandas as pd
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from streamrec.processes import ChildProcess, StackError
+from streamrec.publisher import Publisher, dataset_events, publish_stream
+from streamrec.scorer.service import SCORER_GROUP
+from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.registry import ModelRegistry
+from streamrec.shared.settings import Settings
+from streamrec.stack import Stack
+from streamrec.synthetic import generate
+
+from .harness import FRAGMENTS, RUNS, Figure, Section
+
+DEFAULT_EVENTS = 1_000_000
+TOP_N = 50  # the list length the issue's budget is about
+TRAIN_FRACTION = 0.05  # of the events, streamed and trained on before the replay
+SAMPLE_SECONDS = 1.0  # between RSS samples
+STALL_SECONDS = 300.0  # no progress at all for this long: fail with the logs
+MEMORY_USAGE_KEYS = 2_000  # keys sampled for MEMORY USAGE
+BUDGET = "≤ 500 bytes"
+PLOT = FRAGMENTS / "memory-rss.png"
+PLOTTED = ("ingest", "scorer", "broker", "redis")
+
+
+@dataclass
+class Sample:
+    """One RSS reading of every process, with how far each had got."""
+
+    ingested: int  # events ingest has processed in the replay (its output messages)
+    scored: int  # of them, the scorer's committed messages
+    rss_mib: dict[str, float]
+
+
+@dataclass
+class RunResult:
+    """What one run measured."""
+
+    samples: list[Sample] = field(default_factory=list)
+    train_peak_mib: float = 0.0
+    # (variant, format) -> (MEMORY USAGE mean per key, used_memory delta per user), in bytes
+    redis_bytes: dict[tuple[str, str], tuple[float, float]] = field(default_factory=dict)
+    users: int = 0  # users with a top-50 list
+    personal: int = 0  # of them, lists from the model
+
+
+# --- processes --------------------------------------------------------------------------------
+
+
+def _proc_kib(pid: int, field_name: str) -> float:
+    """A ``/proc/<pid>/status`` memory field (VmRSS, VmHWM) in KiB; 0 if the process is gone."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith(field_name + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        pass
+    return 0.0
+
+
+def _check_alive(processes: dict[str, ChildProcess]) -> None:
+    for child in processes.values():
+        if not child.alive():
+            # No restart: a restarted process would start its RSS curve again.
+            raise StackError(f"{child.name} exited during the benchmark; its log:\n{child.log_tail()}")
+
+
+def _run_cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[str, float]:
+    """Run ``streamrec ARGS`` and return its output and peak RSS (MiB, sampled VmHWM)."""
+    with tempfile.TemporaryFile() as output:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "streamrec", *args], env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+        peak, deadline = 0.0, time.monotonic() + timeout
+        while child.poll() is None:
+            peak = max(peak, _proc_kib(child.pid, "VmHWM"))
+            if time.monotonic() > deadline:
+                child.kill()
+                child.wait()
+                raise StackError(f"`streamrec {' '.join(args)}` did not finish in {timeout:.0f}s")
+            time.sleep(0.2)
+        output.seek(0)
+        text = output.read().decode(errors="replace")
+    if child.returncode != 0:
+        raise StackError(f"`streamrec {' '.join(args)}` failed ({child.returncode}):\n{text[-3000:]}")
+    return text, peak / 1024
+
+
+# --- progress of ingest and scorer ------------------------------------------------------------
+
+
+class Progress:
+    """Messages on ``topic_user_features`` (one per event ingest accepted) and the scorer's commits."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.topic = settings.topic_user_features
+        config = {"bootstrap.servers": settings.kafka_bootstrap, "enable.auto.commit": False}
+        self._reader = Consumer({**config, "group.id": f"bench-memory-{uuid.uuid4().hex}"})
+        self._partitions = [TopicPartition(self.topic, p) for p in range(settings.partitions)]
+        self._reader.assign(
+            [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)]
+        )
+        # Never subscribes, so it never joins the scorers' group: it only reads their commits.
+        self._scorers = Consumer({**config, "group.id": SCORER_GROUP})
+        self.ingested = 0
+
+    def update(self) -> tuple[int, int]:
+        """(messages ingest produced so far, messages the scorer committed); bounded in time."""
+        for _ in range(50):  # a bounded catch-up per call, so the samples keep their pace
+            batch = self._reader.consume(10_000, 0.05)
+            self.ingested += sum(1 for message in batch if message.error() is None)
+            if len(batch) < 10_000:
+                break
+        committed = self._scorers.committed(self._partitions, timeout=10)
+        return self.ingested, sum(max(0, tp.offset) for tp in committed)
+
+    def close(self) -> None:
+        """Release both consumers."""
+        self._reader.close()
+        self._scorers.close()
+
+
+def _wait(done: Callable[[], bool], timeout: float, what: str, stack: Stack) -> None:
+    deadline = time.monotonic() + timeout
+    while not done():
+        _check_alive(stack.processes())
+        if time.monotonic() > deadline:
+            raise StackError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {stack.run_dir}")
+        time.sleep(0.5)
+
+
+# --- one run ----------------------------------------------------------------------------------
+
+
+def _train_and_serve(stack: Stack, sample: pd.DataFrame, progress: Progress, epochs: int) -> float:
+    """Stream ``sample`` in, train one model on it, wait until the scorer serves it; peak RSS (MiB)."""
+    settings = stack.settings
+    with Publisher(settings=settings) as publisher:
+        sent = publish_stream(publisher, dataset_events(sample, "bench-train"), len(sample), progress=False)
+    _wait(lambda: progress.update()[0] >= sent, STALL_SECONDS, f"ingest to accept {sent} events", stack)
+    _wait(lambda: progress.update()[1] >= sent, STALL_SECONDS, f"the scorer to process {sent} events", stack)
+    env = {**os.environ, **settings.as_env(), "STREAMREC_EPOCHS": str(epochs), "STREAMREC_METRICS_PORT": "0"}
+    _, peak = _run_cli(["train", "--once"], env, timeout=3600)
+    registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings
+    version = registry.promoted_version()
+    if version is None:  # the gate refused it: this benchmark needs a served model, not a good one
+        version = registry.newest_version()
+        assert version is not None, "train --once published nothing"
+        _run_cli(["models", "promote", version, "--reason", "memory benchmark"], env, timeout=300)
+    store = redis.Redis.from_url(settings.redis_url or "")
+    key = RedisKeys(settings.redis_prefix).model
+    _wait(lambda: store.get(key) == version.encode(), 300, f"the scorer to serve model {version}", stack)
+    store.close()
+    return peak
+
+
+def _replay(stack: Stack, events: pd.DataFrame, progress: Progress, label: str) -> list[Sample]:
+    """Publish ``events`` (in a thread) and sample RSS until the scorer has processed all of them."""
+    expected = len(events)
+    base_ingested, base_scored = progress.update()
+    failure: list[BaseException] = []
+
+    def publish() -> None:
+        try:
+            with Publisher(settings=stack.settings) as publisher:
+                publish_stream(publisher, dataset_events(events, "bench"), expected, progress=False)
+        except BaseException as exc:  # reported by the sampling loop
+            failure.append(exc)
+
+    publisher = threading.Thread(target=publish, name="bench-memory-publish", daemon=True)
+    publisher.start()
+    samples: list[Sample] = []
+    last_change, last_state, next_report = time.monotonic(), (-1, -1), 0.0
+    while True:
+        processes = stack.processes()
+        _check_alive(processes)
+        if failure:
+            raise StackError(f"publishing the replay failed: {failure[0]!r}")
+        ingested, scored = progress.update()
+        state = (ingested - base_ingested, scored - base_scored)
+        rss = {name: _proc_kib(child.pid, "VmRSS") / 1024 for name, child in processes.items()}
+        samples.append(Sample(state[0], state[1], rss))
+        now = time.monotonic()
+        if now >= next_report:
+            next_report = now + 10
+            memory = ", ".join(f"{name} {mib:,.0f}" for name, mib in rss.items())
+            print(
+                f"  {label}: ingested {state[0]:,}/{expected:,}, scored {state[1]:,}; RSS MiB: {memory}",
+                file=sys.stderr,
+                flush=True,
+            )
+        if state[0] >= expected and state[1] >= expected:
+            return samples
+        if state != last_state:
+            last_change, last_state = now, state
+        elif now - last_change > STALL_SECONDS:
+            raise StackError(
+                f"no progress for {STALL_SECONDS:.0f}s: ingested {state[0]:,}, scored {state[1]:,} of "
+                f"{expected:,}; logs in {stack.run_dir}"
+            )
+        time.sleep(SAMPLE_SECONDS)
+
+
+def _variants(item_prefix: str) -> dict[str, Callable[[str], str]]:
+    """Id styles measured, from the synthetic ids ("i123")."""
+
+    def number(item: str) -> int:
+        return int(item.removeprefix(item_prefix))
+
+    return {
+        "i12345": lambda item: item,  # as the scorer wrote them
+        "12345": lambda item: str(number(item)),  # MovieLens-style numeric ids below 65,536
+        "123450": lambda item: str(number(item) * 10),  # ... up to ~200,000 (ml-latest's range)
+        "uuid": lambda item: str(uuid.uuid5(uuid.NAMESPACE_OID, item)),  # 36 characters of text
+    }
+
+
+def _redis_bytes(settings: Settings, users: list[str], result: RunResult, item_prefix: str) -> None:
+    """MEMORY USAGE and used_memory per user of the top-50 lists, per id style and format."""
+    keys = RedisKeys(settings.redis_prefix)
+    store = redis.Redis.from_url(settings.redis_url or "")
+    lists: dict[str, CachedList] = {}
+    for start in range(0, len(users), 1000):
+        chunk = [keys.recs(user) for user in users[start : start + 1000]]
+        for key, raw in zip(chunk, store.mget(chunk), strict=True):
+            cached = None if raw is None else CachedList.decode(raw)
+            if cached is not None and len(cached.items) == TOP_N:
+                lists[key] = cached
+    if not lists:
+        raise StackError("no user has a top-50 list in Redis")
+    result.users = len(lists)
+    result.personal = sum(1 for cached in lists.values() if cached.source == "personal")
+    sample = sorted(lists)[:: max(1, len(lists) // MEMORY_USAGE_KEYS)][:MEMORY_USAGE_KEYS]
+
+    def memory_usage(connection: redis.Redis) -> float:
+        pipe = connection.pipeline(transaction=False)
+        for key in sample:
+            pipe.memory_usage(key, samples=0)
+        return statistics.fmean(pipe.execute())
+
+    spare = urlsplit(settings.redis_url or "")._replace(path="/1")  # same server, an empty database
+    scratch = redis.Redis.from_url(urlunsplit(spare))
+    scratch.flushdb()
+    for variant, rename in _variants(item_prefix).items():
+        renamed = {
+            key: CachedList(
+                [(rename(item), s) for item, s in c.items], c.model_version, c.generated_at, c.source
+            )
+            for key, c in lists.items()
+        }
+        for value_format in ("binary", "json"):
+            before = scratch.info("memory")["used_memory"]
+            pipe = scratch.pipeline(transaction=False)
+            for key, cached in renamed.items():
+                pipe.set(key, cached.encode(value_format))  # type: ignore[arg-type]
+            pipe.execute()
+            delta = (scratch.info("memory")["used_memory"] - before) / len(renamed)
+            result.redis_bytes[(variant, value_format)] = (memory_usage(scratch), delta)
+            scratch.flushdb()
+    # The keys the scorer itself wrote must cost what their re-encoding does (same bytes).
+    result.redis_bytes[("scorer", "binary")] = (memory_usage(store), 0.0)
+    scratch.close()
+    store.close()
+
+
+def _one_run(events: pd.DataFrame, train_rows: int, run_dir: Path, epochs: int, label: str) -> RunResult:
+    settings = Settings(data_dir=run_dir / "data", partitions=4, top_n=TOP_N, log_level="WARNING")
+    result = RunResult()
+    with Stack(settings, run_dir, ("ingest", "scorer")) as stack:
+        progress = Progress(stack.settings)
+        try:
+            print(f"  {label}: training on the first {train_rows:,} events", file=sys.stderr, flush=True)
+            result.train_peak_mib = _train_and_serve(stack, events.iloc[:train_rows], progress, epochs)
+            result.samples = _replay(stack, events.iloc[train_rows:], progress, label)
+        finally:
+            progress.close()
+        users = sorted(events.user_id.unique())
+        _redis_bytes(stack.settings, users, result, item_prefix="i")
+    return result
+
+
+# --- figures ----------------------------------------------------------------------------------
+
+
+def _done(sample: Sample, name: str) -> int:
+    return sample.scored if name.startswith("scorer") else sample.ingested
+
+
+def _rss_at(samples: list[Sample], name: str, total: int, fraction: float) -> float:
+    """RSS at the first sample where ``name`` had processed ``fraction`` of the events."""
+    target = fraction * total
+    return next((s.rss_mib[name] for s in samples if _done(s, name) >= target), samples[-1].rss_mib[name])
+
+
+def _quarter_mean(samples: list[Sample], name: str, total: int, quarter: int) -> float:
+    """Mean RSS over the samples taken while ``name`` was in the given quarter (0-3) of the events."""
+    low, high = quarter * total / 4, (quarter + 1) * total / 4
+    inside = [
+        s.rss_mib[name]
+        for s in samples
+        if low <= _done(s, name) < high or (quarter == 3 and _done(s, name) >= high)
+    ]
+    return statistics.fmean(inside) if inside else _rss_at(samples, name, total, (quarter + 0.5) / 4)
+
+
+def _plot(results: list[RunResult], total: int) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5), sharex=True)
+    for ax, name in zip(axes.flat, PLOTTED, strict=True):
+        for number, result in enumerate(results, 1):
+            x = [_done(s, name) / 1000 for s in result.samples]
+            ax.plot(x, [s.rss_mib.get(name, 0.0) for s in result.samples], lw=1, label=f"run {number}")
+        ax.set_title(name + (" (context)" if name in ("broker", "redis") else ""))
+        ax.set_ylabel("RSS (MiB)")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    for ax in axes[1]:
+        ax.set_xlabel(f"events processed by the process (thousands, of {total:,})")
+    axes[0][0].legend()
+    fig.suptitle("Memory at scale: RSS over the replay (figure 6)")
+    fig.tight_layout()
+    PLOT.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+
+
+def _figures(results: list[RunResult], total: int, train_rows: int) -> list[Figure]:
+    figures = []
+    for name in PLOTTED:
+        quarters = [[_rss_at(r.samples, name, total, q / 4) for r in results] for q in (1, 2, 3, 4)]
+        context = name in ("broker", "redis")
+        figures.append(
+            Figure(
+                f"{name} RSS, mean over the last quarter of the replay" + (" (context)" if context else ""),
+                "MiB",
+                [_quarter_mean(r.samples, name, total, 3) for r in results],
+                "first quarter",
+                [_quarter_mean(r.samples, name, total, 0) for r in results],
+                target="" if context else "flat: ≤ 1.1× first quarter",
+                note="at 25/50/75/100%: "
+                + " / ".join(f"{statistics.median(q):,.0f}" for q in quarters)
+                + " MiB",
+            )
+        )
+    figures.append(
+        Figure(
+            f"train --once peak RSS, on the first {train_rows:,} events (context)",
+            "MiB",
+            [r.train_peak_mib for r in results],
+        )
+    )
+    rows = [
+        ("i12345", "ids like i12345, as the scorer wrote them", BUDGET),
+        ("12345", "numeric ids below 65,536 (MovieLens-style)", BUDGET),
+        ("123450", "numeric ids ×10 (4-byte ids above 65,535, as in MovieLens ml-latest)", BUDGET),
+        ("uuid", "36-character UUID ids (text: over budget)", ""),
+    ]
+    for variant, label, target in rows:
+        figures.append(
+            Figure(
+                f"Redis bytes per user, top-50, {label}: MEMORY USAGE",
+                "bytes",
+                [r.redis_bytes[(variant, "binary")][0] for r in results],
+                "same lists as JSON",
+                [r.redis_bytes[(variant, "json")][0] for r in results],
+                target=target,
+            )
+        )
+    figures.append(
+        Figure(
+            "Redis bytes per user, top-50, ids like i12345: used_memory delta / users (cross-check)",
+            "bytes",
+            [r.redis_bytes[("i12345", "binary")][1] for r in results],
+            "same lists as JSON",
+            [r.redis_bytes[("i12345", "json")][1] for r in results],
+            target=BUDGET,
+        )
+    )
+    return figures
+
+
+def run(quick: bool) -> list[Section]:
+    """The memory section (figure 6)."""
+    n_events = 3_000 if quick else int(os.environ.get("BENCH_MEMORY_EVENTS", str(DEFAULT_EVENTS)))
+    users = max(300, n_events // 10)
+    items = max(200, users // 5)
+    print(f"  generating {n_events:,} events over {users:,} users and {items:,} items", file=sys.stderr)
+    # 12 events per user on average before repeats are dropped: enough for n_events, cut in time order.
+    events = generate(users=users, items=items, events_per_user=(6, 18), seed=6).head(n_events)
+    if len(events) < n_events:
+        raise ValueError(f"the synthetic stream has {len(events):,} events, fewer than {n_events:,}")
+    train_rows = int(len(events) * TRAIN_FRACTION) if not quick else len(events) // 5
+    total = len(events) - train_rows
+    runs = 1 if quick else RUNS
+    results = []
+    for number in range(1, runs + 1):
+        with tempfile.TemporaryDirectory() as tmp:
+            results.append(_one_run(events, train_rows, Path(tmp), 1 if quick else 3, f"run {number}/{runs}"))
+    if not quick:
+        _plot(results, total)
+    personal = statistics.median(r.personal / r.users for r in results)
+    scorer_keys = statistics.median(r.redis_bytes[("scorer", "binary")][0] for r in results)
+    sized = "" if quick or n_events == DEFAULT_EVENTS else f"BENCH_MEMORY_EVENTS={n_events} "
+    return [
+        Section(
+            "Memory at scale (figure 6)",
+            sized + "python -m bench --only memory" + (" --quick" if quick else ""),
+            _figures(results, total, train_rows),
+            description=(
+                f"{len(events):,} synthetic events over {users:,} users and {items:,} items through the embedded "
+                f"stack (ingest and scorer processes, 4 partitions, top-N {TOP_N}). The first {train_rows:,} "
+                "events train one model (`streamrec train --once`, few epochs); the scorer serves it while "
+                f"the other {total:,} are replayed at full speed, and every process's RSS is sampled each "
+                "second against the events it has processed (ingest, broker, Redis: ingest's output; scorer: "
+                "its committed offsets). RSS rows: mean over the last quarter of the replay against the "
+                "first quarter (ratio = growth). Broker and Redis are context: they hold the log and the "
+                "lists, which grow with the stream by design. Bytes per user: the users with a top-50 list "
+                f"({statistics.median(r.users for r in results):,.0f}, {personal:.0%} of them from the model), "
+                f"`MEMORY USAGE` of {min(MEMORY_USAGE_KEYS, users):,} of their keys (`streamrec:recs:u<n>`) "
+                "after the same lists were rewritten in a spare database of the same Redis per id style, "
+                f"binary against the old JSON (the scorer's own keys: {scorer_keys:,.0f} bytes). "
+                "used_memory also counts the hash table's buckets, amortised over the users."
+            ),
+            images=[] if quick else [f"{PLOT.parent.name}/{PLOT.name}"],
+        )
+    ]
