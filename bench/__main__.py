@@ -10,11 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import ingest, memory, read_path, scoring, training
+from . import ingest, ingest_profile, memory, read_path, scoring, training
 from .harness import DOCS, FRAGMENTS, render_page, render_section, write
 
 BENCHMARKS = {
     "ingest": ingest.run,
+    "ingest_profile": ingest_profile.run,
     "read_path": read_path.run,
     "scoring": scoring.run,
     "training": training.run,

@@ -115,10 +115,11 @@ def render_section(section: Section) -> str:
     ]
     if section.description:
         lines += [section.description, ""]
-    lines += [
-        "| figure | median | min–max | baseline (median) | ratio | target |",
-        "|---|---|---|---|---|---|",
-    ]
+    if section.figures:
+        lines += [
+            "| figure | median | min–max | baseline (median) | ratio | target |",
+            "|---|---|---|---|---|---|",
+        ]
     for fig in section.figures:
         baseline = "–"
         if fig.baseline_runs:

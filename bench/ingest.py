@@ -65,21 +65,12 @@ def _ingest_rate(settings: Settings, run_dir: Path, expected: int, workers: int 
     Timed from the moment every worker logged that it is ready (joined the group, recovered its
     tables) and 1% of the output arrived, to the last event, so start-up is left out.
     """
-    env = {**os.environ, **settings.as_env(), "STREAMREC_METRICS_PORT": "0", "STREAMREC_LOG_LEVEL": "INFO"}
     topic = settings.topic_user_features
     output = Consumer(
         {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench", "fetch.wait.max.ms": 50}
     )
     output.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
-    started = [
-        spawn(
-            f"ingest-{n}",
-            [sys.executable, "-m", "streamrec", "ingest"],
-            run_dir / f"ingest-{n}.log",
-            {**env, "STREAMREC_DATA_DIR": str(settings.data_dir / f"ingest-{n}")},  # one RocksDB each
-        )
-        for n in range(1, workers + 1)
-    ]
+    started = start_workers(settings, run_dir, workers)
     try:
         count, first = 0, max(1, expected // 100)
         start_count = start_time = None
@@ -90,7 +81,7 @@ def _ingest_rate(settings: Settings, run_dir: Path, expected: int, workers: int 
                 raise RuntimeError(f"ingest processed {count}/{expected}; logs:\n{tails}")
             # One bounded read per turn, so the clock sees the output arrive.
             count += sum(1 for message in output.consume(2_000, 0.1) if message.error() is None)
-            if start_time is None and count >= first and all(map(_is_ready, started)):
+            if start_time is None and count >= first and all(map(is_ready, started)):
                 start_count, start_time = count, time.perf_counter()
         if start_count is None or start_time is None or count - start_count < expected // 2:
             raise RuntimeError(
@@ -103,12 +94,33 @@ def _ingest_rate(settings: Settings, run_dir: Path, expected: int, workers: int 
             worker.stop()
 
 
-def _is_ready(worker: ChildProcess) -> bool:
+def start_workers(settings: Settings, run_dir: Path, workers: int) -> list[ChildProcess]:
+    """``workers`` ingest workers of one group, each with its own RocksDB, logging to ``run_dir``."""
+    env = {**os.environ, **settings.as_env(), "STREAMREC_METRICS_PORT": "0", "STREAMREC_LOG_LEVEL": "INFO"}
+    return [
+        spawn(
+            f"ingest-{n}",
+            [sys.executable, "-m", "streamrec", "ingest"],
+            run_dir / f"ingest-{n}.log",
+            {**env, "STREAMREC_DATA_DIR": str(settings.data_dir / f"ingest-{n}")},
+        )
+        for n in range(1, workers + 1)
+    ]
+
+
+def is_ready(worker: ChildProcess) -> bool:
+    """True once the worker logged that it joined its group and recovered its tables."""
     return '"msg":"ingest ready"' in worker.log_path.read_text(encoding="utf-8", errors="replace")
 
 
+def synthetic_events(n_events: int) -> pd.DataFrame:
+    """``n_events`` synthetic events, ~20 per user, over a catalogue a fifth the size of the users."""
+    users = max(100, n_events // 20)
+    return generate(users=users, items=max(200, users // 5), events_per_user=(10, 30), seed=5).head(n_events)
+
+
 @contextmanager
-def _filled_broker(events: pd.DataFrame) -> Iterator[tuple[Settings, Path, int]]:
+def filled_broker(events: pd.DataFrame) -> Iterator[tuple[Settings, Path, int]]:
     """A fresh embedded broker and Redis whose ``interactions`` topic holds ``events``."""
     with tempfile.TemporaryDirectory() as tmp:
         run_dir = Path(tmp)
@@ -124,19 +136,17 @@ def _filled_broker(events: pd.DataFrame) -> Iterator[tuple[Settings, Path, int]]
 def run(quick: bool) -> list[Section]:
     """The ingest sections: one worker against a bare consumer (figure 1), two workers against one (figure 7)."""
     n_events = 2_000 if quick else int(os.environ.get("BENCH_INGEST_EVENTS", "200000"))
-    users = max(100, n_events // 20)
-    events = generate(users=users, items=max(200, users // 5), events_per_user=(10, 30), seed=5).head(
-        n_events
-    )
+    events = synthetic_events(n_events)
+    users = events["user_id"].nunique()
     one_worker, two_workers, bare = [], [], []
     for n in range(1 if quick else RUNS):
         print(f"  ingest run {n + 1}: one worker…", file=sys.stderr, flush=True)
-        with _filled_broker(events) as (settings, run_dir, sent):
+        with filled_broker(events) as (settings, run_dir, sent):
             bootstrap = settings.kafka_bootstrap or ""
             bare.append(asyncio.run(_bare_consumer_rate(bootstrap, settings.topic_interactions, sent)))
             one_worker.append(_ingest_rate(settings, run_dir, sent))
         print(f"  ingest run {n + 1}: two workers…", file=sys.stderr, flush=True)
-        with _filled_broker(events) as (settings, run_dir, sent):
+        with filled_broker(events) as (settings, run_dir, sent):
             two_workers.append(_ingest_rate(settings, run_dir, sent, workers=2))
     command = (
         ("" if quick or n_events == 200_000 else f"BENCH_INGEST_EVENTS={n_events} ")

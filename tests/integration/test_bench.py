@@ -22,6 +22,8 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     titles = (
         "Ingest throughput per worker (figure 1)",
+        "Ingest scale-out: two workers against one (figure 7)",
+        "Where an ingest worker's time goes (profile behind figure 1)",
         "Read latency (figure 3)",
         "Scoring throughput (figure 4)",
         "Training (figure 5)",
@@ -30,6 +32,9 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
     for title in titles:
         assert f"## {title}" in result.stdout
     assert "| onnxruntime, 1,000 items, batch 64 |" in result.stdout
+    assert (
+        "| agent `build_features`: user state, table reads and writes, features messages |" in result.stdout
+    )
     assert (
         "| Redis bytes per user, top-50, ids like i12345, as the scorer wrote them: MEMORY USAGE |"
         in result.stdout
