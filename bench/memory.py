@@ -17,7 +17,8 @@ real processes, top-N 50) and then
 The trainer service does not run during the replay (a batch job, its memory is bounded by
 ``STREAMREC_TRAIN_WINDOW_EVENTS``, not by the stream); the one training's peak RSS is reported.
 ``BENCH_MEMORY_EVENTS`` sets the number of events (default 1,000,000 over 100,000 users and
-20,000 items; users and items scale with it); quick mode is 3,000 events in one run.
+20,000 items; users and items scale with it), ``BENCH_MEMORY_RUNS`` the runs (default 3: a
+full-size run takes about half an hour on 2 cores); quick mode is 3,000 events in one run.
 """
 
 from __future__ import annotations
@@ -434,7 +435,7 @@ def run(quick: bool) -> list[Section]:
         raise ValueError(f"the synthetic stream has {len(events):,} events, fewer than {n_events:,}")
     train_rows = int(len(events) * TRAIN_FRACTION) if not quick else len(events) // 5
     total = len(events) - train_rows
-    runs = 1 if quick else RUNS
+    runs = 1 if quick else int(os.environ.get("BENCH_MEMORY_RUNS", str(RUNS)))
     results = []
     for number in range(1, runs + 1):
         with tempfile.TemporaryDirectory() as tmp:
@@ -444,6 +445,7 @@ def run(quick: bool) -> list[Section]:
     personal = statistics.median(r.personal / r.users for r in results)
     scorer_keys = statistics.median(r.redis_bytes[("scorer", "binary")][0] for r in results)
     sized = "" if quick or n_events == DEFAULT_EVENTS else f"BENCH_MEMORY_EVENTS={n_events} "
+    sized += "" if quick or runs == RUNS else f"BENCH_MEMORY_RUNS={runs} "
     return [
         Section(
             "Memory at scale (figure 6)",
