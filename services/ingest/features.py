@@ -17,7 +17,7 @@ import bisect
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..shared.events import Interaction
 from ..shared.settings import Settings
@@ -29,9 +29,8 @@ SECONDS_PER_HOUR = 3600.0
 # --------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class HistoryEntry:
-    """One remembered event of a user."""
+class HistoryEntry(NamedTuple):
+    """One remembered event of a user (a named tuple: a state of 200 is rebuilt per event read)."""
 
     item_id: str
     timestamp: float
@@ -55,7 +54,7 @@ class UserState:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form; history entries are compact ``[item_id, timestamp, event_type]`` triples."""
         return {
-            "history": [[e.item_id, e.timestamp, e.event_type] for e in self.history],
+            "history": [list(entry) for entry in self.history],
             "event_count": self.event_count,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
