@@ -39,9 +39,9 @@ def latency_cdf(
     canvas = Canvas(figsize=(7, 4.2))
     ax = canvas.subplots()
     for label, samples in series.items():
-        if not samples:
-            continue
         ordered = np.sort(np.asarray(samples, dtype=float))
+        if not len(ordered):
+            continue
         share = np.arange(1, len(ordered) + 1) / len(ordered)
         ax.step(ordered, share * 100, where="post", label=f"{label} (n={len(ordered):,})")
     for mark in marks:
@@ -88,11 +88,13 @@ def throughput_bars(figures: Sequence[Figure], path: Path, *, title: str) -> str
         label = "measured" if kind == "figure" else _baseline_label(figures)
         ax.bar(x + offset, medians, width, yerr=[low, high], capsize=3, label=label)
         values += [m for m in medians if m > 0]
+    unit = units.pop()
     if values and max(values) / min(values) > LOG_SCALE_SPREAD:
         ax.set_yscale("log")
+        unit += ", log scale"
     ax.set_xticks(x)
     ax.set_xticklabels([_wrap(fig.name) for fig in figures], fontsize="small")
-    ax.set_ylabel(units.pop())
+    ax.set_ylabel(unit)
     ax.set_title(title)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(fontsize="small")
