@@ -9,20 +9,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from . import ingest, read_path, scoring, training
-from .harness import render_page, render_section, write
+from . import freshness, ingest, read_path, scoring, training
+from .harness import IMAGES, PAGE, render_page, render_section, write
 
 BENCHMARKS = {
     "ingest": ingest.run,
+    "freshness": freshness.run,
     "read_path": read_path.run,
     "scoring": scoring.run,
     "training": training.run,
 }
-DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGE = DOCS / "benchmarks.md"
-FRAGMENTS = DOCS / "benchmarks"  # one Markdown fragment per benchmark; the page joins them
+FRAGMENTS = IMAGES  # one Markdown fragment per benchmark; the page joins them
 
 
 def main(argv: list[str] | None = None) -> int:
