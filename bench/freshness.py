@@ -186,6 +186,7 @@ class RunResult:
     baseline_ms: list[float]  # one produce→consume hop per message
     trace: list[tuple[float, float, float]]  # per matched event: ms to validated, features, list
     personal_share: float  # % of the users whose list comes from the served model
+    cpu: dict[str, float]  # process name -> % of one core while the run's events were published
 
     @property
     def missing(self) -> int:
@@ -461,7 +462,15 @@ def _run_once(
     settings = stack.settings
     marks = _marks(settings)
     _progress(f"  run {run + 1}/{size.runs}: {size.events:,} events at {size.rate:,.0f}/s")
+    pids = {name: child.pid for name, child in stack.processes().items()}
+    cpu_before, started = {name: _cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
     tracker, rate = asyncio.run(_freshness(settings, size, run, users, items))
+    elapsed = time.monotonic() - started
+    cpu = {
+        name: 100 * (_cpu_seconds(pid) - cpu_before[name]) / elapsed
+        for name, pid in pids.items()
+        if cpu_before[name] >= 0
+    }
     _check_alive(stack)
     if (served := _served_model(settings)) != version:
         raise StackError(f"the served model changed during the run ({version} -> {served}): figures void")
@@ -475,7 +484,19 @@ def _run_once(
         baseline_ms=baseline,
         trace=_trace(settings, tracker, run, marks),
         personal_share=100 * personal / len(users),
+        cpu=cpu,
     )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process so far, from /proc; -1 where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return -1.0
+    # Fields 14 and 15 of proc(5) (utime, stime), counted after the ")" that ends the name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # --- the section ----------------------------------------------------------------------------------
@@ -566,6 +587,10 @@ def _figures(size: Size, results: list[RunResult]) -> list[Figure]:
             [r.personal_share for r in results],
             target="100 %",
         ),
+    ]
+    figures += [
+        Figure(f"CPU of {name} while publishing", "% of a core", [r.cpu[name] for r in results])
+        for name in results[0].cpu
     ]
     return figures
 

@@ -133,8 +133,12 @@ class Stack:
 
     def pids(self) -> list[int]:
         """Process ids of every child (services and servers)."""
+        return [c.pid for c in self.processes().values()]
+
+    def processes(self) -> dict[str, ChildProcess]:
+        """Every child by name: the services' instances, then the embedded servers (broker, redis)."""
         servers = self._servers.processes if self._servers else []
-        return [c.pid for c in [*self.children.values(), *servers]]
+        return {**self.children, **{c.name: c for c in servers}}
 
     def stop(self) -> None:
         """Stop services (gracefully, in reverse order), then the embedded servers."""

@@ -21,6 +21,7 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     titles = (
         "Ingest throughput per worker (figure 1)",
+        "Freshness (figure 2)",
         "Read latency (figure 3)",
         "Scoring throughput (figure 4)",
         "Training (figure 5)",
@@ -28,5 +29,9 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
     for title in titles:
         assert f"## {title}" in result.stdout
     assert "| onnxruntime, 1,000 items, batch 64 |" in result.stdout
+    assert "| publish → list in Redis, p99 |" in result.stdout
+    assert "| events without an update | 0 events |" in result.stdout
+    # Plots are drawn in quick mode too, into a temporary folder.
+    assert "![Freshness (figure 2)](" in result.stdout and "freshness-cdf.png)" in result.stdout
     # Quick figures are printed, never published over the real ones.
     assert {path: path.stat().st_mtime_ns for path in (REPO / "docs").rglob("benchmarks*")} == published
