@@ -71,10 +71,11 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, description="Partitions of the per-user topics.")
     replication_factor: int = Field(1, ge=1, description="Replication of topics streamrec creates.")
     kafka_fetch_wait_ms: int = Field(
-        50,
+        20,
         ge=0,
         le=5000,
-        description="Longest a consumer's fetch waits for data: lower = fresher, more idle requests.",
+        description="Longest a consumer's fetch waits for data: lower = fresher, more idle requests "
+        "(docs/latency-tuning.md).",
     )
     kafka_session_timeout_ms: int = Field(
         10_000,
