@@ -56,7 +56,8 @@ def latency_cdf(
     ax.set_ylim(0, 99.95)
     ax.set_title(title)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="lower right", fontsize="small")
+    # Below the axes: inside, it would cover the curves' tails.
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, fontsize="small", frameon=False)
     return _save(canvas, path)
 
 
