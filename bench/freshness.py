@@ -18,7 +18,8 @@ model is trained and served, and the bench waits until every user's list comes f
 
 Where the time goes comes from timestamps the pipeline writes anyway, read after the run: the
 Kafka timestamp of ingest's re-keyed event (validation done) and the ``updated_at`` of the user
-features (features built), against the publish time and the Redis notification.
+features (features built), against the publish time and the Redis notification (all processes
+share one clock). The CPU each process of the stack used during a run is read from /proc.
 
 Sizes: ``BENCH_FRESHNESS_RATE`` (events/s, default 1000), ``BENCH_FRESHNESS_SECONDS`` (default
 60), ``BENCH_FRESHNESS_USERS`` (default 10,000); quick mode is tiny. Any ``STREAMREC_*`` setting
@@ -613,7 +614,7 @@ def _command(size: Size, quick: bool) -> str:
 
 def _description(size: Size, settings: Settings) -> str:
     return (
-        f"{size.runs} runs on one stack (embedded broker and Redis, one ingest worker, one scorer, "
+        f"{size.runs} run{'s' if size.runs > 1 else ''} on one stack (embedded broker and Redis, one ingest worker, one scorer, "
         f"{PARTITIONS} partitions). Warm-up: a synthetic stream over {size.users:,} users, one SASRec model "
         f"trained ({TRAIN_EPOCHS} epochs) and served, every list from it. Each run publishes {size.events:,} "
         f"events at {size.rate:,.0f}/s ({size.seconds:g} s), cycling over the users (one event per user every "
