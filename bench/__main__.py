@@ -10,18 +10,18 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import ingest, ingest_profile, memory, read_path, scoring, training
-from .harness import DOCS, FRAGMENTS, render_page, render_section, write
+from . import freshness, ingest, ingest_profile, memory, read_path, scoring, training
+from .harness import FRAGMENTS, PAGE, render_page, render_section, write
 
 BENCHMARKS = {
     "ingest": ingest.run,
     "ingest_profile": ingest_profile.run,
+    "freshness": freshness.run,
     "read_path": read_path.run,
     "scoring": scoring.run,
     "training": training.run,
     "memory": memory.run,
 }
-PAGE = DOCS / "benchmarks.md"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from pathlib import Path
 
 RUNS = 3  # every figure is the median of at least this many runs
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-FRAGMENTS = DOCS / "benchmarks"  # one Markdown fragment (and any plot) per benchmark; the page joins them
+PAGE = DOCS / "benchmarks.md"
+FRAGMENTS = DOCS / "benchmarks"  # one Markdown fragment per benchmark, and the PNGs; the page joins them
 
 
 @dataclass
@@ -148,6 +150,28 @@ machine is shared and noisy: ratios are more telling than absolute numbers).
 def render_page(fragments: list[str]) -> str:
     """The whole results page from the sections' fragments."""
     return "\n".join([PAGE_HEADER, *fragments])
+
+
+_quick_images: tempfile.TemporaryDirectory[str] | None = None
+
+
+def image_path(name: str, quick: bool) -> Path:
+    """Where a benchmark writes its PNG ``name``: next to the page, or, in quick mode, into a
+    temporary folder removed at exit (quick runs never overwrite published figures)."""
+    global _quick_images
+    if not quick:
+        return FRAGMENTS / name
+    if _quick_images is None:
+        _quick_images = tempfile.TemporaryDirectory(prefix="bench-quick-")
+    return Path(_quick_images.name) / name
+
+
+def page_relative(path: Path) -> str:
+    """``path`` as the results page links it: relative to the page when under docs/, else absolute."""
+    try:
+        return path.resolve().relative_to(DOCS).as_posix()
+    except ValueError:
+        return str(path)
 
 
 def write(path: Path, text: str) -> None:

@@ -34,7 +34,8 @@ from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.settings import Settings
 from streamrec.synthetic import generate
 
-from .harness import RUNS, Figure, Section
+from .harness import RUNS, Figure, Section, image_path
+from .plots import throughput_bars
 
 PARTITIONS = 4
 
@@ -154,43 +155,56 @@ def run(quick: bool) -> list[Section]:
         + (" --quick" if quick else "")
     )
     workload = f"{n_events:,} synthetic events over {users:,} users, {PARTITIONS} partitions"
+    per_worker = Figure(
+        f"one ingest worker, {workload}",
+        "events/s",
+        one_worker,
+        "bare aiokafka consumer (JSON decode)",
+        bare,
+        target="≥ 20,000 events/s",
+    )
+    scale_out = Figure(
+        f"two ingest workers, {workload}",
+        "events/s",
+        two_workers,
+        "one ingest worker (figure 1's runs)",
+        one_worker,
+    )
     return [
         Section(
             "Ingest throughput per worker (figure 1)",
             command,
-            [
-                Figure(
-                    f"one ingest worker, {workload}",
-                    "events/s",
-                    one_worker,
-                    "bare aiokafka consumer (JSON decode)",
-                    bare,
-                    target="≥ 20,000 events/s",
-                )
-            ],
+            [per_worker],
             description=(
                 f"A pre-filled `interactions` topic ({workload}) drained by one worker with its RocksDB "
                 "tables and changelogs on, on the embedded broker; the baseline reads the same topic with "
-                "a bare aiokafka consumer and only JSON-decodes it."
+                "a bare aiokafka consumer and only JSON-decodes it. Where the worker's time goes: the "
+                "profile section below."
             ),
+            images=[
+                throughput_bars(
+                    [per_worker],
+                    image_path("ingest-throughput.png", quick),
+                    title="Ingest throughput per worker",
+                )
+            ],
         ),
         Section(
             "Ingest scale-out: two workers against one (figure 7)",
             command,
-            [
-                Figure(
-                    f"two ingest workers, {workload}",
-                    "events/s",
-                    two_workers,
-                    "one ingest worker (figure 1's runs)",
-                    one_worker,
-                )
-            ],
+            [scale_out],
             description=(
                 "The same pre-filled topic drained by two workers of one group, each with its own "
                 "RocksDB, timed from the moment both are ready. All processes (both workers, the broker, "
                 "Redis and the benchmark's own consumer) share the machine's cores, so the ratio is what "
                 "two workers add on one machine, not on two."
             ),
+            images=[
+                throughput_bars(
+                    [scale_out],
+                    image_path("ingest-scale-out.png", quick),
+                    title="Two ingest workers against one",
+                )
+            ],
         ),
     ]

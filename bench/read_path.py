@@ -22,7 +22,8 @@ from streamrec.processes import free_port, spawn, wait_for_port
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.settings import Settings
 
-from .harness import RUNS, Figure, Section, percentile
+from .harness import RUNS, Figure, Section, image_path, percentile
+from .plots import latency_cdf
 
 USER = "bench-user"
 
@@ -91,6 +92,12 @@ def run(quick: bool) -> list[Section]:
         for kind in ("client", "http")
         for q in (50, 99)
     ]
+    names = {"raw": "raw GET (baseline)", **labels}
+    image = latency_cdf(
+        {names[kind]: [s * 1000 for run in samples[kind] for s in run] for kind in ("raw", "client", "http")},
+        image_path("read-latency-cdf.png", quick),
+        title=f"Read latency, {runs} runs of {requests:,} reads pooled",
+    )
     return [
         Section(
             "Read latency (figure 3)",
@@ -102,5 +109,6 @@ def run(quick: bool) -> list[Section]:
                 "(`streamrec api`, uvicorn, one worker) through an httpx keep-alive client. The value is a "
                 "top-50 list as the scorer writes it."
             ),
+            images=[image],
         )
     ]

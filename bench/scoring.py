@@ -23,7 +23,8 @@ from streamrec.shared.settings import Settings
 from streamrec.trainer.export import export_model
 from streamrec.trainer.model import build_model
 
-from .harness import Figure, Section, repeat, timed
+from .harness import Figure, Section, image_path, repeat, timed
+from .plots import throughput_bars
 
 THREADS = 2  # the scorer's onnxruntime intra-op threads (services/scorer/model_runtime.py)
 
@@ -100,6 +101,11 @@ def run(quick: bool) -> list[Section]:
                 note=f"{gflop * 1e3:.1f} MFLOP per user",
             )
         )
+    image = throughput_bars(
+        [fig for fig in figures if fig.unit == "users/s"],
+        image_path("scoring-throughput.png", quick),
+        title="Scoring throughput: onnxruntime against torch eager",
+    )
     return [
         Section(
             "Scoring throughput (figure 4)",
@@ -112,5 +118,6 @@ def run(quick: bool) -> list[Section]:
                 "(bench/scoring.py: model_gflop_per_user) against a plain [batch, dim] x [dim, items] "
                 "matrix product in torch."
             ),
+            images=[image],
         )
     ]

@@ -71,10 +71,11 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, description="Partitions of the per-user topics.")
     replication_factor: int = Field(1, ge=1, description="Replication of topics streamrec creates.")
     kafka_fetch_wait_ms: int = Field(
-        50,
+        20,
         ge=0,
         le=5000,
-        description="Longest a consumer's fetch waits for data: lower = fresher, more idle requests.",
+        description="Longest a consumer's fetch waits for data: lower = fresher, more idle requests "
+        "(docs/latency-tuning.md).",
     )
     kafka_session_timeout_ms: int = Field(
         10_000,
@@ -161,7 +162,12 @@ class Settings(BaseSettings):
 
     # --- scoring (scorer) -------------------------------------------------------------------
     scorer_batch_size: int = Field(256, ge=1, description="Users scored per micro-batch.")
-    scorer_batch_wait_ms: int = Field(20, ge=0, description="Max wait to fill a micro-batch.")
+    scorer_batch_wait_ms: int = Field(
+        0,
+        ge=0,
+        description="Max wait for more messages after a micro-batch's first; 0 = score what is already "
+        "fetched (adds no latency; under load the fetched backlog fills batches anyway).",
+    )
     scorer_recent_users: int = Field(100_000, ge=0, description="Users remembered for re-scoring.")
     scorer_rescore_per_second: int = Field(
         5000, ge=0, description="Re-scoring after a model swap: users per second at most; 0 = no limit."

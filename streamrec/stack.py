@@ -133,8 +133,7 @@ class Stack:
 
     def pids(self) -> list[int]:
         """Process ids of every child (services and servers)."""
-        servers = self._servers.processes if self._servers else []
-        return [c.pid for c in [*self.children.values(), *servers]]
+        return [c.pid for c in self.processes().values()]
 
     def processes(self) -> dict[str, ChildProcess]:
         """Every child by name: embedded servers (``broker``, ``redis``) and service instances."""

@@ -77,6 +77,9 @@ class ServedModel:
         options.inter_op_num_threads = 1  # the graph is a short chain; parallel branches gain nothing
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Idle worker threads would busy-wait after every batch, taking the cores ingest and the
+        # broker share with the scorer; a batch's wake-up costs microseconds, batches come every ms.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             session = ort.InferenceSession(
                 str(registry.path(version) / MODEL_FILE), options, providers=["CPUExecutionProvider"]

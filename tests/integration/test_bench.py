@@ -24,6 +24,7 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         "Ingest throughput per worker (figure 1)",
         "Ingest scale-out: two workers against one (figure 7)",
         "Where an ingest worker's time goes (profile behind figure 1)",
+        "Freshness (figure 2)",
         "Read latency (figure 3)",
         "Scoring throughput (figure 4)",
         "Training (figure 5)",
@@ -39,5 +40,9 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         "| Redis bytes per user, top-50, ids like i12345, as the scorer wrote them: MEMORY USAGE |"
         in result.stdout
     )
+    assert "| publish → list in Redis, p99 |" in result.stdout
+    assert "| events without an update | 0 events |" in result.stdout
+    # Plots are drawn in quick mode too, into a temporary folder.
+    assert "![Freshness (figure 2)](" in result.stdout and "freshness-cdf.png)" in result.stdout
     # Quick figures are printed, never published over the real ones.
     assert {path: path.stat().st_mtime_ns for path in (REPO / "docs").rglob("benchmarks*")} == published

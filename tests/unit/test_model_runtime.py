@@ -156,3 +156,9 @@ def test_a_corrupt_model_file_is_refused(registry: ModelRegistry, tmp_path: Path
 def test_a_missing_version_is_refused(registry: ModelRegistry) -> None:
     with pytest.raises(ModelIntegrityError):
         ServedModel.load(registry, "20000101T000000.000Z-000000")
+
+
+def test_idle_inference_threads_sleep_instead_of_spinning(served: ServedModel) -> None:
+    # The scorer shares its cores with ingest and the broker: idle threads must not busy-wait.
+    options = served._session.get_session_options()
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"

@@ -1,0 +1,630 @@
+"""Freshness (figure 2): from an event's publish to that user's new list in Redis, at a steady rate.
+
+One embedded stack (broker, Redis, one ingest worker, one scorer; no trainer, so no model swap
+can happen while measuring) is warmed up: a synthetic stream gives every user a history, one
+model is trained and served, and the bench waits until every user's list comes from that model
+(so the scorer's re-scoring after the swap is over). Then, per run:
+
+- freshness: a paced producer publishes ``rate`` events/s for ``seconds`` s, cycling over the
+  users in a shuffled order (each user gets an event every ``users / rate`` s), and notes each
+  event's publish time. Redis keyspace notifications on the ``recs`` keys (no polling) give the
+  time each user's list is rewritten; the first rewrite after an event's publish is its update.
+  A user whose earlier event has no update yet when the next one is published is ambiguous (which
+  event did the rewrite follow?): both events are counted as *overlapped* and that user is left
+  out for the rest of the run. Events still without an update when the run is drained are
+  reported as *without an update*. Rewrites of users with no event in flight are counted too.
+- baseline: the same producer at the same rate for ``baseline_seconds`` on a topic of its own on
+  the same broker, read by one consumer with the stack's fetch wait: one produce→consume hop.
+
+Where the time goes comes from timestamps the pipeline writes anyway, read after the run: the
+Kafka timestamp of ingest's re-keyed event (validation done) and the ``updated_at`` of the user
+features (features built), against the publish time and the Redis notification (all processes
+share one clock). The CPU each process of the stack used during a run is read from /proc.
+
+Sizes: ``BENCH_FRESHNESS_RATE`` (events/s, default 1000), ``BENCH_FRESHNESS_SECONDS`` (default
+60), ``BENCH_FRESHNESS_USERS`` (default 10,000); quick mode is tiny. Any ``STREAMREC_*`` setting
+(e.g. ``STREAMREC_KAFKA_FETCH_WAIT_MS``) applies to the stack, so knobs can be compared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import redis
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as KafkaPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamrec.client import decode
+from streamrec.ingest.app import EVENTS_BY_USER_TOPIC
+from streamrec.processes import StackError
+from streamrec.publisher import Publisher, dataset_events, publish_stream
+from streamrec.shared.contracts import RedisKeys
+from streamrec.shared.registry import ModelRegistry
+from streamrec.shared.settings import Settings
+from streamrec.stack import Stack
+from streamrec.synthetic import generate
+from streamrec.topics import MessageCounter
+
+from .harness import RUNS, Figure, Section, image_path, percentile
+from .plots import latency_cdf
+
+PARTITIONS = 4
+PRODUCER_LINGER_MS = 5  # what streamrec's Publisher uses: a realistic client, for both measurements
+BASELINE_TOPIC = "bench.one-hop.{run}"  # one per run, read from its start: no earlier run in it
+TRAIN_EPOCHS = 2  # the model must be served, not good: a short training is enough
+DRAIN_IDLE_SECONDS = 15.0  # after publishing, stop waiting once no update arrived for this long
+PROGRESS_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Size:
+    """How much one benchmark invocation does."""
+
+    users: int
+    rate: float
+    seconds: float
+    baseline_seconds: float
+    runs: int
+
+    @property
+    def events(self) -> int:
+        """Events published per run."""
+        return round(self.rate * self.seconds)
+
+
+def _size(quick: bool) -> Size:
+    if quick:
+        return Size(users=100, rate=40, seconds=3, baseline_seconds=2, runs=1)
+    default = _size_defaults()
+    seconds = float(os.environ.get("BENCH_FRESHNESS_SECONDS", default.seconds))
+    return Size(
+        users=int(os.environ.get("BENCH_FRESHNESS_USERS", default.users)),
+        rate=float(os.environ.get("BENCH_FRESHNESS_RATE", default.rate)),
+        seconds=seconds,
+        baseline_seconds=min(seconds, default.baseline_seconds),
+        runs=RUNS,
+    )
+
+
+def _size_defaults() -> Size:
+    return Size(users=10_000, rate=1000, seconds=60, baseline_seconds=20, runs=RUNS)
+
+
+# --- matching events to list updates ------------------------------------------------------------
+
+
+@dataclass
+class UpdateTracker:
+    """Matches each published event to the first rewrite of its user's list after it."""
+
+    pending: dict[str, tuple[str, float]] = field(default_factory=dict)  # user -> (event id, published)
+    published_at: dict[str, float] = field(default_factory=dict)  # event id -> publish time
+    updated_at: dict[str, float] = field(default_factory=dict)  # event id -> its update's time
+    ambiguous: set[str] = field(default_factory=set)  # users with two events in flight
+    overlapped: int = 0  # events of ambiguous users: not measured
+    unsolicited: int = 0  # rewrites of users with no event in flight
+
+    def published(self, user: str, event_id: str, at: float) -> None:
+        """An event of ``user`` was handed to the producer at ``at``."""
+        if user in self.ambiguous:
+            self.overlapped += 1
+            return
+        if user in self.pending:
+            # Two events in flight: a later rewrite could follow either one.
+            del self.pending[user]
+            self.ambiguous.add(user)
+            self.overlapped += 2
+            return
+        self.pending[user] = (event_id, at)
+        self.published_at[event_id] = at
+
+    def updated(self, user: str, at: float) -> None:
+        """``user``'s list was rewritten; the notification arrived at ``at``."""
+        entry = self.pending.pop(user, None)
+        if entry is not None:
+            self.updated_at[entry[0]] = at
+        elif user not in self.ambiguous:
+            self.unsolicited += 1
+
+    def latencies_ms(self) -> list[float]:
+        """Publish → update of every matched event, in ms."""
+        return [(at - self.published_at[event]) * 1000 for event, at in self.updated_at.items()]
+
+
+# --- the paced producer ---------------------------------------------------------------------------
+
+
+async def _paced(
+    rate: float, count: int, send: Callable[[int], Awaitable[object]], status: Callable[[], str]
+) -> float:
+    """Call ``send(seq)`` for seq 0..count-1 at ``rate`` per second (a late event is sent at once,
+    not skipped: the schedule does not drift); returns the rate achieved."""
+    loop = asyncio.get_running_loop()
+    started = next_progress = loop.time()
+    for seq in range(count):
+        delay = started + seq / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        await send(seq)
+        if loop.time() >= next_progress:
+            next_progress += PROGRESS_SECONDS
+            _progress(f"  {seq:,}/{count:,} sent; {status()}")
+    return count / max(1e-9, loop.time() - started)
+
+
+def _progress(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _producer(settings: Settings) -> AIOKafkaProducer:
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap, linger_ms=PRODUCER_LINGER_MS, acks="all"
+    )
+
+
+# --- one run --------------------------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    """What one run measured."""
+
+    tracker: UpdateTracker
+    publish_rate: float  # events/s the producer achieved
+    baseline_ms: list[float]  # one produce→consume hop per message
+    trace: list[tuple[float, float, float]]  # per matched event: ms to validated, features, list
+    personal_share: float  # % of the users whose list comes from the served model
+    cpu: dict[str, float]  # process name -> % of one core while the run's events were published
+
+    @property
+    def missing(self) -> int:
+        """Events (of unambiguous users) whose list was never rewritten."""
+        return len(self.tracker.pending)
+
+
+async def _freshness(
+    settings: Settings, size: Size, run: int, users: list[str], items: list[str]
+) -> tuple[UpdateTracker, float]:
+    """Publish the run's events and follow the lists; returns (tracker, achieved publish rate)."""
+    keys = RedisKeys(settings.redis_prefix)
+    store = aioredis.Redis.from_url(settings.redis_url or "")
+    db = store.connection_pool.connection_kwargs.get("db", 0)
+    channel = f"__keyspace@{db}__:{keys.recs('')}"
+    previous = (await store.config_get("notify-keyspace-events")).get("notify-keyspace-events", "")
+    await store.config_set("notify-keyspace-events", "K$")  # keyspace events of string commands
+    pubsub = store.pubsub()
+    await pubsub.psubscribe(f"{channel}*")
+    tracker = UpdateTracker()
+
+    async def listen() -> None:
+        async for message in pubsub.listen():
+            if message["type"] == "pmessage" and message["data"] == b"set":
+                tracker.updated(message["channel"].decode()[len(channel) :], time.time())
+
+    listener = asyncio.create_task(listen())
+    order = random.Random(run).sample(users, len(users))
+    pick = random.Random(1000 + run)
+    producer = _producer(settings)
+    await producer.start()
+    try:
+
+        async def send(seq: int) -> None:
+            user, event_id = order[seq % len(order)], f"fresh{run}-{seq}"
+            event = {
+                "user_id": user,
+                "item_id": pick.choice(items),
+                "event_type": "click",
+                "event_id": event_id,
+            }
+            value = orjson.dumps(event)
+            tracker.published(user, event_id, time.time())
+            await producer.send(settings.topic_interactions, value, key=user.encode())
+
+        rate = await _paced(
+            size.rate,
+            size.events,
+            send,
+            lambda: f"{len(tracker.updated_at):,} lists updated, {len(tracker.pending):,} in flight",
+        )
+        await producer.flush()
+        # Drain: wait while updates keep coming, then give up on what is left (reported).
+        last, idle_since = len(tracker.updated_at), time.monotonic()
+        while tracker.pending and time.monotonic() - idle_since < DRAIN_IDLE_SECONDS:
+            await asyncio.sleep(0.2)
+            if len(tracker.updated_at) != last:
+                last, idle_since = len(tracker.updated_at), time.monotonic()
+        return tracker, rate
+    finally:
+        await producer.stop()
+        listener.cancel()
+        await pubsub.aclose()
+        await store.config_set("notify-keyspace-events", previous)
+        await store.aclose()
+
+
+async def _one_hop(settings: Settings, size: Size, run: int) -> list[float]:
+    """Latencies (ms) of the same producer at the same rate, read back by one consumer."""
+    topic = BASELINE_TOPIC.format(run=run)
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 4})
+    for future in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
+        future.result(30)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=settings.kafka_bootstrap, fetch_max_wait_ms=settings.kafka_fetch_wait_ms
+    )
+    await consumer.start()
+    producer = _producer(settings)
+    await producer.start()
+    count = round(size.rate * size.baseline_seconds)
+    published: list[float] = [0.0] * count
+    latencies: list[float] = []
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+
+        async def read() -> None:
+            while len(latencies) < count:
+                batches = await consumer.getmany(timeout_ms=500)
+                now = time.time()
+                for messages in batches.values():
+                    latencies.extend((now - published[int(m.value)]) * 1000 for m in messages)
+
+        reader = asyncio.create_task(read())
+
+        async def send(seq: int) -> None:
+            published[seq] = time.time()
+            await producer.send(topic, str(seq).encode(), key=str(seq % 1000).encode())
+
+        await _paced(size.rate, count, send, lambda: f"{len(latencies):,} read back")
+        await producer.flush()
+        try:
+            await asyncio.wait_for(reader, DRAIN_IDLE_SECONDS)
+        except TimeoutError:
+            raise StackError(f"one-hop baseline: {len(latencies)}/{count} messages read back") from None
+        return latencies
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
+# --- where the time goes --------------------------------------------------------------------------
+
+TRACED_GROUP = "bench-freshness-trace"  # never joined: partitions are assigned by hand
+
+
+def _traced_topics(settings: Settings) -> list[str]:
+    return [EVENTS_BY_USER_TOPIC, settings.topic_user_features]
+
+
+def _marks(settings: Settings) -> dict[tuple[str, int], int]:
+    """Where the traced topics end now, so that the trace after a run skips what came before."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": TRACED_GROUP})
+    try:
+        # Tansu may report less than the log end (see streamrec.topics.MessageCounter): the trace
+        # also filters by event id, so starting a little early is harmless.
+        return {
+            (topic, p): max(0, consumer.get_watermark_offsets(KafkaPartition(topic, p), 10)[1])
+            for topic in _traced_topics(settings)
+            for p in range(PARTITIONS)
+        }
+    finally:
+        consumer.close()
+
+
+def _trace(
+    settings: Settings, tracker: UpdateTracker, run: int, marks: dict[tuple[str, int], int]
+) -> list[tuple[float, float, float]]:
+    """For each matched event, ms from its publish to: ingest's re-keyed copy (validation done,
+    its Kafka timestamp), the user features (their ``updated_at``), the Redis notification."""
+    prefix = f'"fresh{run}-'.encode()
+    validated: dict[str, float] = {}
+    built: dict[str, float] = {}
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": TRACED_GROUP})
+    try:
+        consumer.assign([KafkaPartition(topic, p, offset) for (topic, p), offset in marks.items()])
+        wanted = len(tracker.updated_at)
+        idle_since = time.monotonic()
+        while min(len(validated), len(built)) < wanted and time.monotonic() - idle_since < 5:
+            for message in consumer.consume(10_000, 0.5):
+                if message.error() is not None or prefix not in message.value():
+                    continue
+                idle_since = time.monotonic()
+                data = orjson.loads(message.value())
+                if message.topic() == EVENTS_BY_USER_TOPIC:
+                    validated[data["event_id"]] = message.timestamp()[1] / 1000  # ms -> s
+                else:
+                    built[data["event"]["event_id"]] = data["updated_at"]
+    finally:
+        consumer.close()
+    trace = []
+    for event, listed in tracker.updated_at.items():
+        if event in validated and event in built:
+            published = tracker.published_at[event]
+            trace.append(tuple((at - published) * 1000 for at in (validated[event], built[event], listed)))
+    return trace  # type: ignore[return-value]
+
+
+# --- the stack ------------------------------------------------------------------------------------
+
+
+def _wait(
+    stack: Stack, done: Callable[[], bool], status: Callable[[], str], what: str, timeout: float
+) -> None:
+    """Poll ``done`` (progress on stderr); raise StackError with the services' logs on timeout."""
+    deadline = time.monotonic() + timeout
+    next_progress = 0.0
+    while not done():
+        _check_alive(stack)
+        if time.monotonic() > deadline:
+            raise StackError(f"{what}: not done after {timeout:.0f}s ({status()}){_log_tails(stack)}")
+        if time.monotonic() >= next_progress:
+            next_progress = time.monotonic() + PROGRESS_SECONDS
+            _progress(f"  waiting for {what}: {status()}")
+        time.sleep(0.5)
+
+
+def _check_alive(stack: Stack) -> None:
+    # No restarts: a restarted service would re-join its group and re-deliver, blurring the figures.
+    dead = [name for name, child in stack.children.items() if not child.alive()]
+    if dead:
+        raise StackError(f"{', '.join(dead)} exited during the benchmark{_log_tails(stack)}")
+
+
+def _log_tails(stack: Stack) -> str:
+    return "".join(f"\n--- {name} log:\n{child.log_tail()}" for name, child in stack.children.items())
+
+
+def _lists(settings: Settings, users: list[str]) -> dict[str, tuple[str | None, str]]:
+    """User -> (model version, source) of the lists in Redis, through the client's decoding."""
+    store = redis.Redis.from_url(settings.redis_url or "")
+    keys = RedisKeys(settings.redis_prefix)
+    found = {}
+    try:
+        for start in range(0, len(users), 1000):
+            chunk = users[start : start + 1000]
+            for user, raw in zip(chunk, store.mget([keys.recs(u) for u in chunk]), strict=True):
+                if (recs := decode(user, raw, 1, fallback=False)) is not None:
+                    found[user] = (recs.model_version, recs.source)
+    finally:
+        store.close()
+    return found
+
+
+def _served_model(settings: Settings) -> str | None:
+    store = redis.Redis.from_url(settings.redis_url or "")
+    try:
+        value = store.get(RedisKeys(settings.redis_prefix).model)
+        return None if value is None else value.decode()
+    finally:
+        store.close()
+
+
+def _warm_up(stack: Stack, size: Size) -> tuple[list[str], list[str], str]:
+    """Give every user a history, train and serve one model, wait until every list is from it.
+    Returns the users, the items the model knows and its version."""
+    from streamrec.trainer.service import announce, train_once  # torch: only when this runs
+
+    settings = stack.settings
+    events = generate(users=size.users, items=max(200, size.users // 5), events_per_user=(3, 8), seed=11)
+    users = sorted(events.user_id.unique())
+    counter = MessageCounter(settings.kafka_bootstrap or "", settings.topic_user_features)
+    try:
+        _progress(f"  warm-up: {len(events):,} events over {len(users):,} users")
+        with Publisher(settings=settings) as publisher:
+            sent = publish_stream(publisher, dataset_events(events, "warm-up"), len(events), progress=False)
+        _wait(
+            stack,
+            lambda: counter.update() >= sent,
+            lambda: f"{counter.count:,}/{sent:,} events",
+            "ingest to take the warm-up events",
+            120 + sent / 100,
+        )
+    finally:
+        counter.close()
+    _progress(f"  training one model ({TRAIN_EPOCHS} epochs)")
+    result = train_once(settings.model_copy(update={"epochs": TRAIN_EPOCHS}))
+    manifest = result.manifest
+    if not result.promoted:  # the gate judges quality, which this benchmark does not need
+        manifest = ModelRegistry(settings.model_dir).promote(manifest.version, "freshness benchmark")  # type: ignore[arg-type]
+        announce(settings, manifest)
+    version = manifest.version
+
+    def served() -> int:
+        return sum(1 for v, _ in _lists(settings, users).values() if v == version)
+
+    # Every user's list from this model also means the scorer's re-scoring after the swap is over.
+    _wait(
+        stack,
+        lambda: served() == len(users),
+        lambda: f"{served():,}/{len(users):,}",
+        "lists from the model",
+        120 + len(users) / 100,
+    )
+    items = ModelRegistry(settings.model_dir).vocabulary(version)  # type: ignore[arg-type]
+    return users, items, version
+
+
+def _run_once(
+    stack: Stack, size: Size, run: int, users: list[str], items: list[str], version: str
+) -> RunResult:
+    settings = stack.settings
+    marks = _marks(settings)
+    _progress(f"  run {run + 1}/{size.runs}: {size.events:,} events at {size.rate:,.0f}/s")
+    pids = {name: child.pid for name, child in stack.processes().items()}
+    cpu_before, started = {name: _cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
+    tracker, rate = asyncio.run(_freshness(settings, size, run, users, items))
+    elapsed = time.monotonic() - started
+    cpu = {
+        name: 100 * (_cpu_seconds(pid) - cpu_before[name]) / elapsed
+        for name, pid in pids.items()
+        if cpu_before[name] >= 0
+    }
+    _check_alive(stack)
+    if (served := _served_model(settings)) != version:
+        raise StackError(f"the served model changed during the run ({version} -> {served}): figures void")
+    lists = _lists(settings, users)
+    personal = sum(1 for v, source in lists.values() if source == "personal" and v == version)
+    _progress(f"  one-hop baseline: {size.baseline_seconds:.0f}s at {size.rate:,.0f}/s")
+    baseline = asyncio.run(_one_hop(settings, size, run))
+    return RunResult(
+        tracker=tracker,
+        publish_rate=rate,
+        baseline_ms=baseline,
+        trace=_trace(settings, tracker, run, marks),
+        personal_share=100 * personal / len(users),
+        cpu=cpu,
+    )
+
+
+def _cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process so far, from /proc; -1 where there is no /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return -1.0
+    # Fields 14 and 15 of proc(5) (utime, stime), counted after the ")" that ends the name.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- the section ----------------------------------------------------------------------------------
+
+
+def run(quick: bool) -> list[Section]:
+    """The freshness section: publish → list in Redis, against one produce→consume hop."""
+    size = _size(quick)
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        requested = Settings(
+            data_dir=run_dir / "data", partitions=PARTITIONS, metrics_port=0, log_level="WARNING"
+        )
+        stack = Stack(requested, run_dir, ("ingest", "scorer")).start()
+        try:
+            settings = stack.settings
+            users, items, version = _warm_up(stack, size)
+            results = [_run_once(stack, size, n, users, items, version) for n in range(size.runs)]
+        finally:
+            stack.stop()
+    if not all(result.tracker.updated_at for result in results):
+        raise StackError("a run saw no list updated at all: is the scorer writing to Redis?")
+    images = [
+        latency_cdf(
+            {
+                "one produce→consume hop (baseline)": [ms for r in results for ms in r.baseline_ms],
+                "publish → validated by ingest": [t[0] for r in results for t in r.trace],
+                "publish → features built": [t[1] for r in results for t in r.trace],
+                "publish → list in Redis": [ms for r in results for ms in r.tracker.latencies_ms()],
+            },
+            image_path("freshness-cdf.png", quick),
+            title=f"Freshness at {size.rate:,.0f} events/s, {size.runs} runs pooled",
+        )
+    ]
+    return [
+        Section(
+            "Freshness (figure 2)",
+            _command(size, quick),
+            _figures(size, results),
+            description=_description(size, settings),
+            images=images,
+        )
+    ]
+
+
+def _figures(size: Size, results: list[RunResult]) -> list[Figure]:
+    fresh = [r.tracker.latencies_ms() for r in results]
+    base = [r.baseline_ms for r in results]
+    targets: dict[float, str] = {50: "≤ 100 ms", 99: "≤ 500 ms"}
+    figures = [
+        Figure(
+            f"publish → list in Redis, p{q}",
+            "ms",
+            [percentile(run, q) for run in fresh],
+            "one produce→consume hop",
+            [percentile(run, q) for run in base],
+            target=targets.get(q, ""),
+        )
+        for q in (50, 99, 99.9)
+    ]
+    steps = ("publish → validated by ingest", "validated → features built", "features built → list in Redis")
+    for step, name in enumerate(steps):
+        per_run = [[t[step] - (t[step - 1] if step else 0.0) for t in r.trace] for r in results]
+        figures.append(Figure(f"{name}, p50", "ms", [percentile(run, 50) if run else 0.0 for run in per_run]))
+    counts = [
+        ("events measured per run", [len(r.tracker.updated_at) for r in results], ""),
+        ("events without an update", [r.missing for r in results], "0"),
+        (
+            "events not measured: their user had another one in flight",
+            [r.tracker.overlapped for r in results],
+            "0",
+        ),
+        ("list rewrites with no event in flight", [r.tracker.unsolicited for r in results], "0"),
+    ]
+    figures += [
+        Figure(name, "events", [float(v) for v in values], target=target) for name, values, target in counts
+    ]
+    figures += [
+        Figure(
+            "producer rate achieved",
+            "events/s",
+            [r.publish_rate for r in results],
+            target=f"{size.rate:,.0f} events/s",
+        ),
+        Figure(
+            "lists from the served model after the run",
+            "%",
+            [r.personal_share for r in results],
+            target="100 %",
+        ),
+    ]
+    figures += [
+        Figure(f"CPU of {name} while publishing", "% of a core", [r.cpu[name] for r in results])
+        for name in results[0].cpu
+    ]
+    return figures
+
+
+def _command(size: Size, quick: bool) -> str:
+    if quick:
+        return "python -m bench --only freshness --quick"
+    default = _size_defaults()
+    env = [
+        f"{variable}={value:g}"
+        for variable, value, base in (
+            ("BENCH_FRESHNESS_RATE", size.rate, default.rate),
+            ("BENCH_FRESHNESS_SECONDS", size.seconds, default.seconds),
+            ("BENCH_FRESHNESS_USERS", size.users, default.users),
+        )
+        if value != base
+    ]
+    knobs = [f"{name}={value}" for name, value in sorted(os.environ.items()) if name.startswith("STREAMREC_")]
+    return " ".join([*env, *knobs, "python -m bench --only freshness"])
+
+
+def _description(size: Size, settings: Settings) -> str:
+    return (
+        f"{size.runs} run{'s' if size.runs > 1 else ''} on one stack (embedded broker and Redis, one ingest worker, one scorer, "
+        f"{PARTITIONS} partitions). Warm-up: a synthetic stream over {size.users:,} users, one SASRec model "
+        f"trained ({TRAIN_EPOCHS} epochs) and served, every list from it. Each run publishes {size.events:,} "
+        f"events at {size.rate:,.0f}/s ({size.seconds:g} s), cycling over the users (one event per user every "
+        f"{size.users / size.rate:g} s), with a paced aiokafka producer (linger {PRODUCER_LINGER_MS} ms), and "
+        "times each user's next list rewrite from Redis keyspace notifications. The baseline is the same "
+        f"producer at the same rate for {size.baseline_seconds:g} s on a topic of its own, read by one consumer "
+        "with the stack's fetch wait. The per-step rows come from the pipeline's own timestamps (Kafka "
+        "timestamp of ingest's re-keyed event, `updated_at` of the user features). Knobs: "
+        f"`STREAMREC_KAFKA_FETCH_WAIT_MS={settings.kafka_fetch_wait_ms}`, "
+        f"`STREAMREC_SCORER_BATCH_SIZE={settings.scorer_batch_size}`, "
+        f"`STREAMREC_SCORER_BATCH_WAIT_MS={settings.scorer_batch_wait_ms}`; what each costs is in "
+        "[latency-tuning.md](latency-tuning.md)."
+    )
