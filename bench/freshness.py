@@ -48,6 +48,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamrec.client import decode
 from streamrec.ingest.app import EVENTS_BY_USER_TOPIC
+from streamrec.ingest.bundles import unbundle_events
 from streamrec.processes import StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import RedisKeys
@@ -342,8 +343,11 @@ def _trace(
                     continue
                 idle_since = time.monotonic()
                 data = orjson.loads(message.value())
-                if message.topic() == EVENTS_BY_USER_TOPIC:
-                    validated[data["event_id"]] = message.timestamp()[1] / 1000  # ms -> s
+                if message.topic() == EVENTS_BY_USER_TOPIC:  # a bundle: validated when it was sent
+                    sent_at = message.timestamp()[1] / 1000  # ms -> s
+                    validated.update(
+                        (event.event_id, sent_at) for event in unbundle_events(data) if event.event_id
+                    )
                 else:
                     built[data["event"]["event_id"]] = data["updated_at"]
     finally:

@@ -239,7 +239,7 @@ _FLAG_FALLBACK = 0x01
 _FLAG_VERSION = 0x02
 _ID_CODES = {1: "B", 2: "H", 4: "I", 8: "Q"}  # id width in bytes -> struct code
 _ID_SEPARATOR = "\n"
-_SCORE_STEPS = 0xFFFF
+SCORE_STEPS = 0xFFFF  # a binary list's scores: this many steps between its lowest and highest
 _MAX_TEXT = 0xFF
 
 
@@ -273,9 +273,9 @@ class CachedList:
         if not all(map(math.isfinite, scores)):
             raise ValueError("cached list scores must be finite")
         low, high = (_float32(min(scores)), _float32(max(scores))) if scores else (0.0, 0.0)
-        step = (high - low) / _SCORE_STEPS
+        step = (high - low) / SCORE_STEPS
         # Clamped: the float32 ends may round to just inside the list's range.
-        quantised = [min(_SCORE_STEPS, max(0, round((s - low) / step))) if step else 0 for s in scores]
+        quantised = [min(SCORE_STEPS, max(0, round((s - low) / step))) if step else 0 for s in scores]
         version = b"" if self.model_version is None else self.model_version.encode()
         if len(version) > _MAX_TEXT:
             raise ValueError(f"model version of {len(version)} bytes: a cached list holds {_MAX_TEXT}")
@@ -351,7 +351,7 @@ class CachedList:
             if len(ids) != count:
                 raise CachedListDecodeError(f"{len(ids)} item ids for {count} scores")
             quantised = values[_HEADER_FIELDS:]
-        step = (high - low) / _SCORE_STEPS
+        step = (high - low) / SCORE_STEPS
         return cls(
             items=[(item, low + q * step) for item, q in zip(ids, quantised, strict=True)],
             model_version=version,
