@@ -19,7 +19,8 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -192,8 +193,30 @@ def generate_corpus(sink: Callable[[bytes], None]) -> list[bytes]:
         for raw in batch:
             sink(raw)
 
-    collect()
+    with only_the_strategies():
+        collect()
     return corpus
+
+
+@contextmanager
+def only_the_strategies() -> Iterator[None]:
+    """Generate from the strategies alone, without the literals Hypothesis harvests from the
+    project's loaded modules.
+
+    Those literals would make the corpus change with any edit anywhere in the code base, and with
+    the set of test modules a session happened to import; without them it is the same on every
+    run. (Hypothesis has no setting for this: the hook is internal, hence the pinned version.)
+    """
+    from hypothesis.internal.conjecture import providers
+
+    original = providers.HypothesisProvider.__dict__["_local_constants"]
+    providers.HypothesisProvider._local_constants = property(lambda _self: providers.Constants())  # type: ignore[assignment]
+    providers.CONSTANTS_CACHE.cache.clear()  # pools computed with the harvested literals
+    try:
+        yield
+    finally:
+        providers.HypothesisProvider._local_constants = original  # type: ignore[assignment]
+        providers.CONSTANTS_CACHE.cache.clear()
 
 
 def window_sequence(dedup_window: int) -> list[bytes]:
