@@ -19,8 +19,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter, defaultdict, deque
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
@@ -34,7 +33,7 @@ from hypothesis import strategies as st
 from streamrec.shared.events import Interaction, Rejection, parse_event
 from streamrec.shared.settings import Settings
 
-from support import LiveStack, wait_for
+from support import LiveStack, only_the_strategies, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -196,27 +195,6 @@ def generate_corpus(sink: Callable[[bytes], None]) -> list[bytes]:
     with only_the_strategies():
         collect()
     return corpus
-
-
-@contextmanager
-def only_the_strategies() -> Iterator[None]:
-    """Generate from the strategies alone, without the literals Hypothesis harvests from the
-    project's loaded modules.
-
-    Those literals would make the corpus change with any edit anywhere in the code base, and with
-    the set of test modules a session happened to import; without them it is the same on every
-    run. (Hypothesis has no setting for this: the hook is internal, hence the pinned version.)
-    """
-    from hypothesis.internal.conjecture import providers
-
-    original = providers.HypothesisProvider.__dict__["_local_constants"]
-    providers.HypothesisProvider._local_constants = property(lambda _self: providers.Constants())  # type: ignore[assignment]
-    providers.CONSTANTS_CACHE.cache.clear()  # pools computed with the harvested literals
-    try:
-        yield
-    finally:
-        providers.HypothesisProvider._local_constants = original  # type: ignore[assignment]
-        providers.CONSTANTS_CACHE.cache.clear()
 
 
 def window_sequence(dedup_window: int) -> list[bytes]:
