@@ -20,7 +20,7 @@ import redis
 
 from .client import RecommendationClient
 from .processes import StackError
-from .publisher import Publisher, dataset_events, publish_stream
+from .publisher import Publisher, check_dataset_events, dataset_events, publish_stream
 from .shared.contracts import CachedList, RedisKeys
 from .shared.datasets import in_time_order, load_interactions
 from .shared.settings import Settings
@@ -47,6 +47,8 @@ def run_demo(
     frame = load_interactions(movielens) if movielens else generate(users=users, items=items)
     if limit is not None:
         frame = in_time_order(frame).head(limit)
+    if movielens:  # refuse a bad row now, not after the stack started and half the file was sent
+        check_dataset_events(frame, movielens, max_future_seconds=settings.max_future_seconds)
     source = movielens.name if movielens else "synthetic"
     run_dir = new_run_dir(settings.data_dir)
     click.echo(

@@ -62,7 +62,7 @@ class Publisher:
             raise PublishError(
                 f"topic {self.topic!r} does not exist on {self.bootstrap}: run `streamrec topics create`"
             )
-        self._max_future = settings.max_future_seconds
+        self.max_future_seconds = settings.max_future_seconds
         self._producer = Producer(
             {
                 "bootstrap.servers": self.bootstrap,
@@ -95,7 +95,7 @@ class Publisher:
 
     def publish_event(self, event: Mapping[str, Any]) -> None:
         """Validate and send one event given as a mapping in the wire format."""
-        checked = validate_event(dict(event), max_future_seconds=self._max_future)
+        checked = validate_event(dict(event), max_future_seconds=self.max_future_seconds)
         if isinstance(checked, Rejection):
             raise InvalidEvent(f"{checked.reason.value}: {checked.detail}")
         self.publish_raw(orjson.dumps(dict(event)), key=checked.user_id)
@@ -222,6 +222,22 @@ def dataset_events(frame: pd.DataFrame, source: str) -> Iterator[dict[str, Any]]
         yield event
 
 
+def check_dataset_events(frame: pd.DataFrame, path: Path, *, max_future_seconds: float = 86400.0) -> None:
+    """Validate every event of an interaction frame before any is sent; raise InvalidEvent naming
+    the first bad data row (or saying the file has none).
+
+    Without this a file with one bad row (a negative timestamp, an id over 256 characters, an
+    infinite rating) would be half replayed before the publisher refused that row.
+    """
+    if frame.empty:  # a header alone is not a dataset: "replayed 0 events" would hide the mistake
+        raise InvalidEvent(f"{path}: no events in the file")
+    for event in dataset_events(frame, path.name):
+        checked = validate_event(event, max_future_seconds=max_future_seconds)
+        if isinstance(checked, Rejection):
+            row = event["event_id"].rsplit(":", 1)[1]
+            raise InvalidEvent(f"{path}: data row {row}: {checked.reason.value}: {checked.detail}")
+
+
 def replay_file(
     publisher: Publisher,
     path: Path,
@@ -238,6 +254,7 @@ def replay_file(
     frame = load_interactions(path)
     if limit is not None:
         frame = in_time_order(frame).head(limit)
+    check_dataset_events(frame, path, max_future_seconds=publisher.max_future_seconds)
     return publish_stream(
         publisher, dataset_events(frame, path.name), len(frame), speed=speed, progress=progress
     )

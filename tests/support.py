@@ -6,7 +6,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +92,24 @@ class TrainedStack:
     live: LiveStack
     events: pd.DataFrame
     version: str
+
+
+@contextmanager
+def only_the_strategies() -> Iterator[None]:
+    """Let Hypothesis generate from the strategies alone, without the literals it harvests from
+    the project's loaded modules (wrap the call of a ``@given`` function).
+
+    Those literals would make the generated data change with any edit anywhere in the code base, and with
+    the set of test modules a session happened to import; without them it is the same on every
+    run. (Hypothesis has no setting for this: the hook is internal, hence the pinned version.)
+    """
+    from hypothesis.internal.conjecture import providers
+
+    original = providers.HypothesisProvider.__dict__["_local_constants"]
+    providers.HypothesisProvider._local_constants = property(lambda _self: providers.Constants())  # type: ignore[assignment]
+    providers.CONSTANTS_CACHE.cache.clear()  # pools computed with the harvested literals
+    try:
+        yield
+    finally:
+        providers.HypothesisProvider._local_constants = original  # type: ignore[assignment]
+        providers.CONSTANTS_CACHE.cache.clear()

@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
 
 from streamrec.api.app import create_app
-from streamrec.client import AsyncRecommendationClient, RecommendationClient, Recommendations
+from streamrec.client import AsyncRecommendationClient, RecommendationClient, Recommendations, resolve_user_id
 from streamrec.embedded import start_redis
 from streamrec.processes import free_port
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.settings import Settings
+
+from support import only_the_strategies
 
 pytestmark = pytest.mark.integration
 
@@ -129,3 +136,75 @@ def test_lists_written_as_json_by_an_older_scorer_are_still_served(
         assert client.get("old") == Recommendations.from_cached("old", PERSONAL)
     with TestClient(create_app(settings_for(redis_url))) as http:
         assert http.get("/users/old/recommendations").json() == PERSONAL.to_response("old")
+
+
+# Path segments a client might send: any text, ids at and past the length limit, control
+# characters, whitespace only, path tricks; and `n` as any text or any integer.
+USER_SEGMENTS = st.one_of(
+    st.text(max_size=40),
+    st.text(st.characters(codec="utf-8"), min_size=250, max_size=300),
+    st.sampled_from(
+        ["42", " 42 ", "%00", "\x00", "a\nb", "\r", "   ", "..", ".", "a/b", "?", "#", "%", "%zz"]
+    ),
+    st.integers().map(str),
+)
+N_VALUES = st.one_of(
+    st.integers(min_value=-(10**30), max_value=10**30).map(str),
+    st.integers(min_value=-2, max_value=12).map(str),
+    st.text(max_size=12),
+    st.sampled_from(["1e3", "1.0", " 5", "0x10", "NaN", "inf", "", "99999999999999999999999"]),
+    st.none(),  # n left out: the default
+)
+MAX_N = 10
+MAX_RESPONSE_BYTES = 4 * 1024  # 10 items of short ids, or one error message quoting a 300-char id
+
+
+def classify(user_segment: str, n: str | None) -> str | None:
+    """ "valid" if the endpoint must answer with recommendations, "invalid" if it must refuse
+    (4xx), None where FastAPI's integer parsing decides ("1.0", " 5": either is fine)."""
+    try:
+        resolve_user_id(user_segment)
+    except ValueError:
+        return "invalid"
+    if n is None or (re.fullmatch(r"[0-9]+", n) and 1 <= int(n) <= MAX_N):
+        return "valid"
+    try:
+        number = float(n)
+    except ValueError:
+        return "invalid"
+    return "invalid" if not math.isfinite(number) or not 1 <= number <= MAX_N else None
+
+
+def test_api_never_answers_5xx_to_generated_user_ids_and_n(store: redis.Redis, redis_url: str) -> None:
+    store.set(RedisKeys(PREFIX).popular, POPULAR.encode())  # every valid request has an answer
+    app = create_app(settings_for(redis_url, api_max_n=MAX_N))
+    with TestClient(app, raise_server_exceptions=False) as http:
+
+        @settings(
+            max_examples=400,
+            derandomize=True,
+            database=None,
+            deadline=None,
+            phases=[Phase.explicit, Phase.generate, Phase.shrink],
+            suppress_health_check=[HealthCheck.function_scoped_fixture],
+        )
+        @given(USER_SEGMENTS, N_VALUES)
+        def check(user_segment: str, n: str | None) -> None:
+            # One path segment, as a client would send it (a "/" in an id is %2F).
+            url = f"/users/{quote(user_segment, safe='')}/recommendations"
+            response = http.get(url, params=None if n is None else {"n": n})
+            assert response.status_code < 500, (url, n, response.text)
+            assert len(response.content) <= MAX_RESPONSE_BYTES
+            # Ids a router cannot see as one segment ("a/b" decoded, "." and "..") may 404; the test
+            # client decodes a "%" once more than a server does ("%00" arrives as a NUL: 422).
+            routable = not set(user_segment) & {"/", "%"} and user_segment.strip() not in (".", "..")
+            expected = classify(user_segment, n)
+            if expected == "valid" and routable:
+                assert response.status_code == 200, (url, n, response.text)
+            elif expected == "invalid":
+                assert 400 <= response.status_code < 500, (url, n, response.status_code)
+            if response.status_code == 200:
+                assert len(response.json()["items"]) <= MAX_N
+
+        with only_the_strategies():  # the same requests on every run
+            check()
