@@ -128,6 +128,10 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
         broker_heartbeat_interval=settings.kafka_session_timeout_ms / 3000,
         table_standby_replicas=0,  # recovery reads the changelog; standbys only pay off at scale
+        # The check compares a table's persisted changelog offset with the topic's end as ListOffsets
+        # reports it, which Tansu under-reports (the last batch's base offset + 1): every restart
+        # with local table state then failed with ConsistencyError, and kept failing.
+        recovery_consistency_check=False,
     )
     app.fetch_wait_ms = settings.kafka_fetch_wait_ms
     counters = IngestCounters()
