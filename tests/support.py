@@ -156,8 +156,8 @@ class TcpProxy:
                 while data := await src.read(65536):
                     dst.write(data)
                     await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
+            except OSError:
+                pass  # the other side is gone: close ours too
             finally:
                 dst.transport.abort()
 
@@ -180,7 +180,17 @@ class TcpProxy:
         self._loop.call_soon_threadsafe(setattr, self, "_open", True)
 
     def close(self) -> None:
-        """Stop relaying and the thread."""
-        self.cut()
+        """Drop every connection, finish the relay tasks and stop the thread."""
+
+        async def shutdown() -> None:
+            self._open = False
+            for writer in list(self._writers):
+                writer.transport.abort()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
