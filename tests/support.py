@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pandas as pd
 import pytest
 import redis
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import CachedList, RedisKeys
@@ -113,3 +117,102 @@ def only_the_strategies() -> Iterator[None]:
     finally:
         providers.HypothesisProvider._local_constants = original  # type: ignore[assignment]
         providers.CONSTANTS_CACHE.cache.clear()
+
+
+def metric_total(port: int, name: str, **labels: str) -> float:
+    """Sum of a Prometheus metric's samples (those with ``labels``) on a service's /metrics."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+class TcpProxy:
+    """A TCP relay from a local port to ``upstream`` that can go dark: :meth:`cut` drops every
+    connection and refuses new ones until :meth:`restore`, like a broker behind a failed network.
+
+    Runs an asyncio loop on a daemon thread. Clients are pointed at :attr:`address`; the broker
+    must advertise that address too, or clients would reconnect to it directly after bootstrap.
+    """
+
+    def __init__(self, upstream: tuple[str, int], port: int) -> None:
+        self.upstream = upstream
+        self.port = port
+        self.address = f"127.0.0.1:{port}"
+        self.connections = 0  # accepted while up, for the test's figures
+        self._open = True
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(started,), daemon=True, name="tcp-proxy")
+        self._thread.start()
+        if not started.wait(10):
+            raise RuntimeError("the TCP proxy did not start")
+
+    def _serve(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        started.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+
+    async def _handle(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        if not self._open:  # "unreachable": the connection is reset at once
+            client_writer.transport.abort()
+            return
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            client_writer.transport.abort()
+            return
+        self.connections += 1
+        self._writers |= {client_writer, up_writer}
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except OSError:
+                pass  # the other side is gone: close ours too
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(client_reader, up_writer), pipe(up_reader, client_writer))
+        self._writers -= {client_writer, up_writer}
+
+    def cut(self) -> None:
+        """Reset every open connection and refuse new ones."""
+
+        def go() -> None:
+            self._open = False
+            for writer in list(self._writers):
+                writer.transport.abort()
+            self._writers.clear()
+
+        self._loop.call_soon_threadsafe(go)
+
+    def restore(self) -> None:
+        """Accept and relay connections again."""
+        self._loop.call_soon_threadsafe(setattr, self, "_open", True)
+
+    def close(self) -> None:
+        """Drop every connection, finish the relay tasks and stop the thread."""
+
+        async def shutdown() -> None:
+            self._open = False
+            for writer in list(self._writers):
+                writer.transport.abort()
+            tasks = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+        asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)

@@ -1,0 +1,446 @@
+"""Crashes and outages: real kills and real outages of a stack of its own; nothing is lost.
+
+One stack for the whole module (so the shared session stack is never disturbed): an embedded
+broker reached only through a :class:`support.TcpProxy` (the broker advertises the proxy's
+address, so every client goes through it), a Redis this module starts and stops itself, and
+ingest, scorer and trainer as real processes. The tests run in file order and each leaves the
+stack healthy: kill -9 of ingest mid-replay, kill -9 of the scorer, Redis down for 10 s, the
+broker unreachable for 10 s, then SIGTERM of every service. Bounds: each wait is capped (at most
+180 s for a replay to be absorbed); the module takes about 2.5 minutes on 2 cores (≤ 6 required).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import orjson
+import pandas as pd
+import pytest
+import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from streamrec.embedded import broker_binary, start_redis
+from streamrec.ingest.features import UserState, apply_event
+from streamrec.processes import ChildProcess, free_port, spawn, wait_for_port
+from streamrec.publisher import Publisher, dataset_events, publish_stream
+from streamrec.shared.contracts import RedisKeys, UserFeatures
+from streamrec.shared.events import Interaction, parse_event
+from streamrec.shared.settings import Settings
+from streamrec.stack import Stack
+from streamrec.synthetic import generate
+
+from support import LiveStack, TcpProxy, metric_total, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+
+OUTAGE_SECONDS = 10.0
+UNCLEAN_EXIT_LOG = "did not stop cleanly"  # ingest's warning when it rebuilds its tables
+FRESH_TIMEOUT = 90.0  # a restarted service joins its group (Tansu holds a first join ~5 s) and catches up
+
+
+@dataclass
+class FaultStack:
+    """The module's stack and the handles to break it."""
+
+    live: LiveStack
+    proxy: TcpProxy
+    redis_child: ChildProcess
+    redis_port: int
+    redis_dir: Path
+
+    @property
+    def stack(self) -> Stack:
+        return self.live.stack
+
+    def child(self, name: str) -> ChildProcess:
+        return self.stack.children[name]
+
+    def port(self, name: str) -> int:
+        return self.stack.ops_ports[name]
+
+    def kill9(self, name: str) -> None:
+        """SIGKILL a service: no handler runs, nothing is flushed or committed."""
+        child = self.child(name)
+        os.kill(child.pid, signal.SIGKILL)
+        child.popen.wait(10)
+        assert child.popen.returncode == -signal.SIGKILL
+
+    def restart(self, name: str) -> None:
+        """Start a service again that is no longer running (what the supervisor does) and wait until ready."""
+        assert not self.child(name).alive()
+        self.stack.supervise()
+        self.wait_ready(name)
+
+    def wait_ready(self, name: str, timeout: float = 120) -> None:
+        def ready() -> bool:
+            try:
+                return httpx.get(f"http://127.0.0.1:{self.port(name)}/readyz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(ready, timeout, f"{name} to be ready")
+
+
+@pytest.fixture(scope="module")
+def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
+    run_dir = tmp_path_factory.mktemp("faults")
+    broker_port, proxy_port, redis_port = free_port(), free_port(), free_port()
+    # The broker listens on its own port but advertises the proxy's: metadata sends every client
+    # (after bootstrap) to the proxy, so cutting the proxy cuts the broker off for everyone.
+    broker = spawn(
+        "broker",
+        [
+            broker_binary(),
+            "broker",
+            "--listener-url",
+            f"tcp://127.0.0.1:{broker_port}",
+            "--advertised-listener-url",
+            f"tcp://127.0.0.1:{proxy_port}",
+        ],
+        run_dir / "broker.log",
+    )
+    proxy = TcpProxy(("127.0.0.1", broker_port), proxy_port)
+    redis_dir = run_dir / "redis"
+    redis_child, redis_url = start_redis(redis_dir, port=redis_port)
+    handle: FaultStack | None = None
+    stack: Stack | None = None
+    try:
+        wait_for_port("127.0.0.1", broker_port, 30, broker)
+        settings = Settings(
+            kafka_bootstrap=proxy.address,
+            redis_url=redis_url,
+            partitions=2,
+            popular_publish_seconds=1.0,
+            scorer_batch_wait_ms=10,
+            top_n=20,
+            # The trainer only keeps its event log here: no training cycle competes for the CPU.
+            train_trigger="all",  # both conditions, neither ever met (a first cycle would be due at once)
+            train_min_new_events=10**9,
+            train_interval_seconds=10**6,
+            log_level="INFO",
+        ).with_data_dir(run_dir / "data")
+        stack = Stack(settings, run_dir, ("ingest", "scorer", "trainer")).start()
+        live = stack.settings
+        client = redis.Redis.from_url(live.redis_url or "")
+        handle = FaultStack(
+            LiveStack(stack, live, client, RedisKeys(live.redis_prefix)),
+            proxy,
+            redis_child,
+            redis_port,
+            redis_dir,
+        )
+        for name in ("ingest", "scorer", "trainer"):
+            handle.wait_ready(name)
+        yield handle
+    finally:
+        if stack is not None:
+            stack.stop()
+        (handle.redis_child if handle else redis_child).stop()
+        proxy.close()
+        broker.stop()
+
+
+@pytest.fixture(autouse=True)
+def healthy(faults: FaultStack) -> Iterator[None]:
+    """Each test starts with every service running, even if an earlier one failed mid-fault."""
+    if faults.redis_child.popen.poll() is not None:
+        faults.redis_child, _ = start_redis(faults.redis_dir, port=faults.redis_port)
+    faults.proxy.restore()
+    faults.stack.supervise()
+    for name in ("ingest", "scorer", "trainer"):
+        faults.wait_ready(name)
+    yield
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def prefixed(events: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    """The same events for users of their own (so tests never share a user)."""
+    return events.assign(user_id=prefix + events.user_id)
+
+
+def expected_features(
+    events: pd.DataFrame, source: str, settings: Settings
+) -> dict[str, tuple[int, list[str]]]:
+    """Each user's (event_count, history) after ingest applies every event exactly once, in publish order."""
+    states: dict[str, UserState] = {}
+    for raw in dataset_events(events, source):
+        event = parse_event(orjson.dumps(raw))
+        assert isinstance(event, Interaction)
+        apply_event(states.setdefault(event.user_id, UserState()), event, settings)
+    return {user: (state.event_count, state.history_item_ids()) for user, state in states.items()}
+
+
+class FeatureReader:
+    """Follows the user-features topic from the start: each user's latest (event_count, history)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "unused"})
+        topic = settings.topic_user_features
+        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
+        self.latest: dict[str, tuple[int, list[str]]] = {}
+        self.counts: dict[str, set[int]] = {}  # every event_count announced per user
+        self.messages = 0
+
+    def read(self, seconds: float = 1.0) -> dict[str, tuple[int, list[str]]]:
+        """Read for up to ``seconds``; a user's messages are on one partition, in order, so the last wins."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            for message in self.consumer.consume(1000, timeout=0.2):
+                if message.error():
+                    continue
+                self.messages += 1
+                features = UserFeatures.from_json(message.value())
+                self.latest[features.user_id] = (features.event_count, features.history)
+                self.counts.setdefault(features.user_id, set()).add(features.event_count)
+        return self.latest
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
+def publish(live: LiveStack, events: pd.DataFrame, source: str) -> int:
+    with Publisher(settings=live.settings) as publisher:
+        return publish_stream(publisher, dataset_events(events, source), len(events), progress=False)
+
+
+def wait_fresh(live: LiveStack, users: list[str], since: float, timeout: float, what: str) -> None:
+    """Wait until every user's list in Redis was generated after ``since``."""
+
+    def fresh() -> bool:
+        lists = [live.cached(user) for user in users]
+        return all(cached is not None and cached.generated_at >= since for cached in lists)
+
+    wait_for(fresh, timeout, what)
+
+
+def trainer_position(faults: FaultStack) -> float:
+    """Events the trainer has appended to its log so far (its log sequence)."""
+    return metric_total(faults.port("trainer"), "streamrec_trainer_log_position")
+
+
+def trainer_settled(faults: FaultStack, seconds: float = 2.0) -> float:
+    """The trainer's log position once it has not moved for ``seconds`` (it caught up)."""
+    last = trainer_position(faults)
+    while True:
+        time.sleep(seconds)
+        now = trainer_position(faults)
+        if now == last:
+            return now
+        last = now
+
+
+def touch_events(users: list[str], item: str, at: float) -> pd.DataFrame:
+    """One new event per user."""
+    return pd.DataFrame(
+        {
+            "user_id": users,
+            "item_id": item,
+            "timestamp": at,
+            "value": float("nan"),
+            "event_type": "click",
+            "row": range(len(users)),  # the event ids' suffix
+        }
+    )
+
+
+# --- 1. kill -9 of ingest in the middle of a replay -----------------------------------------------
+
+
+def test_ingest_kill9_mid_replay_loses_nothing_and_counts_nothing_twice(faults: FaultStack) -> None:
+    live = faults.live
+    events = prefixed(generate(users=150, items=120, clusters=5, events_per_user=(40, 80), seed=17), "k-")
+    expected = expected_features(events, "kill", live.settings)
+    total = len(events)
+    chunks = 40  # a paced replay (about 8 s) so that the kill lands in its middle
+    reader = FeatureReader(live.settings)
+
+    def replay() -> None:
+        ordered = list(dataset_events(events, "kill"))
+        with Publisher(settings=live.settings) as publisher:
+            for k in range(chunks):
+                publish_stream(
+                    publisher, ordered[k * total // chunks : (k + 1) * total // chunks], progress=False
+                )
+                time.sleep(0.2)
+
+    publisher = threading.Thread(target=replay, name="replay")
+    publisher.start()
+    try:
+        wait_for(lambda: reader.read(0.3) and reader.messages >= total // 3, 120, "a third of the replay")
+        at_kill = reader.messages
+        faults.kill9("ingest")
+        faults.restart("ingest")
+    finally:
+        publisher.join(120)
+    assert at_kill < total, "the replay was over before the kill"
+
+    def complete() -> bool:
+        latest = reader.read(1.0)
+        return all(latest.get(user, (0,))[0] >= count for user, (count, _) in expected.items())
+
+    wait_for(complete, 180, f"ingest to absorb all {total} events after the restart")
+    reader.read(2.0)  # anything still in flight (a double count would show up here)
+    reader.close()
+    got = {user: reader.latest[user] for user in expected}
+    wrong = {user: (got[user][0], expected[user][0]) for user in expected if got[user] != expected[user]}
+    assert not wrong, f"{len(wrong)} users differ from an exactly-once run (got, expected count): {wrong}"
+    # Every accepted event was announced: a user's features carry each count 1..N at least once
+    # (a re-delivered event may announce its count twice, never skip one).
+    gaps = {
+        user: count
+        for user, (count, _) in expected.items()
+        if reader.counts[user] != set(range(1, count + 1))
+    }
+    assert not gaps, f"features never sent for some events of {len(gaps)} users: {sorted(gaps)[:10]}"
+    duplicates = metric_total(faults.port("ingest"), "streamrec_ingest_events_total", outcome="duplicate")
+    print(f"kill -9 at {at_kill}/{total} features; {duplicates:.0f} redelivered events dropped as duplicates")
+
+
+# --- 2. kill -9 of the scorer ---------------------------------------------------------------------
+
+
+def test_scorer_kill9_keeps_serving_and_catches_up(faults: FaultStack) -> None:
+    live = faults.live
+    events = prefixed(generate(users=40, items=60, clusters=3, events_per_user=(3, 6), seed=23), "s-")
+    users = sorted(events.user_id.unique())
+    started = time.time()
+    live.stream_in(events, "scorer-before")
+    wait_fresh(live, users, started, FRESH_TIMEOUT, "every user's list before the kill")
+    served = {user: live.redis.get(live.keys.recs(user)) for user in users}
+
+    faults.kill9("scorer")
+    updated = users[::2]
+    outage_started = time.time()
+    live.stream_in(touch_events(updated, "i1", outage_started), "scorer-outage")
+    # While the scorer is down, the lists it wrote are still there, byte for byte.
+    assert {user: live.redis.get(live.keys.recs(user)) for user in users} == served
+
+    faults.restart("scorer")
+    wait_fresh(
+        live, updated, outage_started, FRESH_TIMEOUT, "fresh lists for the users updated in the outage"
+    )
+    # It resumed from its committed offsets: it re-scored the outage's users (and at most the one
+    # batch it had not committed), not the whole topic from the beginning.
+    rescored = metric_total(faults.port("scorer"), "streamrec_scorer_lists_total", trigger="event")
+    assert len(updated) <= rescored <= len(updated) + live.settings.scorer_batch_size
+
+
+# --- 3. Redis down for 10 s -----------------------------------------------------------------------
+
+
+def test_redis_outage_is_waited_out_and_owed_writes_complete(faults: FaultStack) -> None:
+    live = faults.live
+    events = prefixed(generate(users=40, items=60, clusters=3, events_per_user=(3, 6), seed=29), "r-")
+    users = sorted(events.user_id.unique())
+    started = time.time()
+    live.stream_in(events, "redis-before")
+    wait_fresh(live, users, started, FRESH_TIMEOUT, "every user's list before the outage")
+    pids = {name: faults.child(name).pid for name in ("ingest", "scorer", "trainer")}
+    trainer_before = trainer_position(faults)
+
+    live.redis.shutdown(save=True)  # a stop that keeps the data (dump.rdb in the data dir)
+    faults.redis_child.popen.wait(10)
+    down_at = time.monotonic()
+    updated = users[::2]
+    outage_started = time.time()
+    # Ingest and trainer need no Redis: the outage's events are accepted and logged as usual.
+    live.stream_in(touch_events(updated, "i2", outage_started), "redis-outage", timeout=OUTAGE_SECONDS)
+    wait_for(
+        lambda: trainer_position(faults) >= trainer_before + len(updated),
+        OUTAGE_SECONDS,
+        "the trainer to log the outage's events",
+    )
+    # The scorer owes writes and retries them with backoff instead of crashing.
+    wait_for(
+        lambda: metric_total(faults.port("scorer"), "streamrec_scorer_redis_errors_total") >= 2,
+        OUTAGE_SECONDS,
+        "the scorer to retry its Redis writes",
+    )
+    readyz = httpx.get(f"http://127.0.0.1:{faults.port('scorer')}/readyz", timeout=2)
+    assert readyz.status_code == 503 and "Redis" in readyz.text
+    time.sleep(max(0.0, OUTAGE_SECONDS - (time.monotonic() - down_at)))
+
+    faults.redis_child, _ = start_redis(faults.redis_dir, port=faults.redis_port)
+    wait_fresh(live, updated, outage_started, FRESH_TIMEOUT, "the writes owed from the outage")
+    assert all(live.cached(user) is not None for user in users)  # the data from before is back too
+    assert {name: faults.child(name).pid for name in pids} == pids, "a service restarted"
+    assert all(faults.child(name).alive() for name in pids)
+    faults.wait_ready("scorer", 30)
+
+
+# --- 4. the broker unreachable for 10 s -------------------------------------------------------------
+
+
+def test_broker_outage_services_reconnect_on_their_own(faults: FaultStack) -> None:
+    live = faults.live
+    events = prefixed(generate(users=40, items=60, clusters=3, events_per_user=(3, 6), seed=31), "b-")
+    users = sorted(events.user_id.unique())
+    started = time.time()
+    live.stream_in(events, "broker-before")
+    wait_fresh(live, users, started, FRESH_TIMEOUT, "every user's list before the outage")
+    pids = {name: faults.child(name).pid for name in ("ingest", "scorer", "trainer")}
+    trainer_before = trainer_position(faults)
+
+    connections = faults.proxy.connections
+    faults.proxy.cut()
+    time.sleep(OUTAGE_SECONDS)
+    faults.proxy.restore()
+
+    updated = users[::2]
+    restored_at = time.time()
+    live.stream_in(touch_events(updated, "i3", restored_at), "broker-after", timeout=FRESH_TIMEOUT)
+    wait_fresh(live, updated, restored_at, FRESH_TIMEOUT, "fresh lists after the broker came back")
+    wait_for(
+        lambda: trainer_position(faults) >= trainer_before + len(updated),
+        FRESH_TIMEOUT,
+        "the trainer to log events again",
+    )
+    assert {name: faults.child(name).pid for name in pids} == pids, "a service had to be restarted"
+    assert all(faults.child(name).alive() for name in pids)
+    # The same processes opened new connections: they reconnected on their own.
+    assert faults.proxy.connections > connections + len(pids)
+
+
+# --- 5. SIGTERM: progress committed, pending writes flushed -----------------------------------------
+
+
+@pytest.mark.parametrize("name", ["ingest", "scorer", "trainer"])
+def test_sigterm_commits_progress_and_flushes(faults: FaultStack, name: str) -> None:
+    live = faults.live
+    prefix = f"t-{name}-"
+    events = prefixed(generate(users=20, items=40, clusters=2, events_per_user=(3, 6), seed=37), prefix)
+    users = sorted(events.user_id.unique())
+    started = time.time()
+    live.stream_in(events, f"term-{name}")
+    wait_fresh(live, users, started, FRESH_TIMEOUT, "every user's list before the stop")
+    trainer_logged = trainer_settled(faults)
+
+    rebuilds = faults.child(name).log_path.read_text().count(UNCLEAN_EXIT_LOG)
+    code = faults.child(name).stop()  # SIGTERM; SIGKILL only after 15 s
+    assert code == 0, f"{name} did not stop cleanly on SIGTERM (exit code {code})"
+    faults.restart(name)
+    time.sleep(3)  # time to re-read anything left uncommitted (there must be nothing)
+    port = faults.port(name)
+    if name == "ingest":
+        assert metric_total(port, "streamrec_ingest_events_total") == 0, "input re-read after a clean stop"
+        # ...and its tables were reopened from local state, not rebuilt as after a crash.
+        assert faults.child(name).log_path.read_text().count(UNCLEAN_EXIT_LOG) == rebuilds
+    elif name == "scorer":
+        assert metric_total(port, "streamrec_scorer_lists_total", trigger="event") == 0
+    else:
+        assert trainer_position(faults) == trainer_logged, "events logged twice after a clean stop"
+
+    # ...and the restarted service does its job.
+    updated = users[:5]
+    after = time.time()
+    live.stream_in(touch_events(updated, "i4", after), f"term-{name}-after")
+    wait_fresh(live, updated, after, FRESH_TIMEOUT, f"fresh lists after {name} restarted")
