@@ -54,7 +54,9 @@ def attribute(raw_profile: str) -> dict[str, int]:
 def _profile(pid: int, seconds: int, output: Path) -> str:
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     command = [py_spy, "record", "--pid", str(pid), "--duration", str(seconds), "--rate", "100"]
-    command += ["--nonblocking", "--format", "raw", "--output", str(output)]
+    # Blocking (py-spy pauses the worker for each sample): without the pause, stacks read while
+    # they change come out torn, and a third of the samples could not be attributed.
+    command += ["--format", "raw", "--output", str(output)]
     subprocess.run(command, check=True, capture_output=True, timeout=seconds + 60)
     return output.read_text(encoding="utf-8")
 
