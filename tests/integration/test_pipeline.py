@@ -105,7 +105,9 @@ def test_invalid_events_go_to_dead_letters_while_valid_ones_flow(trained_stack: 
         if message is None or message.error():
             continue
         letter = orjson.loads(message.value())
-        if marker in letter["payload"] or len(letter["payload"]) > 60_000:
+        if (
+            marker in letter["payload"]
+        ):  # other tests' letters share the topic (the fuzz test's oversized ones too)
             letters.append(letter)
     consumer.close()
     assert len(letters) == len(garbage)
