@@ -95,17 +95,24 @@ def run(live: LiveStack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_replay_refuses_malformed_files_and_publishes_nothing(live_stack: LiveStack, tmp_path: Path) -> None:
+def assert_every_file_refused_and_nothing_published(
+    live_stack: LiveStack, tmp_path: Path, command: str, files: dict[str, bytes | None]
+) -> None:
+    """``streamrec COMMAND FILE`` refuses each file, and no event of any of them reaches ingest."""
     counter = live_stack.feature_updates()
     before = counter.update()
     try:
-        for name, content in DATASET_FILES.items():
+        for name, content in files.items():
             path = write(tmp_path, name, content)
-            assert_refused(run(live_stack, "replay", str(path)), path)
+            assert_refused(run(live_stack, command, str(path)), path)
         # A refused file publishes nothing (no partial replay up to the bad row).
         assert counter.update(timeout=1.0) == before
     finally:
         counter.close()
+
+
+def test_replay_refuses_malformed_files_and_publishes_nothing(live_stack: LiveStack, tmp_path: Path) -> None:
+    assert_every_file_refused_and_nothing_published(live_stack, tmp_path, "replay", DATASET_FILES)
 
 
 def test_evaluate_refuses_malformed_files(live_stack: LiveStack, tmp_path: Path) -> None:
@@ -115,15 +122,7 @@ def test_evaluate_refuses_malformed_files(live_stack: LiveStack, tmp_path: Path)
 
 
 def test_publish_refuses_malformed_event_files(live_stack: LiveStack, tmp_path: Path) -> None:
-    counter = live_stack.feature_updates()
-    before = counter.update()
-    try:
-        for name, content in EVENT_FILES.items():
-            path = write(tmp_path, name, content)
-            assert_refused(run(live_stack, "publish", str(path)), path)
-        assert counter.update(timeout=1.0) == before
-    finally:
-        counter.close()
+    assert_every_file_refused_and_nothing_published(live_stack, tmp_path, "publish", EVENT_FILES)
 
 
 def test_demo_refuses_malformed_movielens_files(live_stack: LiveStack, tmp_path: Path) -> None:

@@ -238,6 +238,20 @@ def trainer_settled(faults: FaultStack, seconds: float = 2.0) -> float:
         last = now
 
 
+def users_served_before(
+    live: LiveStack, prefix: str, seed: int, source: str, users: int = 40, items: int = 60, clusters: int = 3
+) -> list[str]:
+    """Stream a small synthetic set of ``prefix`` users in; return them once each has a fresh list."""
+    events = prefixed(
+        generate(users=users, items=items, clusters=clusters, events_per_user=(3, 6), seed=seed), prefix
+    )
+    served = sorted(events.user_id.unique())
+    started = time.time()
+    live.stream_in(events, source)
+    wait_fresh(live, served, started, FRESH_TIMEOUT, f"every {prefix}* user's list before the fault")
+    return served
+
+
 def touch_events(users: list[str], item: str, at: float) -> pd.DataFrame:
     """One new event per user."""
     return pd.DataFrame(
@@ -310,11 +324,7 @@ def test_ingest_kill9_mid_replay_loses_nothing_and_counts_nothing_twice(faults: 
 
 def test_scorer_kill9_keeps_serving_and_catches_up(faults: FaultStack) -> None:
     live = faults.live
-    events = prefixed(generate(users=40, items=60, clusters=3, events_per_user=(3, 6), seed=23), "s-")
-    users = sorted(events.user_id.unique())
-    started = time.time()
-    live.stream_in(events, "scorer-before")
-    wait_fresh(live, users, started, FRESH_TIMEOUT, "every user's list before the kill")
+    users = users_served_before(live, "s-", 23, "scorer-before")
     served = {user: live.redis.get(live.keys.recs(user)) for user in users}
 
     faults.kill9("scorer")
@@ -339,11 +349,7 @@ def test_scorer_kill9_keeps_serving_and_catches_up(faults: FaultStack) -> None:
 
 def test_redis_outage_is_waited_out_and_owed_writes_complete(faults: FaultStack) -> None:
     live = faults.live
-    events = prefixed(generate(users=40, items=60, clusters=3, events_per_user=(3, 6), seed=29), "r-")
-    users = sorted(events.user_id.unique())
-    started = time.time()
-    live.stream_in(events, "redis-before")
-    wait_fresh(live, users, started, FRESH_TIMEOUT, "every user's list before the outage")
+    users = users_served_before(live, "r-", 29, "redis-before")
     pids = {name: faults.child(name).pid for name in ("ingest", "scorer", "trainer")}
     trainer_before = trainer_position(faults)
 
@@ -382,11 +388,7 @@ def test_redis_outage_is_waited_out_and_owed_writes_complete(faults: FaultStack)
 
 def test_broker_outage_services_reconnect_on_their_own(faults: FaultStack) -> None:
     live = faults.live
-    events = prefixed(generate(users=40, items=60, clusters=3, events_per_user=(3, 6), seed=31), "b-")
-    users = sorted(events.user_id.unique())
-    started = time.time()
-    live.stream_in(events, "broker-before")
-    wait_fresh(live, users, started, FRESH_TIMEOUT, "every user's list before the outage")
+    users = users_served_before(live, "b-", 31, "broker-before")
     pids = {name: faults.child(name).pid for name in ("ingest", "scorer", "trainer")}
     trainer_before = trainer_position(faults)
 
@@ -417,11 +419,7 @@ def test_broker_outage_services_reconnect_on_their_own(faults: FaultStack) -> No
 def test_sigterm_commits_progress_and_flushes(faults: FaultStack, name: str) -> None:
     live = faults.live
     prefix = f"t-{name}-"
-    events = prefixed(generate(users=20, items=40, clusters=2, events_per_user=(3, 6), seed=37), prefix)
-    users = sorted(events.user_id.unique())
-    started = time.time()
-    live.stream_in(events, f"term-{name}")
-    wait_fresh(live, users, started, FRESH_TIMEOUT, "every user's list before the stop")
+    users = users_served_before(live, prefix, 37, f"term-{name}", users=20, items=40, clusters=2)
     trainer_logged = trainer_settled(faults)
 
     rebuilds = faults.child(name).log_path.read_text().count(UNCLEAN_EXIT_LOG)
