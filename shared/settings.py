@@ -112,6 +112,13 @@ class Settings(BaseSettings):
         description="Longest ingest holds a partial batch: adds at most this to an event's latency.",
     )
 
+    ingest_table_memory_mb: int = Field(
+        32,
+        ge=4,
+        description="RocksDB memory of each ingest table partition (half block cache, half write "
+        "buffers); ingest's table memory is about this × (partitions + 1).",
+    )
+
     # --- model and training (trainer) -------------------------------------------------------
     model: Literal["mf", "sasrec"] = Field(
         "sasrec", description="Model family the trainer fits: sasrec (sequential) or mf (baseline)."

@@ -114,6 +114,18 @@ def _kafka_urls(settings: Settings) -> list[str]:
     return [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")]
 
 
+def table_store_options(memory_mb: int) -> dict[str, int]:
+    """RocksDB options that bound one table partition's memory to about ``memory_mb``.
+
+    Faust's defaults give every partition's database a 2 GiB block cache and three 64 MiB write
+    buffers, each filled lazily: ingest's memory then grows with the data until it nears 2.2 GiB per
+    partition. Half the budget goes to the block cache, half to two write buffers.
+    """
+    budget = memory_mb * 1024 * 1024
+    # Faust mutates the mapping it is given (it pops its own keys), so each call builds a new one.
+    return {"block_cache_size": budget // 2, "write_buffer_size": budget // 4, "max_write_buffer_number": 2}
+
+
 def create_app(settings: Settings) -> faust.App:
     """The ingest Faust app with its topics, tables, agents and timers (not started)."""
     app = IngestApp(
@@ -209,7 +221,9 @@ def create_app(settings: Settings) -> faust.App:
 
     # --- user features: partitioned by user_id ------------------------------------------------
 
-    user_state = app.Table("user_state", key_type=str)
+    user_state = app.Table(
+        "user_state", key_type=str, options=table_store_options(settings.ingest_table_memory_mb)
+    )
 
     @app.agent(events_by_user, name="build_features")
     async def build_features(stream: faust.StreamT[dict[str, Any]]) -> None:
@@ -249,7 +263,12 @@ def create_app(settings: Settings) -> faust.App:
 
     # --- item popularity: one partition, one owner ---------------------------------------------
 
-    item_popularity = app.Table("item_popularity", key_type=str, partitions=1)
+    item_popularity = app.Table(
+        "item_popularity",
+        key_type=str,
+        partitions=1,
+        options=table_store_options(settings.ingest_table_memory_mb),
+    )
     ranking = PopularityRanking(settings.top_n + settings.history_len, settings.popularity_half_life_hours)
     item_partition = TP(settings.topic_item_events, 0)
     last_published: list[tuple[str, float]] = []
