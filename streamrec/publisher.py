@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,21 @@ class InvalidEvent(ValueError):
 
 class PublishError(RuntimeError):
     """Kafka did not acknowledge some events (broker unreachable, topic missing, …)."""
+
+
+def encode_event(event: Mapping[str, Any], *, max_future_seconds: float) -> tuple[bytes, str]:
+    """The message value and key of an event, or InvalidEvent if ingest would refuse it.
+
+    An event without an ``event_id`` gets a random one: ingest recognises a message it reads
+    again after a crash by that id, so without one a re-delivered event would be counted twice.
+    """
+    wire = dict(event)
+    checked = validate_event(wire, max_future_seconds=max_future_seconds)
+    if isinstance(checked, Rejection):
+        raise InvalidEvent(f"{checked.reason.value}: {checked.detail}")
+    if wire.get("event_id") is None:
+        wire["event_id"] = uuid.uuid4().hex
+    return orjson.dumps(wire), checked.user_id
 
 
 class Publisher:
@@ -95,10 +111,8 @@ class Publisher:
 
     def publish_event(self, event: Mapping[str, Any]) -> None:
         """Validate and send one event given as a mapping in the wire format."""
-        checked = validate_event(dict(event), max_future_seconds=self.max_future_seconds)
-        if isinstance(checked, Rejection):
-            raise InvalidEvent(f"{checked.reason.value}: {checked.detail}")
-        self.publish_raw(orjson.dumps(dict(event)), key=checked.user_id)
+        value, key = encode_event(event, max_future_seconds=self.max_future_seconds)
+        self.publish_raw(value, key=key)
 
     def publish_raw(self, value: bytes, key: str | bytes | None = None) -> None:
         """Send bytes as they are, unvalidated (tests use it to send garbage on purpose)."""

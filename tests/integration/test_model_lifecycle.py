@@ -111,7 +111,7 @@ def test_the_gate_rejects_a_worse_candidate_and_nothing_changes(trained_stack: T
     assert live.redis.get(live.keys.model).decode() == served
 
 
-@pytest.mark.parametrize("damage", ["corrupted file", "wrong signature"])
+@pytest.mark.parametrize("damage", ["corrupted file", "truncated file", "wrong signature"])
 def test_a_damaged_model_is_refused_and_the_old_one_keeps_serving(
     trained_stack: TrainedStack, damage: str
 ) -> None:
@@ -128,6 +128,9 @@ def test_a_damaged_model_is_refused_and_the_old_one_keeps_serving(
         data = bytearray(model_file.read_bytes())
         data[len(data) // 2] ^= 0xFF  # one byte changed after the manifest was written
         model_file.write_bytes(bytes(data))
+    elif damage == "truncated file":
+        model_file = registry.path(version) / MODEL_FILE
+        model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])  # a torn copy
     else:
         damaged = replace(damaged, max_seq_len=manifest.max_seq_len + 1)  # not what the graph takes
     (registry.path(version) / MANIFEST_FILE).write_bytes(damaged.to_json())

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
-from streamrec.publisher import InvalidEvent, dataset_events, read_event_file
+from streamrec.publisher import InvalidEvent, dataset_events, encode_event, read_event_file
 from streamrec.shared.datasets import load_interactions
 from streamrec.synthetic import generate
 
@@ -57,3 +58,16 @@ def test_synthetic_stream_is_deterministic_and_ordered() -> None:
     assert first.timestamp.is_monotonic_increasing
     assert not first.duplicated(["user_id", "item_id"]).any()
     assert first.user_id.nunique() == 30
+
+
+def test_an_event_without_an_id_is_sent_with_a_fresh_one_and_an_id_given_is_kept() -> None:
+    event = {"user_id": 7, "item_id": "a", "event_type": "view"}
+    first, key = encode_event(event, max_future_seconds=60)
+    second, _ = encode_event(event, max_future_seconds=60)
+    ids = [orjson.loads(value)["event_id"] for value in (first, second)]
+    assert key == "7" and ids[0] and ids[0] != ids[1]  # each publication is its own event
+    assert "event_id" not in event  # the caller's mapping is left alone
+    kept, _ = encode_event({**event, "event_id": "e-1"}, max_future_seconds=60)
+    assert orjson.loads(kept)["event_id"] == "e-1"
+    with pytest.raises(InvalidEvent, match="user_id"):
+        encode_event({"item_id": "a", "event_type": "view"}, max_future_seconds=60)
