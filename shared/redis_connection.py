@@ -159,11 +159,11 @@ def explain(exc: BaseException, url: str) -> BaseException:
             f"Redis user {user!r} at {where} lacks a permission streamrec needs: {detail} "
             "(grant it in the server's ACL; see docs/reliability.md, Security)"
         )
-    if isinstance(exc, redis.exceptions.ConnectionError) and isinstance(
-        exc.__context__, ssl.SSLCertVerificationError
-    ):
+    cause = exc.__cause__ or exc.__context__  # redis-py raises ConnectionError inside its except
+    if isinstance(exc, redis.exceptions.ConnectionError) and isinstance(cause, ssl.SSLCertVerificationError):
+        reason = getattr(cause, "verify_message", None) or cause
         return RedisTlsError(
-            f"Redis at {where}: TLS certificate verification failed: {exc.__context__.verify_message} "
+            f"Redis at {where}: TLS certificate verification failed: {reason} "
             f"(check {ENV_PREFIX}REDIS_TLS_CA_FILE, and that the URL's host is in the server's certificate)"
         )
     return exc
