@@ -437,34 +437,42 @@ def test_wrong_credentials_stop_scorer_and_api_with_one_clear_line(secure_stack:
     assert elapsed < CLEAR_ERROR_SECONDS, f"{elapsed:.1f}s for the wrong-credential runs to stop"
 
 
-def test_an_unreachable_redis_is_waited_out_not_fatal(secure_stack: SecureStack) -> None:
-    """The contrast: a connection error is an outage, so the scorer retries instead of exiting."""
-    closed = free_port()  # nothing listens there
-    metrics = free_port()
-    scorer = subprocess.Popen(
-        [sys.executable, "-m", "streamrec", "scorer"],
-        env=secure_stack.env(
-            f"redis://streamrec:{secure_stack.redis.stack_password}@127.0.0.1:{closed}/0",
-            **{f"{ENV_PREFIX}METRICS_PORT": str(metrics)},
-        ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+def test_an_unreachable_redis_is_waited_out_not_fatal(secure_stack: SecureStack, tmp_path: Path) -> None:
+    """The contrast: a connection error is an outage, so scorer and api wait instead of exiting."""
+    url = f"redis://streamrec:{secure_stack.redis.stack_password}@127.0.0.1:{free_port()}/0"  # closed
+    metrics, api_port = free_port(), free_port()
+    env = secure_stack.env(
+        url, **{f"{ENV_PREFIX}METRICS_PORT": str(metrics), f"{ENV_PREFIX}API_PORT": str(api_port)}
     )
+    logs = {name: tmp_path / f"{name}.log" for name in ("scorer", "api")}
+    processes = {}
+    for name, log in logs.items():
+        with open(log, "wb") as sink:
+            processes[name] = subprocess.Popen(
+                [sys.executable, "-m", "streamrec", name], env=env, stdout=sink, stderr=subprocess.STDOUT
+            )
     try:
         wait_for(
-            lambda: _get(f"http://127.0.0.1:{metrics}/readyz") == 503,
+            lambda: (
+                "Redis unavailable, retrying" in logs["scorer"].read_text()
+                and _get(f"http://127.0.0.1:{metrics}/readyz") == 503
+                and _get(f"http://127.0.0.1:{api_port}/healthz") == 200
+                and _get(f"http://127.0.0.1:{api_port}/readyz") == 503
+            ),
             CLEAR_ERROR_SECONDS,
-            "the scorer's /readyz to answer 503",
+            "the scorer to retry and both services to report not-ready",
         )
-        time.sleep(3)  # several retries (0.2 s, 0.4 s, … backoff)
-        assert scorer.poll() is None, "the scorer exited on a connection error"
+        time.sleep(3)  # several more retries (0.2 s, 0.4 s, … backoff)
+        assert [name for name, process in processes.items() if process.poll() is not None] == []
     finally:
-        scorer.send_signal(signal.SIGTERM)
-        output, _ = scorer.communicate(timeout=30)
-        secure_stack.outputs.append(("scorer, unreachable Redis", output))
-    assert "Redis unavailable, retrying" in output
-    assert scorer.returncode == 0, output[-2000:]
+        for process in processes.values():
+            process.send_signal(signal.SIGTERM)
+        for name, process in processes.items():
+            process.wait(30)
+            secure_stack.outputs.append((f"{name}, unreachable Redis", logs[name].read_text()))
+    assert processes["scorer"].returncode == 0
+    # uvicorn shuts down gracefully, then re-raises the SIGTERM it caught.
+    assert processes["api"].returncode in (0, -signal.SIGTERM)
 
 
 def _get(url: str) -> int | None:
