@@ -3,11 +3,10 @@
 - ``GET /users/{user_id}/recommendations?n=20`` — the user's top ``n`` (1 ≤ n ≤ ``api_max_n``);
   an unknown user gets the popular list (source ``fallback``); 404 if there is neither yet.
 - ``GET /healthz`` — the process is alive. ``GET /readyz`` — Redis answers.
-
-It does not start with credentials Redis refuses (one clear error line, exit code 2).
 - ``GET /metrics`` — Prometheus: requests by endpoint and status, and their latency.
 
 Errors are JSON ``{"detail": "..."}``: 422 for a bad user id or n, 503 while Redis is unreachable.
+The api does not start with credentials Redis refuses (one clear error line, exit code 2).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime, and
