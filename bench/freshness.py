@@ -39,8 +39,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
-import redis
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as KafkaPartition
@@ -52,6 +50,7 @@ from streamrec.ingest.bundles import unbundle_events
 from streamrec.processes import StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import RedisKeys
+from streamrec.shared.redis_connection import connect, connect_async
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
@@ -200,7 +199,7 @@ async def _freshness(
 ) -> tuple[UpdateTracker, float]:
     """Publish the run's events and follow the lists; returns (tracker, achieved publish rate)."""
     keys = RedisKeys(settings.redis_prefix)
-    store = aioredis.Redis.from_url(settings.redis_url or "")
+    store = connect_async(settings, socket_timeout=None, connect_timeout=None)
     db = store.connection_pool.connection_kwargs.get("db", 0)
     channel = f"__keyspace@{db}__:{keys.recs('')}"
     previous = (await store.config_get("notify-keyspace-events")).get("notify-keyspace-events", "")
@@ -392,7 +391,7 @@ def _log_tails(stack: Stack) -> str:
 
 def _lists(settings: Settings, users: list[str]) -> dict[str, tuple[str | None, str]]:
     """User -> (model version, source) of the lists in Redis, through the client's decoding."""
-    store = redis.Redis.from_url(settings.redis_url or "")
+    store = connect(settings, socket_timeout=None, connect_timeout=None)
     keys = RedisKeys(settings.redis_prefix)
     found = {}
     try:
@@ -407,7 +406,7 @@ def _lists(settings: Settings, users: list[str]) -> dict[str, tuple[str | None, 
 
 
 def _served_model(settings: Settings) -> str | None:
-    store = redis.Redis.from_url(settings.redis_url or "")
+    store = connect(settings, socket_timeout=None, connect_timeout=None)
     try:
         value = store.get(RedisKeys(settings.redis_prefix).model)
         return None if value is None else value.decode()

@@ -44,6 +44,7 @@ from streamrec.processes import ChildProcess, StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.scorer.service import SCORER_GROUP
 from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.redis_connection import connect
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
@@ -187,7 +188,7 @@ def _train_and_serve(stack: Stack, sample: pd.DataFrame, progress: Progress, epo
         version = registry.newest_version()
         assert version is not None, "train --once published nothing"
         _run_cli(["models", "promote", version, "--reason", "memory benchmark"], env, timeout=300)
-    store = redis.Redis.from_url(settings.redis_url or "")
+    store = connect(settings, socket_timeout=None, connect_timeout=None)
     key = RedisKeys(settings.redis_prefix).model
     _wait(lambda: store.get(key) == version.encode(), 300, f"the scorer to serve model {version}", stack)
     store.close()
@@ -258,7 +259,7 @@ def _variants(item_prefix: str) -> dict[str, Callable[[str], str]]:
 def _redis_bytes(settings: Settings, users: list[str], result: RunResult, item_prefix: str) -> None:
     """MEMORY USAGE and used_memory per user of the top-50 lists, per id style and format."""
     keys = RedisKeys(settings.redis_prefix)
-    store = redis.Redis.from_url(settings.redis_url or "")
+    store = connect(settings, socket_timeout=None, connect_timeout=None)
     lists: dict[str, CachedList] = {}
     for start in range(0, len(users), 1000):
         chunk = [keys.recs(user) for user in users[start : start + 1000]]
@@ -279,7 +280,7 @@ def _redis_bytes(settings: Settings, users: list[str], result: RunResult, item_p
         return statistics.fmean(pipe.execute())
 
     spare = urlsplit(settings.redis_url or "")._replace(path="/1")  # same server, an empty database
-    scratch = redis.Redis.from_url(urlunsplit(spare))
+    scratch = connect(settings, url=urlunsplit(spare), socket_timeout=None, connect_timeout=None)
     scratch.flushdb()
     for variant, rename in _variants(item_prefix).items():
         renamed = {

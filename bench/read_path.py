@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 
 import httpx
-import redis
 
 from streamrec.client import RecommendationClient
 from streamrec.embedded import start_redis
 from streamrec.processes import free_port, spawn, wait_for_port
 from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.redis_connection import connect
 from streamrec.shared.settings import Settings
 
 from .harness import RUNS, Figure, Section, image_path, percentile
@@ -49,7 +49,7 @@ def run(quick: bool) -> list[Section]:
         try:
             settings = Settings(redis_url=url, api_port=api_port, log_level="WARNING")
             keys = RedisKeys(settings.redis_prefix)
-            store = redis.Redis.from_url(url)
+            store = connect(settings, socket_timeout=None, connect_timeout=None)
             items = [(f"item-{i:05d}", 1.0 - i / 100) for i in range(settings.top_n)]
             store.set(
                 keys.recs(USER),

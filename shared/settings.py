@@ -9,10 +9,12 @@ its own (``streamrec ingest`` …) needs them set.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from .redaction import redacted_url
 
 ENV_PREFIX = "STREAMREC_"
 
@@ -53,7 +55,22 @@ class Settings(BaseSettings):
     kafka_bootstrap: str | None = Field(
         None, description="Kafka bootstrap servers, host:port[,host:port]. Unset: embedded."
     )
-    redis_url: str | None = Field(None, description="redis://[:password@]host:port/db. Unset: embedded.")
+    redis_url: str | None = Field(
+        None,
+        description="redis://[[user]:password@]host:port/db; rediss:// for TLS. Unset: embedded. "
+        "Never logged with its password.",
+    )
+    # Redis TLS (rediss://): redis-py verifies the server's certificate and host name by default.
+    redis_tls_ca_file: Path | None = Field(
+        None, description="rediss://: CA certificate(s), PEM, to verify Redis with. Unset: the system's CAs."
+    )
+    redis_tls_cert_file: Path | None = Field(
+        None,
+        description="rediss://: client certificate, PEM, for a Redis that requires one (tls-auth-clients).",
+    )
+    redis_tls_key_file: Path | None = Field(
+        None, description="rediss://: private key, PEM, of the client certificate. Unset: in the cert file."
+    )
 
     # --- topics (contracts between services; see shared/contracts.py) -------------------
     topic_interactions: str = Field("interactions", description="Input topic of raw events.")
@@ -221,8 +238,23 @@ class Settings(BaseSettings):
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"expected redis://host:port/db (or rediss://, unix://), got {value!r}")
+            # The message ends up in logs: never the password, even of a malformed URL.
+            raise ValueError(
+                f"expected redis://host:port/db (or rediss://, unix://), got {redacted_url(value)!r}"
+            )
         return value
+
+    @field_validator("redis_tls_key_file")
+    @classmethod
+    def _key_needs_cert(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None and info.data.get("redis_tls_cert_file") is None:
+            raise ValueError(f"a client key without a certificate: set {ENV_PREFIX}REDIS_TLS_CERT_FILE too")
+        return value
+
+    def __repr_args__(self) -> Any:
+        # repr(settings) and settings dumps in logs or tracebacks show the Redis URL redacted.
+        for name, value in super().__repr_args__():
+            yield name, redacted_url(value) if name == "redis_url" else value
 
     _model_dir_follows_data_dir: bool = PrivateAttr(False)
     _from_model_defaults: frozenset[str] = PrivateAttr(frozenset())

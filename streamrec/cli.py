@@ -18,6 +18,7 @@ import click
 import orjson
 
 from .shared.logs import configure_logging
+from .shared.redaction import redacted_url
 from .shared.settings import ConfigError, Settings, load_settings
 
 
@@ -75,6 +76,10 @@ class StreamrecGroup(click.Group):
 def _describe(exc: BaseException) -> str:
     from redis.exceptions import AuthenticationError, ConnectionError, TimeoutError
 
+    from .shared.redis_connection import is_permanent
+
+    if is_permanent(exc):  # already one line naming the user and server
+        return str(exc)
     if isinstance(exc, AuthenticationError):
         return f"Redis refused the credentials ({exc}): check STREAMREC_REDIS_URL"
     if isinstance(exc, ConnectionError | TimeoutError):
@@ -140,13 +145,10 @@ def dev(services: str, ingest_workers: int, scorers: int) -> None:
     try:
         stack.start()
         env_file = run_dir / "streamrec.env"
-        env_file.write_text(
-            f"export STREAMREC_KAFKA_BOOTSTRAP={stack.settings.kafka_bootstrap}\n"
-            f"export STREAMREC_REDIS_URL={stack.settings.redis_url}\n"
-        )
+        env_file.write_text(dev_env_file(stack.settings))
         click.echo(f"streamrec is running; logs in {run_dir}/")
         click.echo(f"  Kafka:  {stack.settings.kafka_bootstrap}   topic {stack.settings.topic_interactions}")
-        click.echo(f"  Redis:  {stack.settings.redis_url}")
+        click.echo(f"  Redis:  {redacted_url(stack.settings.redis_url)}")
         if "api" in stack.services:
             click.echo(f"  HTTP:   http://{stack.settings.api_host}:{stack.settings.api_port}")
         for name, port in stack.ops_ports.items():
@@ -160,6 +162,28 @@ def dev(services: str, ingest_workers: int, scorers: int) -> None:
         click.echo("stopping…")
     finally:
         stack.stop()
+
+
+def dev_env_file(settings: Settings) -> str:
+    """``streamrec.env`` of a dev run: the servers to point another shell at, without passwords.
+
+    The embedded Redis has no password, so its URL is written as is. A Redis URL with a password
+    was configured by the user, who has it already (STREAMREC_REDIS_URL in their environment):
+    it is neither printed nor written to a file in the run folder, where it would outlive the run
+    and travel with logs that get shared.
+    """
+    lines = [f"export STREAMREC_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"]
+    url = settings.redis_url
+    if url is None:
+        pass
+    elif redacted_url(url) == url:
+        lines.append(f"export STREAMREC_REDIS_URL={url}")
+    else:
+        lines.append(
+            f"# STREAMREC_REDIS_URL={redacted_url(url)}: holds a password, so not written here; "
+            "use the STREAMREC_REDIS_URL you configured"
+        )
+    return "\n".join(lines) + "\n"
 
 
 @cli.command()
@@ -409,11 +433,12 @@ def replay(path: Path, speed: float, limit: int | None) -> None:
 def recommend(user_id: str, n: int, as_json: bool) -> None:
     """Print a user's recommendations (one Redis lookup; popular items for unknown users)."""
     from .client import RecommendationClient
+    from .shared.redis_connection import redis_url
 
     settings = _settings("recommend", log_format="console")
-    if settings.redis_url is None:
-        raise ConfigError("STREAMREC_REDIS_URL is not set: point it at your Redis (see `streamrec dev`)")
-    recs = RecommendationClient(settings=settings).get(user_id, n=n)
+    redis_url(settings)  # a ConfigError saying how to set it, if unset
+    with RecommendationClient(settings=settings) as client:
+        recs = client.get(user_id, n=n)
     if recs is None:
         raise UserError(f"no recommendations for {user_id!r} and no popular fallback yet in Redis")
     if as_json:

@@ -18,11 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-import redis.asyncio
-
 from .shared.contracts import CachedList, RedisKeys, Source
 from .shared.events import normalise_id
+from .shared.redis_connection import connect, connect_async, explained
 from .shared.settings import ConfigError, Settings, load_settings
 
 DEFAULT_N = 20
@@ -87,30 +85,38 @@ def _check_n(n: int) -> None:
 
 def _connection_target(
     redis_url: str | None, prefix: str | None, settings: Settings | None
-) -> tuple[str, RedisKeys]:
-    """The URL and key layout to read: explicit arguments first, then settings, then the environment."""
-    if redis_url is None or prefix is None:
-        settings = settings or load_settings()
-        redis_url = redis_url or settings.redis_url
-        prefix = prefix or settings.redis_prefix
+) -> tuple[Settings, str, RedisKeys]:
+    """Settings (for the TLS files), URL and key layout to read: explicit arguments first, then
+    settings, then the environment."""
+    settings = settings or load_settings()
+    redis_url = redis_url or settings.redis_url
     if redis_url is None:
         raise ConfigError("no Redis URL: pass redis_url or set STREAMREC_REDIS_URL")
-    return redis_url, RedisKeys(prefix)
+    return settings, redis_url, RedisKeys(prefix or settings.redis_prefix)
 
 
 class RecommendationClient:
     """Reads recommendations from Redis (blocking; see :class:`AsyncRecommendationClient`).
 
     ``redis_url`` defaults to ``settings.redis_url`` (``STREAMREC_REDIS_URL`` if no settings are
-    given), ``prefix`` to ``settings.redis_prefix`` (``"streamrec"`` unless configured).
+    given), ``prefix`` to ``settings.redis_prefix`` (``"streamrec"`` unless configured). The URL may
+    carry a user and password (``redis://user:password@host:6379/0``); ``rediss://`` uses TLS with
+    the ``STREAMREC_REDIS_TLS_*`` files of the settings.
+
+    Refused credentials raise :class:`~streamrec.shared.redis_connection.RedisCredentialsError` at
+    once (a ``redis.AuthenticationError`` with a clear message); a missing ACL permission raises
+    ``RedisPermissionError``. Neither message contains the password.
     """
 
     def __init__(
         self, redis_url: str | None = None, prefix: str | None = None, settings: Settings | None = None
     ) -> None:
-        url, self.keys = _connection_target(redis_url, prefix, settings)
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=SOCKET_TIMEOUT_SECONDS
+        settings, self._url, self.keys = _connection_target(redis_url, prefix, settings)
+        self._redis = connect(
+            settings,
+            url=self._url,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            connect_timeout=SOCKET_TIMEOUT_SECONDS,
         )
 
     def get(self, user_id: str | int, n: int = DEFAULT_N) -> Recommendations | None:
@@ -120,19 +126,22 @@ class RecommendationClient:
         """
         _check_n(n)
         user = resolve_user_id(user_id)
-        personal = decode(user, self._redis.get(self.keys.recs(user)), n, fallback=False)
-        if personal is not None:
-            return personal
-        return decode(user, self._redis.get(self.keys.popular), n, fallback=True)
+        with explained(self._url):
+            personal = decode(user, self._redis.get(self.keys.recs(user)), n, fallback=False)
+            if personal is not None:
+                return personal
+            return decode(user, self._redis.get(self.keys.popular), n, fallback=True)
 
     def model_version(self) -> str | None:
         """The model version the scorer serves, or None before the first model."""
-        raw = self._redis.get(self.keys.model)
+        with explained(self._url):
+            raw = self._redis.get(self.keys.model)
         return None if raw is None else raw.decode()
 
     def ping(self) -> bool:
         """True if Redis answers (raises redis.RedisError if it does not)."""
-        return bool(self._redis.ping())
+        with explained(self._url):
+            return bool(self._redis.ping())
 
     def close(self) -> None:
         """Close the connections."""
@@ -151,28 +160,34 @@ class AsyncRecommendationClient:
     def __init__(
         self, redis_url: str | None = None, prefix: str | None = None, settings: Settings | None = None
     ) -> None:
-        url, self.keys = _connection_target(redis_url, prefix, settings)
-        self._redis = redis.asyncio.Redis.from_url(
-            url, socket_timeout=SOCKET_TIMEOUT_SECONDS, socket_connect_timeout=SOCKET_TIMEOUT_SECONDS
+        settings, self._url, self.keys = _connection_target(redis_url, prefix, settings)
+        self._redis = connect_async(
+            settings,
+            url=self._url,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            connect_timeout=SOCKET_TIMEOUT_SECONDS,
         )
 
     async def get(self, user_id: str | int, n: int = DEFAULT_N) -> Recommendations | None:
         """The user's top ``n``; the popular list (source "fallback") if the user has none; else None."""
         _check_n(n)
         user = resolve_user_id(user_id)
-        personal = decode(user, await self._redis.get(self.keys.recs(user)), n, fallback=False)
-        if personal is not None:
-            return personal
-        return decode(user, await self._redis.get(self.keys.popular), n, fallback=True)
+        with explained(self._url):
+            personal = decode(user, await self._redis.get(self.keys.recs(user)), n, fallback=False)
+            if personal is not None:
+                return personal
+            return decode(user, await self._redis.get(self.keys.popular), n, fallback=True)
 
     async def model_version(self) -> str | None:
         """The model version the scorer serves, or None before the first model."""
-        raw = await self._redis.get(self.keys.model)
+        with explained(self._url):
+            raw = await self._redis.get(self.keys.model)
         return None if raw is None else raw.decode()
 
     async def ping(self) -> bool:
         """True if Redis answers (raises redis.RedisError if it does not)."""
-        return bool(await self._redis.ping())
+        with explained(self._url):
+            return bool(await self._redis.ping())
 
     async def close(self) -> None:
         """Close the connections."""

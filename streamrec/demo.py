@@ -23,6 +23,8 @@ from .processes import StackError
 from .publisher import Publisher, check_dataset_events, dataset_events, publish_stream
 from .shared.contracts import CachedList, RedisKeys
 from .shared.datasets import in_time_order, load_interactions
+from .shared.redaction import redacted_url
+from .shared.redis_connection import connect
 from .shared.settings import Settings
 from .stack import Stack, new_run_dir, settings_for_run
 from .synthetic import generate
@@ -58,7 +60,8 @@ def run_demo(
     with Stack(settings_for_run(settings, run_dir), run_dir, ("ingest", "scorer", "api")) as stack:
         live = stack.settings
         click.echo(
-            f"[1/4] stack up  Kafka {live.kafka_bootstrap}  Redis {live.redis_url}  HTTP :{live.api_port}"
+            f"[1/4] stack up  Kafka {live.kafka_bootstrap}  Redis {redacted_url(live.redis_url)}  "
+            f"HTTP :{live.api_port}"
         )
 
         click.echo("[2/4] streaming events into Kafka")
@@ -88,7 +91,7 @@ def run_demo(
             )
 
         click.echo("[4/4] scorer refreshing every user's recommendations")
-        store = redis.Redis.from_url(live.redis_url or "")
+        store = connect(live)
         keys = RedisKeys(live.redis_prefix)
         user_ids = sorted(frame.user_id.unique())
 

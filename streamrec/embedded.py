@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .processes import ChildProcess, StackError, free_port, spawn, wait_for_port
 from .shared.logs import get_logger
+from .shared.redaction import redacted_url
 from .shared.settings import Settings
 from .topics import create_topics
 
@@ -101,7 +102,7 @@ def start_missing_servers(settings: Settings, run_dir: Path) -> EmbeddedServers:
             child, url = start_redis(run_dir)
             servers.processes.append(child)
             updates["redis_url"] = url
-            log.info("embedded redis started", extra={"redis_url": url, "pid": child.pid})
+            log.info("embedded redis started", extra={"redis_url": redacted_url(url), "pid": child.pid})
         servers.settings = settings.model_copy(update=updates)
         create_topics(servers.settings)
     except BaseException:

@@ -6,11 +6,13 @@
 - ``GET /metrics`` — Prometheus: requests by endpoint and status, and their latency.
 
 Errors are JSON ``{"detail": "..."}``: 422 for a bad user id or n, 503 while Redis is unreachable.
+The api does not start with credentials Redis refuses (one clear error line, exit code 2).
 """
 
 # No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime, and
 # the `n` bound comes from `settings` in create_app's scope, which a string annotation cannot see.
 
+import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,8 +24,10 @@ from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 
-from ..client import DEFAULT_N, AsyncRecommendationClient, resolve_user_id
+from ..client import DEFAULT_N, AsyncRecommendationClient, RecommendationClient, resolve_user_id
 from ..shared.logs import get_logger
+from ..shared.redaction import redacted_url
+from ..shared.redis_connection import is_permanent
 from ..shared.settings import ConfigError, Settings
 
 log = get_logger(__name__)
@@ -66,8 +70,10 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(_request: Request, exc: redis.RedisError) -> JSONResponse:
-        # Any Redis failure is the backend being unavailable to this read-only service.
-        log.warning("Redis request failed", extra={"error": str(exc), "error_type": type(exc).__name__})
+        # Any Redis failure is the backend being unavailable to this read-only service; refused
+        # credentials (e.g. a password rotated on the server) are an error to fix, not to wait out.
+        level = logging.ERROR if is_permanent(exc) else logging.WARNING
+        log.log(level, "Redis request failed", extra={"error": str(exc), "error_type": type(exc).__name__})
         return JSONResponse(
             status_code=503, content={"detail": f"recommendations store (Redis) is unavailable: {exc}"}
         )
@@ -114,9 +120,32 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def check_redis_access(settings: Settings) -> None:
+    """Refuse to start if Redis refuses the credentials or the reads (ACL); the message names the
+    user and server. An unreachable Redis is only logged: ``/readyz`` answers 503 until it is back.
+    """
+    client = RecommendationClient(settings=settings)
+    try:
+        client.ping()
+        client.model_version()  # a GET of a streamrec key: the ACL user may read them
+    except redis.ConnectionError as exc:
+        if is_permanent(exc):
+            raise
+        log.warning(
+            "Redis unreachable at start; /readyz answers 503 until it answers",
+            extra={"redis": redacted_url(settings.redis_url), "error": str(exc)},
+        )
+    finally:
+        client.close()
+
+
 def run(settings: Settings) -> None:
-    """Serve the API with uvicorn on ``settings.api_host:settings.api_port`` until SIGINT/SIGTERM."""
+    """Serve the API with uvicorn on ``settings.api_host:settings.api_port`` until SIGINT/SIGTERM.
+
+    Raises a ConfigError (exit code 2 from the CLI) at once if Redis refuses the credentials.
+    """
     app = create_app(settings)
+    check_redis_access(settings)
     log.info("api starting", extra={"host": settings.api_host, "port": settings.api_port})
     # log_config=None: keep streamrec's structured logging instead of uvicorn's own format.
     uvicorn.run(app, host=settings.api_host, port=settings.api_port, log_config=None)

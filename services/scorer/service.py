@@ -43,6 +43,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from ..shared.contracts import CachedList, ModelAnnouncement, PopularItems, RedisKeys, UserFeatures
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
+from ..shared.redis_connection import connect, explain, is_permanent
 from ..shared.registry import ModelIntegrityError, ModelRegistry
 from ..shared.settings import ConfigError, Settings
 from ..topics import existing_topics
@@ -58,7 +59,7 @@ STARTUP_FALLBACK_VERSIONS = 3  # earlier promoted versions tried at start-up whe
 RETRY_FIRST_DELAY_SECONDS = 0.2
 RETRY_MAX_DELAY_SECONDS = 5.0
 # Redis failures worth waiting out: the server is down, restarting, loading, failing over or full.
-# Anything else (wrong password, a bug) is raised.
+# Anything else (wrong password, missing ACL permission, a bug) is raised.
 RETRYABLE_REDIS_ERRORS: tuple[type[Exception], ...] = (
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
@@ -138,9 +139,9 @@ class ScorerService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.bootstrap, redis_url = settings.require_servers()
+        self.bootstrap, self.redis_url = settings.require_servers()
         self.keys = RedisKeys(settings.redis_prefix)
-        self.redis = redis.Redis.from_url(redis_url, socket_timeout=10.0, socket_connect_timeout=5.0)
+        self.redis = connect(settings, url=self.redis_url, socket_timeout=10.0, connect_timeout=5.0)
         self.registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings
         self.ttl = settings.recs_ttl_seconds or None
 
@@ -442,9 +443,13 @@ class ScorerService:
         while True:
             try:
                 result = action()
-            except redis.exceptions.AuthenticationError:
-                raise  # a configuration problem, not an outage
-            except (redis.exceptions.ConnectionError, *RETRYABLE_REDIS_ERRORS) as exc:
+            except redis.exceptions.RedisError as exc:
+                # Refused credentials, a missing ACL permission or an unverifiable TLS certificate
+                # are configuration problems, not outages: stop with one clear line (no password).
+                if is_permanent(clear := explain(exc, self.redis_url)):
+                    raise clear from exc
+                if not isinstance(exc, (redis.exceptions.ConnectionError, *RETRYABLE_REDIS_ERRORS)):
+                    raise
                 failures += 1
                 self.redis_ok = False
                 REDIS_WRITE_ERRORS.inc()
