@@ -74,8 +74,9 @@ def create_app(settings: Settings) -> FastAPI:
         # credentials (e.g. a password rotated on the server) are an error to fix, not to wait out.
         level = logging.ERROR if is_permanent(exc) else logging.WARNING
         log.log(level, "Redis request failed", extra={"error": str(exc), "error_type": type(exc).__name__})
+        # The cause goes to the log only: it names servers and accounts a client has no business seeing.
         return JSONResponse(
-            status_code=503, content={"detail": f"recommendations store (Redis) is unavailable: {exc}"}
+            status_code=503, content={"detail": "recommendations store (Redis) is unavailable"}
         )
 
     @app.get("/users/{user_id}/recommendations")

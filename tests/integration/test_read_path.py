@@ -124,8 +124,17 @@ def test_api_answers_503_not_a_traceback_when_redis_is_down() -> None:
     with TestClient(create_app(settings_for(dead)), raise_server_exceptions=False) as http:
         response = http.get("/users/42/recommendations")
         assert response.status_code == 503 and "Redis" in response.json()["detail"]
+        assert dead.split("//")[1].split("/")[0] not in response.text  # no internal address leaks
         assert http.get("/readyz").status_code == 503
         assert http.get("/healthz").status_code == 200
+
+
+def test_api_is_read_only(store: redis.Redis, redis_url: str) -> None:
+    with TestClient(create_app(settings_for(redis_url))) as http:
+        for method in ("POST", "PUT", "PATCH", "DELETE"):
+            response = http.request(method, "/users/42/recommendations", json={"items": ["x"]})
+            assert response.status_code == 405, method
+    assert CachedList.decode(store.get(RedisKeys(PREFIX).recs("42"))) == PERSONAL  # untouched
 
 
 def test_lists_written_as_json_by_an_older_scorer_are_still_served(
