@@ -302,7 +302,7 @@ def env_example_problems(text: str) -> list[str]:
             continue
         name = match["key"].removeprefix(ENV_PREFIX).lower()
         default = MODEL_DEFAULTS[default_model].get(name, Settings.model_fields[name].default)
-        if match["value"] != str(default):
+        if match["value"] != ("" if default is None else str(default)):  # empty = unset
             problems.append(
                 f"{match['key']}: .env.example shows {match['value']!r}, the default is {default!r}"
             )
