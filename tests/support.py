@@ -86,7 +86,7 @@ class LiveStack:
 
     def feature_updates(self) -> MessageCounter:
         """A counter of user-features messages: ingest sends one per accepted event."""
-        return MessageCounter(self.settings.kafka_bootstrap or "", self.settings.topic_user_features)
+        return MessageCounter(self.settings, self.settings.topic_user_features)
 
 
 @dataclass
@@ -216,3 +216,44 @@ class TcpProxy:
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA, a server certificate it signed for 127.0.0.1, and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing here: trusting only it must fail the handshake
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Generate :class:`TlsFiles` with the openssl CLI (1-day RSA keys, no passwords)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    for ca in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN=streamrec test {ca}",
+                "-keyout", f"{ca}.key", "-out", f"{ca}.pem")  # fmt: skip
+    extensions = {
+        "server": "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        "client": "extendedKeyUsage=clientAuth\n",
+    }
+    for name, extension in extensions.items():
+        (directory / f"{name}.ext").write_text("basicConstraints=CA:FALSE\n" + extension)
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem")  # fmt: skip
+    return TlsFiles(
+        ca=directory / "ca.pem",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client.key",
+        other_ca=directory / "other-ca.pem",
+    )

@@ -33,6 +33,7 @@ from faust.types import TP
 
 from ..shared.contracts import DeadLetter, PopularItems, UserFeatures
 from ..shared.events import Interaction, Rejection, parse_event
+from ..shared.kafka_config import faust_credentials
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
 from ..shared.settings import ConfigError, Settings
@@ -119,6 +120,7 @@ def create_app(settings: Settings) -> faust.App:
     app = IngestApp(
         APP_ID,
         broker=_kafka_urls(settings),
+        broker_credentials=faust_credentials(settings),  # SASL / TLS: shared/kafka_config.py
         store="rocksdb://",
         datadir=str(settings.data_dir / "ingest"),
         topic_partitions=settings.partitions,
