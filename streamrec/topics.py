@@ -19,6 +19,10 @@ class KafkaUnavailable(RuntimeError):
     """The broker could not be reached; the message names it."""
 
 
+class KafkaRefused(KafkaUnavailable):
+    """The broker was reached but refused the client: SASL login or TLS handshake failed."""
+
+
 def _admin(settings: Settings, on_error: Callable[[Any], None] | None = None) -> Any:
     from confluent_kafka.admin import AdminClient
 
@@ -32,8 +36,8 @@ _FATAL_CONNECT_ERRORS = ("_AUTHENTICATION", "_SSL")
 def existing_topics(settings: Settings, timeout: float = 10.0) -> dict[str, int]:
     """Topic name -> partition count; raises KafkaUnavailable when the broker does not answer.
 
-    A failed SASL authentication or TLS handshake is raised as soon as the client reports it,
-    with its reason, rather than after ``timeout`` as a bare "transport failure".
+    A failed SASL authentication or TLS handshake is raised as KafkaRefused as soon as the client
+    reports it, with its reason, rather than after ``timeout`` as a bare "transport failure".
     """
     from confluent_kafka import KafkaException
 
@@ -43,23 +47,49 @@ def existing_topics(settings: Settings, timeout: float = 10.0) -> dict[str, int]
     admin = _admin(settings, errors.append)
     while True:
         try:
-            metadata = admin.list_topics(timeout=min(1.0 if errors else 5.0, timeout))
+            metadata = admin.list_topics(timeout=min(2.0, timeout))
             return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
         except KafkaException as exc:
-            fatal = [
-                error for error in errors if error.name() in _FATAL_CONNECT_ERRORS or "SSL" in error.str()
-            ]
+            admin.poll(0)  # serves error_cb: the reason behind a bare "transport failure"
+            fatal = [error for error in errors if error.name() in _FATAL_CONNECT_ERRORS]
             if fatal:
-                raise KafkaUnavailable(
-                    f"Kafka at {bootstrap} refused the connection ({fatal[-1].str()}): check the "
-                    "STREAMREC_KAFKA_SECURITY_PROTOCOL, _SASL_* and _SSL_* settings"
-                ) from None
+                problem, refused = (
+                    (
+                        f"Kafka at {bootstrap} refused the connection ({fatal[-1].str()}): check the "
+                        "STREAMREC_KAFKA_SECURITY_PROTOCOL, _SASL_* and _SSL_* settings"
+                    ),
+                    True,
+                )
+                break
             if time.monotonic() > deadline:
-                raise KafkaUnavailable(
-                    f"Kafka at {bootstrap} is unreachable ({exc.args[0].str()}): "
-                    "check STREAMREC_KAFKA_BOOTSTRAP and that the broker runs"
-                ) from None
+                problem, refused = (
+                    (
+                        f"Kafka at {bootstrap} is unreachable ({exc.args[0].str()}): "
+                        "check STREAMREC_KAFKA_BOOTSTRAP and that the broker runs"
+                    ),
+                    False,
+                )
+                break
             time.sleep(0.5)
+    del admin  # stop its retries now, not when the exception's frames are collected
+    raise (KafkaRefused if refused else KafkaUnavailable)(problem)
+
+
+def check_login(settings: Settings, timeout: float = 10.0) -> None:
+    """Raise KafkaRefused if the broker refuses the configured SASL login or TLS handshake.
+
+    For services whose own client reports that poorly (aiokafka, under Faust, fails a refused SCRAM
+    login with a bare ``KeyError``). An unreachable broker is not an error here: the service's
+    client keeps retrying it as usual.
+    """
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return
+    try:
+        existing_topics(settings, timeout)
+    except KafkaRefused:
+        raise
+    except KafkaUnavailable:
+        pass
 
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -136,10 +137,12 @@ class TcpProxy:
 
     Runs an asyncio loop on a daemon thread. Clients are pointed at :attr:`address`; the broker
     must advertise that address too, or clients would reconnect to it directly after bootstrap.
+    With ``tls`` it terminates TLS in front of a plaintext upstream, as a TLS load balancer does.
     """
 
-    def __init__(self, upstream: tuple[str, int], port: int) -> None:
+    def __init__(self, upstream: tuple[str, int], port: int, tls: ssl.SSLContext | None = None) -> None:
         self.upstream = upstream
+        self.tls = tls
         self.port = port
         self.address = f"127.0.0.1:{port}"
         self.connections = 0  # accepted while up, for the test's figures
@@ -154,7 +157,9 @@ class TcpProxy:
 
     def _serve(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self.tls)
+        )
         started.set()
         try:
             self._loop.run_forever()

@@ -37,6 +37,7 @@ from ..shared.kafka_config import faust_credentials
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
 from ..shared.settings import ConfigError, Settings
+from ..topics import check_login
 from .bundles import (
     event_bundle,
     group_by_partition,
@@ -342,6 +343,7 @@ class IngestWorker(faust.Worker):
 def run(settings: Settings) -> None:
     """Run the ingest worker until SIGINT/SIGTERM, then stop gracefully (commit offsets, flush)."""
     _kafka_urls(settings)  # fail with one clear line before anything starts
+    check_login(settings)  # likewise for a refused SASL login / TLS handshake
     (settings.data_dir / "ingest").mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = create_app(settings)
     log.info(
