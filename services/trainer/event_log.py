@@ -29,7 +29,7 @@ from ..shared.contracts import UserFeatures
 from ..shared.kafka_config import client_config
 from ..shared.logs import get_logger
 from ..shared.settings import ConfigError, Settings
-from ..topics import KafkaUnavailable
+from ..topics import KafkaUnavailable, check_login
 
 log = get_logger(__name__)
 
@@ -84,6 +84,7 @@ class EventLog:
     ) -> None:
         if settings.kafka_bootstrap is None:
             raise ConfigError("STREAMREC_KAFKA_BOOTSTRAP not set: the trainer reads its events from Kafka")
+        check_login(settings)  # a refused SASL login / TLS handshake in one line, at once
         self.topic = settings.topic_user_features
         self.directory = directory or settings.data_dir / "trainer"
         self.keep_events = keep_events or settings.train_window_events
