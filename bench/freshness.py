@@ -50,6 +50,7 @@ from streamrec.ingest.bundles import unbundle_events
 from streamrec.processes import StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import RedisKeys
+from streamrec.shared.kafka_config import aiokafka_config, client_config
 from streamrec.shared.redis_connection import connect, connect_async
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
@@ -169,9 +170,7 @@ def _progress(line: str) -> None:
 
 
 def _producer(settings: Settings) -> AIOKafkaProducer:
-    return AIOKafkaProducer(
-        bootstrap_servers=settings.kafka_bootstrap, linger_ms=PRODUCER_LINGER_MS, acks="all"
-    )
+    return AIOKafkaProducer(**aiokafka_config(settings, linger_ms=PRODUCER_LINGER_MS, acks="all"))
 
 
 # --- one run --------------------------------------------------------------------------------------
@@ -257,12 +256,10 @@ async def _freshness(
 async def _one_hop(settings: Settings, size: Size, run: int) -> list[float]:
     """Latencies (ms) of the same producer at the same rate, read back by one consumer."""
     topic = BASELINE_TOPIC.format(run=run)
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 4})
+    admin = AdminClient(client_config(settings, {"log_level": 4}))
     for future in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
         future.result(30)
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.kafka_bootstrap, fetch_max_wait_ms=settings.kafka_fetch_wait_ms
-    )
+    consumer = AIOKafkaConsumer(**aiokafka_config(settings, fetch_max_wait_ms=settings.kafka_fetch_wait_ms))
     await consumer.start()
     producer = _producer(settings)
     await producer.start()
@@ -310,7 +307,7 @@ def _traced_topics(settings: Settings) -> list[str]:
 
 def _marks(settings: Settings) -> dict[tuple[str, int], int]:
     """Where the traced topics end now, so that the trace after a run skips what came before."""
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": TRACED_GROUP})
+    consumer = Consumer(client_config(settings, {"group.id": TRACED_GROUP}))
     try:
         # Tansu may report less than the log end (see streamrec.topics.MessageCounter): the trace
         # also filters by event id, so starting a little early is harmless.
@@ -331,7 +328,7 @@ def _trace(
     prefix = f'"fresh{run}-'.encode()
     validated: dict[str, float] = {}
     built: dict[str, float] = {}
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": TRACED_GROUP})
+    consumer = Consumer(client_config(settings, {"group.id": TRACED_GROUP}))
     try:
         consumer.assign([KafkaPartition(topic, p, offset) for (topic, p), offset in marks.items()])
         wanted = len(tracker.updated_at)
@@ -422,7 +419,7 @@ def _warm_up(stack: Stack, size: Size) -> tuple[list[str], list[str], str]:
     settings = stack.settings
     events = generate(users=size.users, items=max(200, size.users // 5), events_per_user=(3, 8), seed=11)
     users = sorted(events.user_id.unique())
-    counter = MessageCounter(settings.kafka_bootstrap or "", settings.topic_user_features)
+    counter = MessageCounter(settings, settings.topic_user_features)
     try:
         _progress(f"  warm-up: {len(events):,} events over {len(users):,} users")
         with Publisher(settings=settings) as publisher:

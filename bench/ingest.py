@@ -31,6 +31,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from streamrec.embedded import start_missing_servers
 from streamrec.processes import ChildProcess, spawn
 from streamrec.publisher import Publisher, dataset_events, publish_stream
+from streamrec.shared.kafka_config import aiokafka_config, client_config
 from streamrec.shared.settings import Settings
 from streamrec.synthetic import generate
 
@@ -40,10 +41,10 @@ from .plots import throughput_bars
 PARTITIONS = 4
 
 
-async def _bare_consumer_rate(bootstrap: str, topic: str, expected: int) -> float:
+async def _bare_consumer_rate(settings: Settings, topic: str, expected: int) -> float:
     """Events/s of reading and JSON-decoding ``expected`` messages (timed from the first one)."""
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=50
+        topic, **aiokafka_config(settings, group_id=None, auto_offset_reset="earliest", fetch_max_wait_ms=50)
     )
     await consumer.start()
     try:
@@ -67,9 +68,7 @@ def _ingest_rate(settings: Settings, run_dir: Path, expected: int, workers: int 
     tables) and 1% of the output arrived, to the last event, so start-up is left out.
     """
     topic = settings.topic_user_features
-    output = Consumer(
-        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "bench", "fetch.wait.max.ms": 50}
-    )
+    output = Consumer(client_config(settings, {"group.id": "bench", "fetch.wait.max.ms": 50}))
     output.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
     started = start_workers(settings, run_dir, workers)
     try:
@@ -143,8 +142,7 @@ def run(quick: bool) -> list[Section]:
     for n in range(1 if quick else RUNS):
         print(f"  ingest run {n + 1}: one worker…", file=sys.stderr, flush=True)
         with filled_broker(events) as (settings, run_dir, sent):
-            bootstrap = settings.kafka_bootstrap or ""
-            bare.append(asyncio.run(_bare_consumer_rate(bootstrap, settings.topic_interactions, sent)))
+            bare.append(asyncio.run(_bare_consumer_rate(settings, settings.topic_interactions, sent)))
             one_worker.append(_ingest_rate(settings, run_dir, sent))
         print(f"  ingest run {n + 1}: two workers…", file=sys.stderr, flush=True)
         with filled_broker(events) as (settings, run_dir, sent):

@@ -44,6 +44,7 @@ from streamrec.processes import ChildProcess, StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.scorer.service import SCORER_GROUP
 from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.kafka_config import client_config
 from streamrec.shared.redis_connection import connect
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
@@ -135,14 +136,16 @@ class Progress:
 
     def __init__(self, settings: Settings) -> None:
         self.topic = settings.topic_user_features
-        config = {"bootstrap.servers": settings.kafka_bootstrap, "enable.auto.commit": False}
-        self._reader = Consumer({**config, "group.id": f"bench-memory-{uuid.uuid4().hex}"})
+        config = {"enable.auto.commit": False}
+        self._reader = Consumer(
+            client_config(settings, {**config, "group.id": f"bench-memory-{uuid.uuid4().hex}"})
+        )
         self._partitions = [TopicPartition(self.topic, p) for p in range(settings.partitions)]
         self._reader.assign(
             [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)]
         )
         # Never subscribes, so it never joins the scorers' group: it only reads their commits.
-        self._scorers = Consumer({**config, "group.id": SCORER_GROUP})
+        self._scorers = Consumer(client_config(settings, {**config, "group.id": SCORER_GROUP}))
         self.ingested = 0
 
     def update(self) -> tuple[int, int]:

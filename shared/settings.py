@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, PrivateAttr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .redaction import redacted_url
@@ -98,6 +98,32 @@ class Settings(BaseSettings):
         10_000,
         ge=1000,
         description="Consumer group session timeout: how fast a dead consumer's partitions move.",
+    )
+
+    # --- Kafka security (shared/kafka_config.py turns these into every client's config) ---
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT",
+        description="How clients talk to Kafka: PLAINTEXT, SSL (TLS), SASL_PLAINTEXT (SASL without TLS: "
+        "the password crosses the network readable, test setups only) or SASL_SSL.",
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism (SASL_* protocols): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512."
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user name (required by SASL_*).")
+    kafka_sasl_password: SecretStr | None = Field(
+        None, description="SASL password (required by SASL_*); never logged or printed."
+    )
+    kafka_ssl_ca_file: Path | None = Field(
+        None,
+        description="PEM file of the CA(s) that signed the broker certificates (SSL, SASL_SSL). "
+        "Unset: the system trust store.",
+    )
+    kafka_ssl_cert_file: Path | None = Field(
+        None, description="PEM client certificate, for brokers that require mutual TLS (with the key file)."
+    )
+    kafka_ssl_key_file: Path | None = Field(None, description="PEM private key of the client certificate.")
+    kafka_ssl_key_password: SecretStr | None = Field(
+        None, description="Password of an encrypted client key file; never logged or printed."
     )
 
     # --- storage ---------------------------------------------------------------------------
@@ -256,6 +282,60 @@ class Settings(BaseSettings):
         for name, value in super().__repr_args__():
             yield name, redacted_url(value) if name == "redis_url" else value
 
+    @field_validator(
+        "kafka_sasl_username",
+        "kafka_sasl_password",
+        "kafka_ssl_ca_file",
+        "kafka_ssl_cert_file",
+        "kafka_ssl_key_file",
+        "kafka_ssl_key_password",
+        mode="before",
+    )
+    @classmethod
+    def _blank_kafka_security_is_unset(cls, value: object) -> object:
+        # An empty line in .env (`STREAMREC_KAFKA_SASL_PASSWORD=`) means "not set", not "empty".
+        return None if isinstance(value, str) and not value else value
+
+    @field_validator("kafka_ssl_ca_file", "kafka_ssl_cert_file", "kafka_ssl_key_file")
+    @classmethod
+    def _file_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_kafka_security(self) -> Settings:
+        protocol = self.kafka_security_protocol
+        sasl, tls = protocol.startswith("SASL_"), protocol in ("SSL", "SASL_SSL")
+        p = ENV_PREFIX + "KAFKA_"
+        if sasl and (self.kafka_sasl_username is None or self.kafka_sasl_password is None):
+            raise ValueError(f"{p}SECURITY_PROTOCOL={protocol} needs {p}SASL_USERNAME and {p}SASL_PASSWORD")
+        if not sasl and (self.kafka_sasl_username is not None or self.kafka_sasl_password is not None):
+            raise ValueError(
+                f"{p}SASL_USERNAME/PASSWORD are set but {p}SECURITY_PROTOCOL={protocol} does not use them: "
+                "set it to SASL_SSL (or SASL_PLAINTEXT)"
+            )
+        ssl_files = [
+            name
+            for name in (
+                "kafka_ssl_ca_file",
+                "kafka_ssl_cert_file",
+                "kafka_ssl_key_file",
+                "kafka_ssl_key_password",
+            )
+            if getattr(self, name) is not None
+        ]
+        if ssl_files and not tls:
+            raise ValueError(
+                f"{', '.join(ENV_PREFIX + n.upper() for n in ssl_files)} set but {p}SECURITY_PROTOCOL={protocol} "
+                "does not use TLS: set it to SSL or SASL_SSL"
+            )
+        if (self.kafka_ssl_cert_file is None) != (self.kafka_ssl_key_file is None):
+            raise ValueError(f"{p}SSL_CERT_FILE and {p}SSL_KEY_FILE go together: set both or neither")
+        if self.kafka_ssl_key_password is not None and self.kafka_ssl_key_file is None:
+            raise ValueError(f"{p}SSL_KEY_PASSWORD is set without {p}SSL_KEY_FILE")
+        return self
+
     _model_dir_follows_data_dir: bool = PrivateAttr(False)
     _from_model_defaults: frozenset[str] = PrivateAttr(frozenset())
 
@@ -316,7 +396,9 @@ class Settings(BaseSettings):
                 name in self._from_model_defaults and value == MODEL_DEFAULTS[self.model][name]
             ):
                 continue
-            env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+            # A SecretStr prints as "**********": the child needs the secret itself.
+            text = value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+            env[f"{ENV_PREFIX}{name.upper()}"] = text
         return env
 
 
@@ -332,7 +414,10 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         problems = "; ".join(
+            # A check across settings (no loc) names its variables in its message.
             f"{ENV_PREFIX}{'.'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            if err["loc"]
+            else err["msg"].removeprefix("Value error, ")
             for err in exc.errors()
         )
         raise ConfigError(f"invalid configuration: {problems}") from None

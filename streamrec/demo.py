@@ -70,7 +70,7 @@ def run_demo(
         started = time.monotonic()
 
         # Ingest emits one user-features message per accepted event.
-        counter = MessageCounter(live.kafka_bootstrap or "", live.topic_user_features)
+        counter = MessageCounter(live, live.topic_user_features)
 
         _wait(
             stack,

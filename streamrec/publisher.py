@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from .shared.datasets import in_time_order, load_interactions
 from .shared.events import Rejection, validate_event
+from .shared.kafka_config import client_config
 from .shared.settings import Settings, load_settings
 from .topics import existing_topics
 
@@ -69,25 +70,29 @@ class Publisher:
         from confluent_kafka import Producer
 
         settings = settings or load_settings()
-        self.bootstrap = bootstrap or settings.kafka_bootstrap
-        if not self.bootstrap:
+        if bootstrap:
+            settings = settings.model_copy(update={"kafka_bootstrap": bootstrap})
+        if not settings.kafka_bootstrap:
             raise PublishError("no Kafka to publish to: pass bootstrap or set STREAMREC_KAFKA_BOOTSTRAP")
+        self.bootstrap = settings.kafka_bootstrap
         self.topic = topic or settings.topic_interactions
         # Fail now, in one line, rather than after the delivery timeout.
-        if self.topic not in existing_topics(self.bootstrap, timeout=connect_timeout):
+        if self.topic not in existing_topics(settings, timeout=connect_timeout):
             raise PublishError(
                 f"topic {self.topic!r} does not exist on {self.bootstrap}: run `streamrec topics create`"
             )
         self.max_future_seconds = settings.max_future_seconds
         self._producer = Producer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "linger.ms": linger_ms,
-                "acks": "all",
-                "enable.idempotence": False,
-                "message.timeout.ms": 30_000,
-                "log.connection.close": False,  # idle disconnects are normal, not worth a log line
-            }
+            client_config(
+                settings,
+                {
+                    "linger.ms": linger_ms,
+                    "acks": "all",
+                    "enable.idempotence": False,
+                    "message.timeout.ms": 30_000,
+                    "log.connection.close": False,  # idle disconnects are normal, not worth a log line
+                },
+            )
         )
         self._failures: list[str] = []
         self.sent = 0

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
+from typing import Any
 
 from .shared.contracts import topic_specs
+from .shared.kafka_config import client_config, require_bootstrap
 from .shared.logs import get_logger
-from .shared.settings import ConfigError, Settings
+from .shared.settings import Settings
 
 log = get_logger(__name__)
 
@@ -16,29 +19,77 @@ class KafkaUnavailable(RuntimeError):
     """The broker could not be reached; the message names it."""
 
 
-def _admin(bootstrap: str):
+class KafkaRefused(KafkaUnavailable):
+    """The broker was reached but refused the client: SASL login or TLS handshake failed."""
+
+
+def _admin(settings: Settings, on_error: Callable[[Any], None] | None = None) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": bootstrap})
+    return AdminClient(client_config(settings, {"error_cb": on_error} if on_error else None))
 
 
-def existing_topics(bootstrap: str, timeout: float = 10.0) -> dict[str, int]:
-    """Topic name -> partition count; raises KafkaUnavailable when the broker does not answer."""
+# librdkafka retries these forever; they will not heal by waiting, so report them at once.
+_FATAL_CONNECT_ERRORS = ("_AUTHENTICATION", "_SSL")
+
+
+def existing_topics(settings: Settings, timeout: float = 10.0) -> dict[str, int]:
+    """Topic name -> partition count; raises KafkaUnavailable when the broker does not answer.
+
+    A failed SASL authentication or TLS handshake is raised as KafkaRefused as soon as the client
+    reports it, with its reason, rather than after ``timeout`` as a bare "transport failure".
+    """
     from confluent_kafka import KafkaException
 
+    bootstrap = require_bootstrap(settings)
     deadline = time.monotonic() + timeout
-    admin = _admin(bootstrap)
+    errors: list[Any] = []
+    admin = _admin(settings, errors.append)
     while True:
         try:
-            metadata = admin.list_topics(timeout=min(5.0, timeout))
+            metadata = admin.list_topics(timeout=min(2.0, timeout))
             return {name: len(topic.partitions) for name, topic in metadata.topics.items()}
         except KafkaException as exc:
+            admin.poll(0)  # serves error_cb: the reason behind a bare "transport failure"
+            fatal = [error for error in errors if error.name() in _FATAL_CONNECT_ERRORS]
+            if fatal:
+                problem, refused = (
+                    (
+                        f"Kafka at {bootstrap} refused the connection ({fatal[-1].str()}): check the "
+                        "STREAMREC_KAFKA_SECURITY_PROTOCOL, _SASL_* and _SSL_* settings"
+                    ),
+                    True,
+                )
+                break
             if time.monotonic() > deadline:
-                raise KafkaUnavailable(
-                    f"Kafka at {bootstrap} is unreachable ({exc.args[0].str()}): "
-                    "check STREAMREC_KAFKA_BOOTSTRAP and that the broker runs"
-                ) from None
+                problem, refused = (
+                    (
+                        f"Kafka at {bootstrap} is unreachable ({exc.args[0].str()}): "
+                        "check STREAMREC_KAFKA_BOOTSTRAP and that the broker runs"
+                    ),
+                    False,
+                )
+                break
             time.sleep(0.5)
+    del admin  # stop its retries now, not when the exception's frames are collected
+    raise (KafkaRefused if refused else KafkaUnavailable)(problem)
+
+
+def check_login(settings: Settings, timeout: float = 10.0) -> None:
+    """Raise KafkaRefused if the broker refuses the configured SASL login or TLS handshake.
+
+    For services whose own client reports that poorly (aiokafka, under Faust, fails a refused SCRAM
+    login with a bare ``KeyError``). An unreachable broker is not an error here: the service's
+    client keeps retrying it as usual.
+    """
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return
+    try:
+        existing_topics(settings, timeout)
+    except KafkaRefused:
+        raise
+    except KafkaUnavailable:
+        pass
 
 
 def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
@@ -46,10 +97,7 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import NewTopic
 
-    bootstrap = settings.kafka_bootstrap
-    if bootstrap is None:
-        raise ConfigError("STREAMREC_KAFKA_BOOTSTRAP is not set: point it at your Kafka")
-    existing = existing_topics(bootstrap, timeout)
+    existing = existing_topics(settings, timeout)
     new = [
         NewTopic(spec.name, num_partitions=spec.partitions, replication_factor=settings.replication_factor)
         for spec in topic_specs(settings)
@@ -57,7 +105,7 @@ def create_topics(settings: Settings, timeout: float = 30.0) -> list[str]:
     ]
     if not new:
         return []
-    admin = _admin(bootstrap)  # keep a reference: a collected AdminClient cancels its futures
+    admin = _admin(settings)  # keep a reference: a collected AdminClient cancels its futures
     for name, future in admin.create_topics(new, operation_timeout=timeout).items():
         try:
             future.result()
@@ -75,16 +123,18 @@ class MessageCounter:
     use) reports the last batch's base offset + 1 instead of the log end.
     """
 
-    def __init__(self, bootstrap: str, topic: str) -> None:
+    def __init__(self, settings: Settings, topic: str) -> None:
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": f"streamrec-counter-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "fetch.wait.max.ms": 100,
-            }
+            client_config(
+                settings,
+                {
+                    "group.id": f"streamrec-counter-{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    "fetch.wait.max.ms": 100,
+                },
+            )
         )
         partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])

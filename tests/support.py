@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 import subprocess
 import sys
 import threading
@@ -86,7 +87,7 @@ class LiveStack:
 
     def feature_updates(self) -> MessageCounter:
         """A counter of user-features messages: ingest sends one per accepted event."""
-        return MessageCounter(self.settings.kafka_bootstrap or "", self.settings.topic_user_features)
+        return MessageCounter(self.settings, self.settings.topic_user_features)
 
 
 @dataclass
@@ -136,10 +137,12 @@ class TcpProxy:
 
     Runs an asyncio loop on a daemon thread. Clients are pointed at :attr:`address`; the broker
     must advertise that address too, or clients would reconnect to it directly after bootstrap.
+    With ``tls`` it terminates TLS in front of a plaintext upstream, as a TLS load balancer does.
     """
 
-    def __init__(self, upstream: tuple[str, int], port: int) -> None:
+    def __init__(self, upstream: tuple[str, int], port: int, tls: ssl.SSLContext | None = None) -> None:
         self.upstream = upstream
+        self.tls = tls
         self.port = port
         self.address = f"127.0.0.1:{port}"
         self.connections = 0  # accepted while up, for the test's figures
@@ -154,7 +157,9 @@ class TcpProxy:
 
     def _serve(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(self._handle, "127.0.0.1", self.port))
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", self.port, ssl=self.tls)
+        )
         started.set()
         try:
             self._loop.run_forever()
@@ -216,3 +221,44 @@ class TcpProxy:
         asyncio.run_coroutine_threadsafe(shutdown(), self._loop).result(10)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """A throwaway CA, a server certificate it signed for 127.0.0.1, and a client certificate."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    client_cert: Path
+    client_key: Path
+    other_ca: Path  # a CA that signed nothing here: trusting only it must fail the handshake
+
+
+def make_tls_files(directory: Path) -> TlsFiles:
+    """Generate :class:`TlsFiles` with the openssl CLI (1-day RSA keys, no passwords)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    for ca in ("ca", "other-ca"):
+        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", f"/CN=streamrec test {ca}",
+                "-keyout", f"{ca}.key", "-out", f"{ca}.pem")  # fmt: skip
+    extensions = {
+        "server": "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+        "client": "extendedKeyUsage=clientAuth\n",
+    }
+    for name, extension in extensions.items():
+        (directory / f"{name}.ext").write_text("basicConstraints=CA:FALSE\n" + extension)
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                "-keyout", f"{name}.key", "-out", f"{name}.csr")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+                "-days", "1", "-extfile", f"{name}.ext", "-out", f"{name}.pem")  # fmt: skip
+    return TlsFiles(
+        ca=directory / "ca.pem",
+        server_cert=directory / "server.pem",
+        server_key=directory / "server.key",
+        client_cert=directory / "client.pem",
+        client_key=directory / "client.key",
+        other_ca=directory / "other-ca.pem",
+    )

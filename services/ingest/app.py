@@ -33,9 +33,11 @@ from faust.types import TP
 
 from ..shared.contracts import DeadLetter, PopularItems, UserFeatures
 from ..shared.events import Interaction, Rejection, parse_event
+from ..shared.kafka_config import faust_credentials
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
 from ..shared.settings import ConfigError, Settings
+from ..topics import check_login
 from .bundles import (
     event_bundle,
     group_by_partition,
@@ -131,6 +133,7 @@ def create_app(settings: Settings) -> faust.App:
     app = IngestApp(
         APP_ID,
         broker=_kafka_urls(settings),
+        broker_credentials=faust_credentials(settings),  # SASL / TLS: shared/kafka_config.py
         store="rocksdb://",
         datadir=str(settings.data_dir / "ingest"),
         topic_partitions=settings.partitions,
@@ -359,6 +362,7 @@ class IngestWorker(faust.Worker):
 def run(settings: Settings) -> None:
     """Run the ingest worker until SIGINT/SIGTERM, then stop gracefully (commit offsets, flush)."""
     _kafka_urls(settings)  # fail with one clear line before anything starts
+    check_login(settings)  # likewise for a refused SASL login / TLS handshake
     (settings.data_dir / "ingest").mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
     app = create_app(settings)
     log.info(

@@ -41,6 +41,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaExcepti
 from prometheus_client import Counter, Gauge, Histogram
 
 from ..shared.contracts import CachedList, ModelAnnouncement, PopularItems, RedisKeys, UserFeatures
+from ..shared.kafka_config import client_config
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
 from ..shared.redis_connection import connect, explain, is_permanent
@@ -184,17 +185,19 @@ class ScorerService:
         self._reconcile_with_registry()
         self.control = self._control_consumer()
         self.users = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                "group.id": SCORER_GROUP,
-                "enable.auto.commit": False,  # committed by hand, after the lists are in Redis
-                "auto.offset.reset": "earliest",
-                "client.id": f"streamrec-scorer-{uuid.uuid4().hex[:8]}",
-                # Tansu answers a multi-partition fetch only when the wait is over, and holds a first
-                # join for half the session timeout: both bound how fresh the lists can be.
-                "fetch.wait.max.ms": self.settings.kafka_fetch_wait_ms,
-                "session.timeout.ms": self.settings.kafka_session_timeout_ms,
-            }
+            client_config(
+                self.settings,
+                {
+                    "group.id": SCORER_GROUP,
+                    "enable.auto.commit": False,  # committed by hand, after the lists are in Redis
+                    "auto.offset.reset": "earliest",
+                    "client.id": f"streamrec-scorer-{uuid.uuid4().hex[:8]}",
+                    # Tansu answers a multi-partition fetch only when the wait is over, and holds a first
+                    # join for half the session timeout: both bound how fresh the lists can be.
+                    "fetch.wait.max.ms": self.settings.kafka_fetch_wait_ms,
+                    "session.timeout.ms": self.settings.kafka_session_timeout_ms,
+                },
+            )
         )
         self.users.subscribe(
             [self.settings.topic_user_features], on_assign=self._on_assign, on_revoke=self._on_revoke
@@ -244,7 +247,7 @@ class ScorerService:
     # --- start-up ----------------------------------------------------------------------------
 
     def _check_topics(self) -> None:
-        topics = existing_topics(self.bootstrap)
+        topics = existing_topics(self.settings)
         needed = [
             self.settings.topic_user_features,
             self.settings.topic_popular_items,
@@ -260,13 +263,15 @@ class ScorerService:
     def _control_consumer(self) -> Consumer:
         """A consumer outside the group, so that every scorer sees every popular list and model."""
         consumer = Consumer(
-            {
-                "bootstrap.servers": self.bootstrap,
-                # Required by the client, never joined: assign() does not use the group.
-                "group.id": f"streamrec-scorer-control-{uuid.uuid4().hex}",
-                "enable.auto.commit": False,
-                "auto.offset.reset": "latest",
-            }
+            client_config(
+                self.settings,
+                {
+                    # Required by the client, never joined: assign() does not use the group.
+                    "group.id": f"streamrec-scorer-control-{uuid.uuid4().hex}",
+                    "enable.auto.commit": False,
+                    "auto.offset.reset": "latest",
+                },
+            )
         )
         popular = TopicPartition(self.settings.topic_popular_items, 0)
         low, high = consumer.get_watermark_offsets(popular, timeout=10.0)

@@ -26,9 +26,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPar
 from tqdm import tqdm
 
 from ..shared.contracts import UserFeatures
+from ..shared.kafka_config import client_config
 from ..shared.logs import get_logger
 from ..shared.settings import ConfigError, Settings
-from ..topics import KafkaUnavailable
+from ..topics import KafkaUnavailable, check_login
 
 log = get_logger(__name__)
 
@@ -83,6 +84,7 @@ class EventLog:
     ) -> None:
         if settings.kafka_bootstrap is None:
             raise ConfigError("STREAMREC_KAFKA_BOOTSTRAP not set: the trainer reads its events from Kafka")
+        check_login(settings)  # a refused SASL login / TLS handshake in one line, at once
         self.topic = settings.topic_user_features
         self.directory = directory or settings.data_dir / "trainer"
         self.keep_events = keep_events or settings.train_window_events
@@ -95,7 +97,7 @@ class EventLog:
         self._start_offsets: dict[int, int] = {}  # low watermarks: where unread partitions begin
         self._metadata_checked_at = 0.0
         self._missing_topic_reported = False
-        self._consumer = _new_consumer(settings.kafka_bootstrap)
+        self._consumer = _new_consumer(settings)
         try:
             self._refresh_assignment()
         except KafkaException as exc:
@@ -380,16 +382,18 @@ def _open_database(path: Path) -> sqlite3.Connection:
     return db
 
 
-def _new_consumer(bootstrap: str) -> Any:
+def _new_consumer(settings: Settings) -> Any:
     return Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": CONSUMER_GROUP,
-            # Offsets live in SQLite with the events; Kafka's copy is written explicitly.
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-        }
+        client_config(
+            settings,
+            {
+                "group.id": CONSUMER_GROUP,
+                # Offsets live in SQLite with the events; Kafka's copy is written explicitly.
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+            },
+        )
     )
 
 

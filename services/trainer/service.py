@@ -30,6 +30,7 @@ from confluent_kafka import Producer
 from prometheus_client import Counter, Gauge
 
 from ..shared.contracts import ModelAnnouncement
+from ..shared.kafka_config import client_config
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
 from ..shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
@@ -102,7 +103,7 @@ def within_days(events: pd.DataFrame, days: float) -> pd.DataFrame:
 def announce(settings: Settings, manifest: ModelManifest, timeout: float = 30.0) -> None:
     """Tell the scorers on ``topic_models`` that ``manifest.version`` is in the registry."""
     bootstrap = require_kafka(settings)
-    producer = Producer({"bootstrap.servers": bootstrap, "acks": "all", "message.timeout.ms": 30_000})
+    producer = Producer(client_config(settings, {"acks": "all", "message.timeout.ms": 30_000}))
     errors: list[str] = []
 
     def on_delivery(error: Any, _message: Any) -> None:

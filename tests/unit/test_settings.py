@@ -51,3 +51,69 @@ def test_configuration_doc_is_current() -> None:
     assert DOC.read_text() == configuration_markdown(), (
         "run: python -m streamrec.shared.settings > docs/configuration.md"
     )
+
+
+# --- Kafka security --------------------------------------------------------------------------
+
+
+def test_kafka_sasl_settings_and_their_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMREC_KAFKA_SECURITY_PROTOCOL", "SASL_SSL")
+    with pytest.raises(ConfigError, match=r"SASL_SSL needs STREAMREC_KAFKA_SASL_USERNAME and .*PASSWORD"):
+        load_settings()
+    monkeypatch.setenv("STREAMREC_KAFKA_SASL_USERNAME", "svc")
+    monkeypatch.setenv("STREAMREC_KAFKA_SASL_PASSWORD", "pw-123")
+    monkeypatch.setenv("STREAMREC_KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    settings = load_settings()
+    assert settings.kafka_sasl_password is not None
+    assert settings.kafka_sasl_password.get_secret_value() == "pw-123"
+    monkeypatch.setenv("STREAMREC_KAFKA_SASL_MECHANISM", "GSSAPI")
+    with pytest.raises(ConfigError, match="STREAMREC_KAFKA_SASL_MECHANISM"):
+        load_settings()
+    monkeypatch.setenv("STREAMREC_KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("STREAMREC_KAFKA_SECURITY_PROTOCOL", "PLAINTEXT")
+    with pytest.raises(ConfigError, match="SECURITY_PROTOCOL=PLAINTEXT does not use them"):
+        load_settings()
+
+
+def test_kafka_tls_settings_and_their_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ca, cert, key = (tmp_path / name for name in ("ca.pem", "client.pem", "client.key"))
+    for path in (ca, cert, key):
+        path.write_text("-----BEGIN-----\n")
+    with pytest.raises(ConfigError, match=r"KAFKA_SSL_CA_FILE: .*no such file"):
+        load_settings(kafka_security_protocol="SSL", kafka_ssl_ca_file=tmp_path / "missing.pem")
+    with pytest.raises(ConfigError, match="does not use TLS: set it to SSL or SASL_SSL"):
+        load_settings(kafka_ssl_ca_file=ca)  # PLAINTEXT
+    with pytest.raises(ConfigError, match=r"SSL_CERT_FILE and .*SSL_KEY_FILE go together"):
+        load_settings(kafka_security_protocol="SSL", kafka_ssl_cert_file=cert)
+    settings = load_settings(
+        kafka_security_protocol="SSL", kafka_ssl_ca_file=ca, kafka_ssl_cert_file=cert, kafka_ssl_key_file=key
+    )
+    assert settings.kafka_ssl_ca_file == ca
+    # An empty .env line means unset, not "the current directory".
+    monkeypatch.setenv("STREAMREC_KAFKA_SSL_CA_FILE", "")
+    monkeypatch.setenv("STREAMREC_KAFKA_SASL_PASSWORD", "")
+    assert load_settings().kafka_ssl_ca_file is None and load_settings().kafka_sasl_password is None
+
+
+def test_kafka_password_never_prints_but_reaches_child_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    secret = "s3cret-kafka-pw"
+    settings = Settings(
+        kafka_bootstrap="h:1",
+        kafka_security_protocol="SASL_PLAINTEXT",
+        kafka_sasl_mechanism="SCRAM-SHA-256",
+        kafka_sasl_username="svc",
+        kafka_sasl_password=secret,
+    )
+    assert secret not in repr(settings) and secret not in str(settings.model_dump())
+    env = settings.as_env()
+    assert env["STREAMREC_KAFKA_SASL_PASSWORD"] == secret  # the value, not "**********"
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    child = load_settings()
+    assert child.kafka_sasl_password is not None and child.kafka_sasl_password.get_secret_value() == secret
+    assert child.model_dump() == settings.model_dump()
+    # A validation error elsewhere does not echo the password either.
+    monkeypatch.setenv("STREAMREC_TOP_N", "zero")
+    with pytest.raises(ConfigError) as error:
+        load_settings()
+    assert secret not in str(error.value)
