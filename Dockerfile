@@ -13,13 +13,13 @@ RUN python -m venv /opt/streamrec
 # libraries. Same version as pyproject.toml; the install below then finds it already satisfied.
 ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
 RUN pip install --index-url "$TORCH_INDEX_URL" torch==2.13.0
-# The dependencies (pyproject.toml's list) in a layer of their own, so that a code change does
-# not reinstall them.
+# The dependencies (pyproject.toml's list; constraints.txt pins every version below them too) in a
+# layer of their own, so that a code change does not reinstall them.
 WORKDIR /src
-COPY pyproject.toml ./
+COPY pyproject.toml constraints.txt ./
 RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" \
       > requirements.txt \
- && pip install -r requirements.txt
+ && pip install -r requirements.txt -c constraints.txt
 COPY README.md ./
 COPY streamrec streamrec
 COPY shared shared

@@ -4,7 +4,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo dev test lint bench
 
-$(STAMP): pyproject.toml scripts/bootstrap
+$(STAMP): pyproject.toml constraints.txt scripts/bootstrap
 	scripts/bootstrap
 
 ## demo: run streamrec's main job on embedded defaults (broker, Redis, services, training, recommendations)
