@@ -33,10 +33,10 @@ from faust.types import TP
 
 from ..shared.contracts import DeadLetter, PopularItems, UserFeatures
 from ..shared.events import Interaction, Rejection, parse_event
-from ..shared.kafka_config import faust_credentials
+from ..shared.kafka_config import faust_credentials, require_bootstrap
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
-from ..shared.settings import ConfigError, Settings
+from ..shared.settings import Settings
 from ..topics import check_login
 from .bundles import (
     event_bundle,
@@ -108,12 +108,7 @@ class IngestCounters:
 
 def _kafka_urls(settings: Settings) -> list[str]:
     # Only Kafka: ingest never talks to Redis, so it does not require STREAMREC_REDIS_URL.
-    if settings.kafka_bootstrap is None:
-        raise ConfigError(
-            "STREAMREC_KAFKA_BOOTSTRAP not set: point it at your Kafka, "
-            "or use `streamrec dev` to start an embedded one"
-        )
-    return [f"kafka://{server.strip()}" for server in settings.kafka_bootstrap.split(",")]
+    return [f"kafka://{server.strip()}" for server in require_bootstrap(settings).split(",")]
 
 
 def table_store_options(memory_mb: int) -> dict[str, int]:

@@ -30,11 +30,11 @@ from confluent_kafka import Producer
 from prometheus_client import Counter, Gauge
 
 from ..shared.contracts import ModelAnnouncement
-from ..shared.kafka_config import client_config
+from ..shared.kafka_config import client_config, require_bootstrap
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
 from ..shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
-from ..shared.settings import ConfigError, Settings
+from ..shared.settings import Settings
 from ..topics import KafkaUnavailable
 from .event_log import EventLog
 
@@ -69,16 +69,6 @@ class AnnouncementFailed(KafkaUnavailable):
     """A published model could not be announced on the models topic."""
 
 
-def require_kafka(settings: Settings) -> str:
-    """The Kafka bootstrap address, or a one-line ConfigError (the trainer needs no Redis)."""
-    if settings.kafka_bootstrap is None:
-        raise ConfigError(
-            "STREAMREC_KAFKA_BOOTSTRAP not set: point it at your Kafka, "
-            "or use `streamrec dev` to start an embedded one"
-        )
-    return settings.kafka_bootstrap
-
-
 def describe_window(events: pd.DataFrame, log_seq: int) -> dict[str, Any]:
     """The ``data_info`` of a training window: counts, time span and log position (JSON-ready)."""
     empty = events.empty
@@ -102,7 +92,7 @@ def within_days(events: pd.DataFrame, days: float) -> pd.DataFrame:
 
 def announce(settings: Settings, manifest: ModelManifest, timeout: float = 30.0) -> None:
     """Tell the scorers on ``topic_models`` that ``manifest.version`` is in the registry."""
-    bootstrap = require_kafka(settings)
+    bootstrap = require_bootstrap(settings)
     producer = Producer(client_config(settings, {"acks": "all", "message.timeout.ms": 30_000}))
     errors: list[str] = []
 
@@ -127,7 +117,7 @@ def train_once(settings: Settings, event_log: EventLog | None = None) -> CycleRe
 
     Raises NotEnoughData (a ValueError) when the log is too small to train on.
     """
-    require_kafka(settings)
+    require_bootstrap(settings)
     if event_log is None:
         with EventLog(settings) as own_log:
             return train_once(settings, own_log)
@@ -138,7 +128,7 @@ def train_once(settings: Settings, event_log: EventLog | None = None) -> CycleRe
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
     """Run the continuous trainer until SIGINT/SIGTERM (or until ``stop`` is set)."""
-    require_kafka(settings)
+    require_bootstrap(settings)
     stop = stop or threading.Event()
     opened: list[EventLog] = []
     start_ops_server(
