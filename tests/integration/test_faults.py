@@ -301,7 +301,17 @@ def test_ingest_kill9_mid_replay_loses_nothing_and_counts_nothing_twice(faults: 
         latest = reader.read(1.0)
         return all(latest.get(user, (0,))[0] >= count for user, (count, _) in expected.items())
 
-    wait_for(complete, 180, f"ingest to absorb all {total} events after the restart")
+    try:
+        wait_for(complete, 180, f"ingest to absorb all {total} events after the restart")
+    except pytest.fail.Exception:
+        # CI keeps no temporary files: put what ingest did after its restart into the failure.
+        missing = {user: (reader.latest.get(user, (0,))[0], count) for user, (count, _) in expected.items()}
+        behind = {user: pair for user, pair in missing.items() if pair[0] < pair[1]}
+        pytest.fail(
+            f"ingest did not absorb all {total} events within 180 s of its restart; "
+            f"{len(behind)} users behind (got, expected): {dict(list(behind.items())[:10])}\n"
+            f"ingest log:\n{faults.child('ingest').log_tail(60)}"
+        )
     reader.read(2.0)  # anything still in flight (a double count would show up here)
     reader.close()
     got = {user: reader.latest[user] for user in expected}
