@@ -80,6 +80,17 @@ class EagerConsumer(faust_aiokafka.Consumer):
     def _new_consumer_thread(self) -> faust_aiokafka.AIOKafkaConsumerThread:
         return _ShortFetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    def on_buffer_full(self, tp: Any) -> None:
+        """Keep fetching a partition whose stream buffer is under pressure (Faust would stop).
+
+        Faust takes such a partition out of the fetcher and puts it back from a callback of the
+        stream's queue once the buffer drains. After a kill -9 restart with a backlog, one input
+        partition was then not fetched again for minutes while the worker sat idle (the fault
+        test's timeout, twice in three CI runs). Without that pause, back-pressure still holds: a
+        full queue blocks the hand-over of fetched messages, and aiokafka prefetches at most one
+        response per partition.
+        """
+
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
         """``Service.wait_first``, but a first coroutine that finishes without waiting costs no task."""
         first, *others = coros
