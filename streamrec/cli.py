@@ -174,11 +174,9 @@ def dev_env_file(settings: Settings) -> str:
     """
     lines = [f"export STREAMREC_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"]
     url = settings.redis_url
-    if url is None:
-        pass
-    elif redacted_url(url) == url:
+    if url is not None and redacted_url(url) == url:
         lines.append(f"export STREAMREC_REDIS_URL={url}")
-    else:
+    elif url is not None:
         lines.append(
             f"# STREAMREC_REDIS_URL={redacted_url(url)}: holds a password, so not written here; "
             "use the STREAMREC_REDIS_URL you configured"

@@ -53,26 +53,20 @@ def existing_topics(settings: Settings, timeout: float = 10.0) -> dict[str, int]
             admin.poll(0)  # serves error_cb: the reason behind a bare "transport failure"
             fatal = [error for error in errors if error.name() in _FATAL_CONNECT_ERRORS]
             if fatal:
-                problem, refused = (
-                    (
-                        f"Kafka at {bootstrap} refused the connection ({fatal[-1].str()}): check the "
-                        "STREAMREC_KAFKA_SECURITY_PROTOCOL, _SASL_* and _SSL_* settings"
-                    ),
-                    True,
+                problem: KafkaUnavailable = KafkaRefused(
+                    f"Kafka at {bootstrap} refused the connection ({fatal[-1].str()}): check the "
+                    "STREAMREC_KAFKA_SECURITY_PROTOCOL, _SASL_* and _SSL_* settings"
                 )
                 break
             if time.monotonic() > deadline:
-                problem, refused = (
-                    (
-                        f"Kafka at {bootstrap} is unreachable ({exc.args[0].str()}): "
-                        "check STREAMREC_KAFKA_BOOTSTRAP and that the broker runs"
-                    ),
-                    False,
+                problem = KafkaUnavailable(
+                    f"Kafka at {bootstrap} is unreachable ({exc.args[0].str()}): "
+                    "check STREAMREC_KAFKA_BOOTSTRAP and that the broker runs"
                 )
                 break
             time.sleep(0.5)
     del admin  # stop its retries now, not when the exception's frames are collected
-    raise (KafkaRefused if refused else KafkaUnavailable)(problem)
+    raise problem
 
 
 def check_login(settings: Settings, timeout: float = 10.0) -> None:

@@ -27,8 +27,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from ..client import DEFAULT_N, AsyncRecommendationClient, RecommendationClient, resolve_user_id
 from ..shared.logs import get_logger
 from ..shared.redaction import redacted_url
-from ..shared.redis_connection import is_permanent
-from ..shared.settings import ConfigError, Settings
+from ..shared.redis_connection import is_permanent, redis_url
+from ..shared.settings import Settings
 
 log = get_logger(__name__)
 
@@ -43,8 +43,7 @@ LATENCY = Histogram(
 
 def create_app(settings: Settings) -> FastAPI:
     """The FastAPI application reading the Redis at ``settings.redis_url``."""
-    if settings.redis_url is None:
-        raise ConfigError("STREAMREC_REDIS_URL is not set: point it at your Redis (see `streamrec dev`)")
+    redis_url(settings)  # a ConfigError saying how to set it, if unset
     client = AsyncRecommendationClient(settings=settings)
 
     @asynccontextmanager

@@ -95,6 +95,15 @@ def run(live: LiveStack, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+def assert_every_file_refused(
+    live_stack: LiveStack, tmp_path: Path, files: dict[str, bytes | None], *command: str
+) -> None:
+    """``streamrec COMMAND… FILE`` refuses each of ``files`` with one clear line."""
+    for name, content in files.items():
+        path = write(tmp_path, name, content)
+        assert_refused(run(live_stack, *command, str(path)), path)
+
+
 def assert_every_file_refused_and_nothing_published(
     live_stack: LiveStack, tmp_path: Path, command: str, files: dict[str, bytes | None]
 ) -> None:
@@ -102,9 +111,7 @@ def assert_every_file_refused_and_nothing_published(
     counter = live_stack.feature_updates()
     before = counter.update()
     try:
-        for name, content in files.items():
-            path = write(tmp_path, name, content)
-            assert_refused(run(live_stack, command, str(path)), path)
+        assert_every_file_refused(live_stack, tmp_path, files, command)
         # A refused file publishes nothing (no partial replay up to the bad row).
         assert counter.update(timeout=1.0) == before
     finally:
@@ -116,9 +123,8 @@ def test_replay_refuses_malformed_files_and_publishes_nothing(live_stack: LiveSt
 
 
 def test_evaluate_refuses_malformed_files(live_stack: LiveStack, tmp_path: Path) -> None:
-    for name in EVALUATE_FILES:
-        path = write(tmp_path, name, DATASET_FILES[name])
-        assert_refused(run(live_stack, "evaluate", "--dataset", str(path)), path)
+    files = {name: DATASET_FILES[name] for name in EVALUATE_FILES}
+    assert_every_file_refused(live_stack, tmp_path, files, "evaluate", "--dataset")
 
 
 def test_publish_refuses_malformed_event_files(live_stack: LiveStack, tmp_path: Path) -> None:
@@ -126,6 +132,5 @@ def test_publish_refuses_malformed_event_files(live_stack: LiveStack, tmp_path: 
 
 
 def test_demo_refuses_malformed_movielens_files(live_stack: LiveStack, tmp_path: Path) -> None:
-    for name in DEMO_FILES:
-        path = write(tmp_path, name, DATASET_FILES[name])
-        assert_refused(run(live_stack, "demo", "--movielens", str(path)), path)
+    files = {name: DATASET_FILES[name] for name in DEMO_FILES}
+    assert_every_file_refused(live_stack, tmp_path, files, "demo", "--movielens")
