@@ -112,6 +112,7 @@ class RecommendationClient:
         self, redis_url: str | None = None, prefix: str | None = None, settings: Settings | None = None
     ) -> None:
         settings, self._url, self.keys = _connection_target(redis_url, prefix, settings)
+        self._explained = explained(self._url)  # stateless: one instance for every call
         self._redis = connect(
             settings,
             url=self._url,
@@ -126,7 +127,7 @@ class RecommendationClient:
         """
         _check_n(n)
         user = resolve_user_id(user_id)
-        with explained(self._url):
+        with self._explained:
             personal = decode(user, self._redis.get(self.keys.recs(user)), n, fallback=False)
             if personal is not None:
                 return personal
@@ -134,13 +135,13 @@ class RecommendationClient:
 
     def model_version(self) -> str | None:
         """The model version the scorer serves, or None before the first model."""
-        with explained(self._url):
+        with self._explained:
             raw = self._redis.get(self.keys.model)
         return None if raw is None else raw.decode()
 
     def ping(self) -> bool:
         """True if Redis answers (raises redis.RedisError if it does not)."""
-        with explained(self._url):
+        with self._explained:
             return bool(self._redis.ping())
 
     def close(self) -> None:
@@ -161,6 +162,7 @@ class AsyncRecommendationClient:
         self, redis_url: str | None = None, prefix: str | None = None, settings: Settings | None = None
     ) -> None:
         settings, self._url, self.keys = _connection_target(redis_url, prefix, settings)
+        self._explained = explained(self._url)  # stateless: one instance for every call
         self._redis = connect_async(
             settings,
             url=self._url,
@@ -172,7 +174,7 @@ class AsyncRecommendationClient:
         """The user's top ``n``; the popular list (source "fallback") if the user has none; else None."""
         _check_n(n)
         user = resolve_user_id(user_id)
-        with explained(self._url):
+        with self._explained:
             personal = decode(user, await self._redis.get(self.keys.recs(user)), n, fallback=False)
             if personal is not None:
                 return personal
@@ -180,13 +182,13 @@ class AsyncRecommendationClient:
 
     async def model_version(self) -> str | None:
         """The model version the scorer serves, or None before the first model."""
-        with explained(self._url):
+        with self._explained:
             raw = await self._redis.get(self.keys.model)
         return None if raw is None else raw.decode()
 
     async def ping(self) -> bool:
         """True if Redis answers (raises redis.RedisError if it does not)."""
-        with explained(self._url):
+        with self._explained:
             return bool(await self._redis.ping())
 
     async def close(self) -> None:

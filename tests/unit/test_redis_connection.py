@@ -24,6 +24,7 @@ from streamrec.shared.redis_connection import (
     connect_async,
     connection_kwargs,
     explain,
+    explained,
     is_permanent,
 )
 from streamrec.shared.settings import ConfigError, Settings, load_settings
@@ -147,6 +148,23 @@ def test_certificate_failures_are_permanent_and_outages_are_not() -> None:
         redis.exceptions.BusyLoadingError("Redis is loading the dataset in memory"),
     ):
         assert explain(transient, "redis://h:6379/0") is transient and not is_permanent(transient)
+
+
+def test_explained_rewrites_permanent_errors_and_lets_everything_else_through() -> None:
+    guard = explained("redis://reader:hunter2@redis.internal:6390/0")  # one instance, reused below
+    with pytest.raises(RedisCredentialsError) as refused, guard:
+        raise AuthenticationError("invalid username-password pair or user is disabled.")
+    assert isinstance(refused.value.__cause__, AuthenticationError) and "hunter2" not in str(refused.value)
+
+    outage = redis.ConnectionError("Error 111 connecting to redis.internal:6390. Connection refused.")
+    with pytest.raises(redis.ConnectionError) as raised, guard:
+        raise outage
+    assert raised.value is outage
+    with pytest.raises(KeyError), guard:
+        raise KeyError("not a Redis error")
+    with guard:
+        value = 42
+    assert value == 42
 
 
 def test_dev_env_file_never_writes_a_password() -> None:
