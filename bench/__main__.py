@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import freshness, ingest, ingest_profile, memory, read_path, scoring, training
+from . import broker, freshness, ingest, ingest_profile, memory, read_path, scoring, training
 from .harness import FRAGMENTS, PAGE, render_page, render_section, write
 
 BENCHMARKS = {
@@ -21,6 +21,7 @@ BENCHMARKS = {
     "scoring": scoring.run,
     "training": training.run,
     "memory": memory.run,
+    "broker": broker.run,
 }
 
 

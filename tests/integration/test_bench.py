@@ -29,6 +29,7 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         "Scoring throughput (figure 4)",
         "Training (figure 5)",
         "Memory at scale (figure 6)",
+        "Embedded broker: request cost vs record batches (context)",
     )
     for title in titles:
         assert f"## {title}" in result.stdout
@@ -41,6 +42,7 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         in result.stdout
     )
     assert "| publish → list in Redis, p99 |" in result.stdout
+    assert "| ListOffsets, 200 one-message batches |" in result.stdout
     assert "| events without an update | 0 events |" in result.stdout
     # Plots are drawn in quick mode too, into a temporary folder.
     assert "![Freshness (figure 2)](" in result.stdout and "freshness-cdf.png)" in result.stdout
