@@ -66,7 +66,7 @@ SAMPLE_SECONDS = 1.0  # between RSS samples
 STALL_SECONDS = 300.0  # no progress at all for this long: fail with the logs
 MEMORY_USAGE_KEYS = 2_000  # keys sampled for MEMORY USAGE
 BUDGET = "≤ 500 bytes"
-# Why a published run may be smaller than DEFAULT_EVENTS (measured as the note says).
+# Why a published run may be smaller than DEFAULT_EVENTS, with what a full-size attempt measured.
 BELOW_FULL_SIZE = (
     "Smaller than the full size (1,000,000 events over 100,000 users) because that does not finish on "
     "the embedded broker: in a full-size run on 2026-11-29, about 150,000 events in, ingest accepted "
