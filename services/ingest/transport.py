@@ -84,11 +84,12 @@ class EagerConsumer(faust_aiokafka.Consumer):
         """Keep fetching a partition whose stream buffer is under pressure (Faust would stop).
 
         Faust takes such a partition out of the fetcher and puts it back from a callback of the
-        stream's queue once the buffer drains. After a kill -9 restart with a backlog, one input
-        partition was then not fetched again for minutes while the worker sat idle (the fault
-        test's timeout, twice in three CI runs). Without that pause, back-pressure still holds: a
-        full queue blocks the hand-over of fetched messages, and aiokafka prefetches at most one
-        response per partition.
+        stream's queue once the buffer drains. This override was meant to stop a stall seen after a
+        kill -9 restart with a backlog (one input partition not fetched again for minutes while the
+        worker sat idle), but that stall has recurred with it in place (the kill -9 fault test, about
+        one run in ten), so the stall's cause is still open. Without the pause, back-pressure still
+        holds: a full queue blocks the hand-over of fetched messages, and aiokafka prefetches at
+        most one response per partition.
         """
 
     async def wait_first(self, *coros: Any, timeout: Any = None) -> WaitResults:
