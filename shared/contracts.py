@@ -5,8 +5,8 @@ documents the same contracts for people; change both together.
 
 Data flow::
 
-    interactions ──► ingest ──► streamrec.user-features ──► scorer ──► Redis recs:{user}
-         │             │  └──► streamrec.item-events (bundles) ──► ingest (popularity table)
+    interactions ──► ingest ──► streamrec.user-features (one FeatureBatch per batch) ──► scorer ──► Redis recs:{user}
+         │             │  └──► streamrec.item-events (popularity deltas) ──► ingest (popularity table)
          │             │                    └──► streamrec.popular-items ──► scorer ──► Redis popular
          │             └──► interactions.dlq (invalid events + reason)
          │          streamrec.user-features ──► trainer ──► model registry ──► streamrec.models ──► scorer
@@ -62,42 +62,81 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
 
 @dataclass(frozen=True, slots=True)
-class UserFeatures:
-    """ingest -> scorer, trainer on ``topic_user_features``; key = user_id.
-
-    Sent after every accepted event: the event itself (the trainer's training data) and the
-    user's recent history after it (the scorer's model input and exclusion list).
-    """
+class UserSnapshot:
+    """One user's features after a batch: the scorer's model input and exclusion list."""
 
     user_id: str
-    event: Interaction
     history: list[str]  # item ids, oldest first, at most settings.history_len
     event_count: int  # accepted events of this user so far
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureBatch:
+    """ingest -> scorer, trainer on ``topic_user_features``: what one batch of one partition changed.
+
+    One message per batch of input events that ingest folded on one partition (split by users
+    into messages of a few hundred KB at most), sent to that partition number, no key:
+
+    - ``users``: each user the batch touched, with the state after the whole batch (the scorer
+      re-scores each once);
+    - ``events``: the batch's accepted events in the order they were applied (the trainer's
+      training data; duplicates are not in it).
+
+    JSON: ``{"users": [[user_id, [item, …], event_count], …], "events": [event, …],
+    "updated_at": epoch seconds}``, an event as ``Interaction.to_dict``. :func:`decode_feature_batch`
+    also reads the one-event-per-message form of streamrec ≤ 0.x (``{"user_id", "event",
+    "history", "event_count", "updated_at"}``), so readers upgraded mid-stream finish the old
+    messages.
+    """
+
+    users: list[UserSnapshot]
+    events: list[Interaction]
     updated_at: float
 
     def to_json(self) -> bytes:
         """Serialise for Kafka."""
         return orjson.dumps(
             {
-                "user_id": self.user_id,
-                "event": self.event.to_dict(),
-                "history": self.history,
-                "event_count": self.event_count,
+                "users": [[user.user_id, user.history, user.event_count] for user in self.users],
+                "events": [event.to_dict() for event in self.events],
                 "updated_at": self.updated_at,
             }
         )
 
-    @classmethod
-    def from_json(cls, raw: bytes) -> UserFeatures:
-        """Deserialise from Kafka."""
-        data = orjson.loads(raw)
-        return cls(
-            user_id=data["user_id"],
-            event=Interaction.from_dict(data["event"]),
-            history=data["history"],
-            event_count=data["event_count"],
-            updated_at=data["updated_at"],
+
+class FeatureBatchDecodeError(ValueError):
+    """A user-features message is in no form this version reads (says why)."""
+
+
+def feature_batch_event_count(raw: bytes) -> int:
+    """How many accepted events a user-features message carries (0 for one no reader can read)."""
+    try:
+        return len(decode_feature_batch(raw).events)
+    except FeatureBatchDecodeError:
+        return 0
+
+
+def decode_feature_batch(raw: bytes | None) -> FeatureBatch:
+    """A :class:`FeatureBatch` from a user-features message, either form; raises FeatureBatchDecodeError."""
+    try:
+        data = orjson.loads(raw or b"")
+        if "users" in data:
+            return FeatureBatch(
+                users=[
+                    UserSnapshot(str(user), list(history), int(count))
+                    for user, history, count in data["users"]
+                ],
+                events=[Interaction.from_dict(event) for event in data["events"]],
+                updated_at=float(data["updated_at"]),
+            )
+        event = Interaction.from_dict(data["event"])  # the older one-event form
+        return FeatureBatch(
+            users=[UserSnapshot(str(data["user_id"]), list(data["history"]), int(data["event_count"]))],
+            events=[event],
+            updated_at=float(data["updated_at"]),
         )
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise FeatureBatchDecodeError(f"not a user-features message: {exc!r}") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,8 +91,8 @@ class Settings(BaseSettings):
         20,
         ge=0,
         le=5000,
-        description="Longest a consumer's fetch waits for data: lower = fresher, more idle requests "
-        "(docs/latency-tuning.md).",
+        description="Longest a consumer's fetch waits for data (scorer, trainer; ingest has its own): "
+        "lower = fresher, more idle requests (docs/latency-tuning.md).",
     )
     kafka_session_timeout_ms: int = Field(
         10_000,
@@ -146,15 +146,25 @@ class Settings(BaseSettings):
     popular_publish_seconds: float = Field(5.0, gt=0, description="How often ingest publishes popular items.")
     ingest_web_port: int = Field(0, ge=0, description="Faust web port of ingest; 0 = disabled.")
     ingest_batch_max: int = Field(
-        1000, ge=1, description="Most input events ingest validates and forwards as one batch."
+        10_000,
+        ge=1,
+        description="Most input records one ingest fetch returns over all its partitions; each "
+        "partition's share is folded as one batch.",
     )
     ingest_batch_wait_ms: int = Field(
-        10,
+        100,
         ge=1,
         le=5000,
-        description="Longest ingest holds a partial batch: adds at most this to an event's latency.",
+        description="Longest ingest's fetch waits for events: a batch's span, so at most this is added "
+        "to an event's latency; longer = fewer, larger record batches on the broker.",
     )
 
+    ingest_stop_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        description="Longest ingest's graceful stop (commit, flush) may take before it exits anyway; "
+        "the next start then reads again from the committed offsets.",
+    )
     ingest_table_memory_mb: int = Field(
         32,
         ge=4,

@@ -28,7 +28,7 @@ from .shared.redis_connection import connect
 from .shared.settings import Settings
 from .stack import Stack, new_run_dir, settings_for_run
 from .synthetic import generate
-from .topics import MessageCounter
+from .topics import accepted_events_counter
 
 WAIT_SECONDS = 600.0
 
@@ -69,8 +69,7 @@ def run_demo(
             sent = publish_stream(publisher, dataset_events(frame, source), len(frame), speed=speed)
         started = time.monotonic()
 
-        # Ingest emits one user-features message per accepted event.
-        counter = MessageCounter(live, live.topic_user_features)
+        counter = accepted_events_counter(live)
 
         _wait(
             stack,

@@ -87,6 +87,9 @@ class Publisher:
                 settings,
                 {
                     "linger.ms": linger_ms,
+                    # Kafka's Java client's partitioner (murmur2), which ingest uses for events that
+                    # arrive without a user key: a user's events then meet on one partition.
+                    "partitioner": "murmur2_random",
                     "acks": "all",
                     "enable.idempotence": False,
                     "message.timeout.ms": 30_000,

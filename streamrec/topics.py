@@ -7,7 +7,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .shared.contracts import topic_specs
+from .shared.contracts import feature_batch_event_count, topic_specs
 from .shared.kafka_config import client_config, require_bootstrap
 from .shared.logs import get_logger
 from .shared.settings import Settings
@@ -117,7 +117,8 @@ class MessageCounter:
     use) reports the last batch's base offset + 1 instead of the log end.
     """
 
-    def __init__(self, settings: Settings, topic: str) -> None:
+    def __init__(self, settings: Settings, topic: str, weight: Callable[[bytes], int] | None = None) -> None:
+        """Count ``topic``'s messages, or with ``weight``, the sum of ``weight(value)`` over them."""
         from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
         self._consumer = Consumer(
@@ -132,14 +133,21 @@ class MessageCounter:
         )
         partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions
         self._consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        self._weight = weight
         self.count = 0
 
     def update(self, timeout: float = 0.2) -> int:
         """Read what arrived since the last call; return the total count."""
         while batch := self._consumer.consume(10_000, timeout):
-            self.count += sum(1 for message in batch if message.error() is None)
+            values = [message.value() or b"" for message in batch if message.error() is None]
+            self.count += len(values) if self._weight is None else sum(map(self._weight, values))
         return self.count
 
     def close(self) -> None:
         """Release the consumer."""
         self._consumer.close()
+
+
+def accepted_events_counter(settings: Settings) -> MessageCounter:
+    """A counter of the events ingest accepted: the events of its user-features batches."""
+    return MessageCounter(settings, settings.topic_user_features, weight=feature_batch_event_count)

@@ -24,7 +24,7 @@ from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
-from streamrec.topics import MessageCounter
+from streamrec.topics import MessageCounter, accepted_events_counter
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -86,8 +86,8 @@ class LiveStack:
         return sent
 
     def feature_updates(self) -> MessageCounter:
-        """A counter of user-features messages: ingest sends one per accepted event."""
-        return MessageCounter(self.settings, self.settings.topic_user_features)
+        """A counter of the events ingest accepted (the events of its user-features batches)."""
+        return accepted_events_counter(self.settings)
 
 
 @dataclass

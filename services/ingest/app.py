@@ -2,25 +2,29 @@
 
 Data flow (agents, in order)::
 
-    interactions (any key) ─► validate_events ─┬─► interactions.dlq                (invalid + reason)
-                                               └─► streamrec-ingest-events-by-user  (bundles, by user partition)
-    streamrec-ingest-events-by-user ─► build_features [table user_state]
-                                               ├─► streamrec.user-features      (one per accepted event, key = user_id)
-                                               └─► streamrec.item-events        (one bundle per bundle)
+    interactions (keyed by user) ─► build_features [table user_state] ─┬─► streamrec.user-features
+    streamrec-ingest-rekeyed ──────► build_rekeyed_features (the same) ─┤     (one FeatureBatch per batch)
+                                                                       ├─► interactions.dlq (invalid + reason)
+                                                                       ├─► streamrec-ingest-rekeyed
+                                                                       │     (valid events not keyed by user)
+                                                                       └─► streamrec.item-events
+                                                                             (popularity deltas, ~1/s)
     streamrec.item-events ─► count_popularity [table item_popularity] ─► (timer) streamrec.popular-items
 
-Why the extra hop through ``streamrec-ingest-events-by-user``: a Faust table lives on the partition
-of the event being processed, so all of a user's events must arrive on one partition. Producers
-may key by anything, leave messages unkeyed, or hash keys differently (librdkafka's default
-partitioner is not the Java client's), so ingest never trusts the input partitioning: it
-validates on whatever partition an event lands, then re-publishes the normalised events to the
-partition of their user id. The internal hops carry bundles of events (``bundles.py``): Faust's cost
-is per message, and one message per event per hop was what limited a worker's throughput.
+Faust's cost is per message, so the input reaches ``build_features`` as *runs*: every record one
+fetch returned for a partition, as one message (``transport.py``). A run is validated, folded
+into its users' states (one table write per user), and announced as one features message per
+partition; its offsets are committed once the whole run is done. An event keyed by its user id is
+folded on the partition it arrived on; the others take one hop through the re-key topic
+(``bundles.py``, "the home rule").
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import shutil
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -28,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
 import prometheus_client as prom
 from faust.types import TP
 
-from ..shared.contracts import DeadLetter, PopularItems, UserFeatures
+from ..shared.contracts import DeadLetter, FeatureBatch, PopularItems, UserSnapshot
 from ..shared.events import Interaction, Rejection, parse_event
 from ..shared.kafka_config import faust_credentials, require_bootstrap
 from ..shared.logs import get_logger
@@ -39,19 +44,32 @@ from ..shared.ops import start_ops_server
 from ..shared.settings import Settings
 from ..topics import check_login
 from .bundles import (
-    event_bundle,
-    group_by_partition,
-    item_event_bundle,
-    unbundle_events,
-    unbundle_item_events,
+    delta_messages,
+    is_home,
+    partition_for,
+    pending_popularity_key,
+    popularity_rows,
+    read_deltas,
 )
-from .features import ItemPopularity, PopularityRanking, UserState, add_item_event, apply_event
-from .transport import IngestApp
+from .features import (
+    ItemPopularity,
+    PopularityRanking,
+    UserState,
+    add_item_event,
+    apply_event,
+    merge_popularity,
+)
+from .transport import IngestApp, RecordRun
 
 log = get_logger(__name__)
 
 APP_ID = "streamrec-ingest"
-EVENTS_BY_USER_TOPIC = f"{APP_ID}-events-by-user"  # Faust-internal, created by Faust
+REKEYED_TOPIC = f"{APP_ID}-rekeyed"  # Faust-internal, created by Faust: events not keyed by user
+# A features message holds users until their history items + EVENT_UNITS × their events reach
+# this: about 8 bytes of JSON per unit, so a message stays near 300 KB, far below Kafka's 1 MB.
+FEATURE_BATCH_MAX_UNITS = 40_000
+EVENT_UNITS = 20
+POPULARITY_FLUSH_SECONDS = 1.0  # popularity deltas go out this often (and before every commit)
 COUNTERS_LOG_SECONDS = 30.0
 # Written in the worker's data directory after a clean stop, removed at start: its absence at start
 # means the last run crashed (kill -9, OOM, power loss), and the local tables cannot be trusted.
@@ -91,7 +109,9 @@ class IngestCounters:
     accepted: int = 0
     duplicates: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    rekeyed: int = 0
     item_events: int = 0
+    popularity_deltas: int = 0
     popular_published: int = 0
 
     def as_log_fields(self) -> dict[str, Any]:
@@ -101,7 +121,9 @@ class IngestCounters:
             "duplicates": self.duplicates,
             "rejected": sum(self.rejected.values()),
             "rejected_by_reason": dict(self.rejected),
+            "rekeyed": self.rekeyed,
             "item_events": self.item_events,
+            "popularity_deltas": self.popularity_deltas,
             "popular_published": self.popular_published,
         }
 
@@ -123,6 +145,32 @@ def table_store_options(memory_mb: int) -> dict[str, int]:
     return {"block_cache_size": budget // 2, "write_buffer_size": budget // 4, "max_write_buffer_number": 2}
 
 
+def feature_batches(
+    users: dict[str, None], states: dict[str, UserState], events: list[Interaction], now: float
+) -> list[FeatureBatch]:
+    """The features messages of one run: its users' states and accepted events, in chunks of users
+    small enough for one Kafka message (``FEATURE_BATCH_MAX_UNITS``)."""
+    events_of: dict[str, list[Interaction]] = {}
+    for event in events:
+        events_of.setdefault(event.user_id, []).append(event)
+    batches: list[FeatureBatch] = []
+    snapshots: list[UserSnapshot] = []
+    chunk_events: list[Interaction] = []
+    units = 0
+    for user in users:
+        state = states[user]
+        cost = len(state.history) + EVENT_UNITS * len(events_of[user])
+        if snapshots and units + cost > FEATURE_BATCH_MAX_UNITS:
+            batches.append(FeatureBatch(snapshots, chunk_events, now))
+            snapshots, chunk_events, units = [], [], 0
+        snapshots.append(UserSnapshot(user, state.history_item_ids(), state.event_count))
+        chunk_events.extend(events_of[user])
+        units += cost
+    if snapshots:
+        batches.append(FeatureBatch(snapshots, chunk_events, now))
+    return batches
+
+
 def create_app(settings: Settings) -> faust.App:
     """The ingest Faust app with its topics, tables, agents and timers (not started)."""
     app = IngestApp(
@@ -137,6 +185,7 @@ def create_app(settings: Settings) -> faust.App:
         web_enabled=settings.ingest_web_port > 0,
         web_port=settings.ingest_web_port or 6066,
         consumer_auto_offset_reset="earliest",  # a new deployment processes the existing stream
+        broker_max_poll_records=settings.ingest_batch_max,
         producer_linger=0.005,  # batches the messages of one bundle; adds at most 5 ms of latency
         producer_acks=-1,  # a commit only follows messages the broker has fully acknowledged
         # Tansu holds a first join for half the session timeout; a short one also fails over faster.
@@ -150,27 +199,36 @@ def create_app(settings: Settings) -> faust.App:
         # state after any unclean exit (see ``run``).
         recovery_consistency_check=False,
     )
-    app.fetch_wait_ms = settings.kafka_fetch_wait_ms
+    app.fetch_wait_ms = settings.ingest_batch_wait_ms  # Tansu answers a fetch only when it is over
     counters = IngestCounters()
 
     raw_events = app.topic(settings.topic_interactions, key_serializer="raw", value_serializer="raw")
-    dead_letters = app.topic(settings.topic_dlq, key_serializer="raw", value_serializer="raw")
-    events_by_user = app.topic(
-        EVENTS_BY_USER_TOPIC,
+    rekeyed_events = app.topic(
+        REKEYED_TOPIC,
         internal=True,
         partitions=settings.partitions,
         key_serializer="raw",
-        value_serializer="json",
+        value_serializer="raw",
     )
+    app.run_topics = frozenset({settings.topic_interactions, REKEYED_TOPIC})
+    dead_letters = app.topic(settings.topic_dlq, key_serializer="raw", value_serializer="raw")
     user_features = app.topic(settings.topic_user_features, key_serializer="raw", value_serializer="raw")
     item_events = app.topic(
         settings.topic_item_events, partitions=1, key_serializer="raw", value_serializer="json"
     )
     popular_items = app.topic(settings.topic_popular_items, key_serializer="raw", value_serializer="raw")
 
-    # --- validation: any partition, any key ---------------------------------------------------
+    user_state = app.Table(
+        "user_state", key_type=str, options=table_store_options(settings.ingest_table_memory_mb)
+    )
+    # Per partition, the popularity of the events accepted since the last flush. It is also kept in
+    # user_state under a reserved key (written with each run, so its changelog record rides in the
+    # run's batch): after a crash the new owner sends it again, so no accepted event goes uncounted.
+    pending_popularity: dict[int, dict[str, ItemPopularity]] = {}
+    clear_owed: set[int] = set()  # partitions whose stored pending popularity was sent since
+    half_life = settings.popularity_half_life_hours
 
-    async def send_dead_letter(message: faust.types.Message, raw: bytes, reason: str, detail: str) -> None:
+    async def send_dead_letter(record: faust.types.Message, raw: bytes, reason: str, detail: str) -> None:
         counters.rejected[reason] += 1
         EVENTS_INVALID.inc()
         INVALID_EVENTS.labels(reason).inc()
@@ -178,86 +236,140 @@ def create_app(settings: Settings) -> faust.App:
             reason=reason,
             detail=detail,
             payload=raw[:DEAD_LETTER_PAYLOAD_BYTES].decode("utf-8", errors="replace"),
-            source_topic=message.topic,
-            source_partition=message.partition,
-            source_offset=message.offset,
+            source_topic=record.topic,
+            source_partition=record.partition,
+            source_offset=record.offset,
             rejected_at=time.time(),
         )
-        await dead_letters.send(key=message.key, value=letter.to_json())
+        await dead_letters.send(key=record.key, value=letter.to_json())
 
-    @app.agent(raw_events, name="validate_events")
-    async def validate_events(stream: faust.StreamT[bytes]) -> None:
-        """Parse raw messages a batch at a time; dead-letter the invalid, bundle the valid by user partition.
+    def validate(record: faust.types.Message) -> Interaction | tuple[str, str]:
+        """The record's event, or the reason and detail of its dead letter."""
+        raw: bytes = record.value if record.value is not None else b""  # tombstones are invalid too
+        try:
+            result = parse_event(
+                raw, max_bytes=settings.max_event_bytes, max_future_seconds=settings.max_future_seconds
+            )
+        except Exception as exc:  # a bug must not stop the stream: park the event, keep going
+            log.exception("event could not be validated", extra={"offset": record.offset})
+            return "unexpected_error", repr(exc)
+        if isinstance(result, Rejection):
+            return str(result.reason), result.detail
+        return result
 
-        ``take_events`` acks a batch only after this loop body finished with it, and Faust flushes
-        the producer before it commits offsets, so a crash never commits an event whose bundle
-        was not yet sent.
+    async def fold_run(run: RecordRun, rekeyed: bool) -> None:
+        """Fold a run's events into its users' states (one table write per user) and announce them.
+
+        Input runs are validated here and events not keyed by their user go to the re-key topic;
+        runs of the re-key topic hold events validated already. Everything up to the table writes
+        is synchronous and the sends come after them, so the two agents folding one partition
+        never interleave between reading a user's state and writing it back.
         """
-        async for batch in stream.take_events(
-            settings.ingest_batch_max, within=settings.ingest_batch_wait_ms / 1000
-        ):
-            valid: list[Interaction] = []
-            for event in batch:
-                raw: bytes = event.value if event.value is not None else b""  # tombstones are invalid too
-                try:
-                    result = parse_event(
-                        raw,
-                        max_bytes=settings.max_event_bytes,
-                        max_future_seconds=settings.max_future_seconds,
-                    )
-                except Exception as exc:  # a bug must not stop the stream: park the event, keep going
-                    log.exception("event could not be validated", extra={"offset": event.message.offset})
-                    await send_dead_letter(event.message, raw, "unexpected_error", repr(exc))
-                    continue
-                if isinstance(result, Rejection):
-                    await send_dead_letter(event.message, raw, str(result.reason), result.detail)
-                else:
-                    valid.append(result)
-            EVENTS_VALID.inc(len(valid))
-            for partition, events in group_by_partition(valid, settings.partitions).items():
-                await events_by_user.send(value=event_bundle(events), partition=partition)
+        started = time.perf_counter()
+        states: dict[str, UserState] = {}  # this run's users, written back once at the end
+        touched: dict[str, None] = {}  # users with an accepted event, in first-touch order
+        accepted: list[Interaction] = []
+        away: list[Interaction] = []
+        refused: list[tuple[faust.types.Message, str, str]] = []
+        valid = 0
+        pending = pending_popularity.setdefault(run.partition, {})
+        for record in run.value:
+            if rekeyed:
+                event = Interaction.from_dict(orjson.loads(record.value))
+            elif isinstance(checked := validate(record), tuple):
+                refused.append((record, *checked))
+                continue
+            elif not is_home(record.key, checked):
+                away.append(checked)
+                continue
+            else:
+                event = checked
+            valid += 1
+            state = states.get(event.user_id)
+            if state is None:
+                stored = user_state.get(event.user_id)
+                state = states[event.user_id] = UserState() if stored is None else UserState.from_dict(stored)
+            if not apply_event(state, event, settings):
+                counters.duplicates += 1
+                EVENTS_DUPLICATE.inc()
+                continue
+            accepted.append(event)
+            touched[event.user_id] = None
+            item = pending.get(event.item_id)
+            if item is None:
+                item = pending[event.item_id] = ItemPopularity()
+            add_item_event(item, event.timestamp, event.weight, half_life)
+        for user_id in touched:
+            user_state[user_id] = states[user_id].to_dict()
+        if accepted or run.partition in clear_owed:
+            user_state[pending_popularity_key(run.partition)] = popularity_rows(pending)
+            clear_owed.discard(run.partition)
+        for record, reason, detail in refused:
+            await send_dead_letter(record, record.value or b"", reason, detail)
+        if not rekeyed:
+            EVENTS_VALID.inc(valid + len(away))
+        for event in away:
+            counters.rekeyed += 1
+            await rekeyed_events.send(
+                key=event.user_id.encode(),
+                value=orjson.dumps(event.to_dict()),
+                partition=partition_for(event.user_id, settings.partitions),
+            )
+        now = time.time()
+        for batch in feature_batches(touched, states, accepted, now):
+            await user_features.send(value=batch.to_json(), partition=run.partition)
+        for event in accepted:
+            EVENT_AGE_SECONDS.observe(max(0.0, now - event.timestamp))
+        counters.accepted += len(accepted)
+        EVENTS_ACCEPTED.inc(len(accepted))
+        FEATURE_UPDATE_SECONDS.observe(time.perf_counter() - started)
 
-    # --- user features: partitioned by user_id ------------------------------------------------
+    @app.agent(raw_events, name="build_features")
+    async def build_features(stream: faust.StreamT[Any]) -> None:
+        """Validate and fold each run of input records; Faust acks a run once this body is done with it."""
+        async for event in stream.events():
+            await fold_run(event.message, rekeyed=False)
 
-    user_state = app.Table(
-        "user_state", key_type=str, options=table_store_options(settings.ingest_table_memory_mb)
-    )
+    @app.agent(rekeyed_events, name="build_rekeyed_features")
+    async def build_rekeyed_features(stream: faust.StreamT[Any]) -> None:
+        """Fold each run of re-keyed events (valid, on their user's home partition)."""
+        async for event in stream.events():
+            await fold_run(event.message, rekeyed=True)
 
-    @app.agent(events_by_user, name="build_features")
-    async def build_features(stream: faust.StreamT[dict[str, Any]]) -> None:
-        """Fold each bundle into its users' states (one table write per user); announce features and items."""
-        async for bundle in stream:
-            started = time.perf_counter()
-            states: dict[str, UserState] = {}  # this bundle's users, written back once at the end
-            accepted: list[Interaction] = []
-            for event in unbundle_events(bundle):
-                state = states.get(event.user_id)
-                if state is None:
-                    stored = user_state.get(event.user_id)
-                    state = states[event.user_id] = (
-                        UserState() if stored is None else UserState.from_dict(stored)
-                    )
-                if not apply_event(state, event, settings):
-                    counters.duplicates += 1
-                    EVENTS_DUPLICATE.inc()
-                    continue
-                accepted.append(event)
-                features = UserFeatures(
-                    user_id=event.user_id,
-                    event=event,
-                    history=state.history_item_ids(),
-                    event_count=state.event_count,
-                    updated_at=time.time(),
-                )
-                await user_features.send(key=event.user_id, value=features.to_json())
-                EVENT_AGE_SECONDS.observe(max(0.0, features.updated_at - event.timestamp))
-            for user_id, state in states.items():
-                user_state[user_id] = state.to_dict()
-            if accepted:
-                await item_events.send(value=item_event_bundle(accepted), partition=0)
-            counters.accepted += len(accepted)
-            EVENTS_ACCEPTED.inc(len(accepted))
-            FEATURE_UPDATE_SECONDS.observe(time.perf_counter() - started)
+    async def flush_popularity() -> None:
+        """Send the popularity accumulated since the last flush (called before every commit)."""
+        deltas: dict[str, ItemPopularity] = {}
+        for partition, pending in pending_popularity.items():
+            if pending:
+                clear_owed.add(partition)
+            for item_id, delta in pending.items():
+                merge_popularity(deltas.setdefault(item_id, ItemPopularity()), delta, half_life)
+            pending.clear()
+        for value in delta_messages(deltas):
+            await item_events.send(value=value, partition=0)
+            counters.popularity_deltas += 1
+
+    @user_state.on_recover
+    async def recover_pending_popularity() -> None:
+        """After every rebalance: take over the unsent popularity of the partitions this worker owns."""
+        owned = {
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_interactions
+        }
+        for partition in set(pending_popularity) - owned:
+            del pending_popularity[partition]
+        for partition in owned:
+            stored = user_state.get(pending_popularity_key(partition))
+            if stored:
+                pending = pending_popularity.setdefault(partition, {})
+                for item_id, delta in read_deltas(stored):
+                    merge_popularity(pending.setdefault(item_id, ItemPopularity()), delta, half_life)
+
+    app.before_commit = flush_popularity
+
+    @app.timer(POPULARITY_FLUSH_SECONDS, name="flush_popularity")
+    async def flush_popularity_periodically() -> None:
+        """Keep the popular list fresh between commits."""
+        await flush_popularity()
 
     # --- item popularity: one partition, one owner ---------------------------------------------
 
@@ -276,18 +388,18 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(item_events, name="count_popularity")
     async def count_popularity(stream: faust.StreamT[dict[str, Any]]) -> None:
-        """Add each bundle's item events to the items' decayed scores (one table write per item)."""
-        async for bundle in stream:
+        """Merge each message's popularity deltas into the items' decayed scores (one write per item)."""
+        async for value in stream:
             changed: dict[str, ItemPopularity] = {}
-            for item_id, timestamp, weight in unbundle_item_events(bundle):
+            for item_id, delta in read_deltas(value):
                 popularity = changed.get(item_id)
                 if popularity is None:
                     stored = item_popularity.get(item_id)
                     popularity = changed[item_id] = (
                         ItemPopularity() if stored is None else ItemPopularity.from_dict(stored)
                     )
-                add_item_event(popularity, timestamp, weight, settings.popularity_half_life_hours)
-                counters.item_events += 1
+                merge_popularity(popularity, delta, half_life)
+                counters.item_events += delta.count
             for item_id, popularity in changed.items():
                 item_popularity[item_id] = popularity.to_dict()
                 ranking.update(item_id, popularity)
@@ -332,13 +444,46 @@ def create_app(settings: Settings) -> faust.App:
 class IngestWorker(faust.Worker):
     """A Faust worker that logs through our handlers and announces when it is ready."""
 
-    def __init__(self, app: faust.App, **kwargs: Any) -> None:
+    def __init__(self, app: faust.App, stop_timeout: float, **kwargs: Any) -> None:
         # override_logging=False: keep the root handler configure_logging installed (JSON lines);
         # quiet + no spinner: no banner or progress output on stdout.
         super().__init__(app, quiet=True, override_logging=False, redirect_stdouts=False, **kwargs)
         self.spinner = None
         self.started_at = time.monotonic()
         self.ready = False
+        self.stop_timeout = stop_timeout
+        self._stop_deadline: threading.Timer | None = None
+
+    def _schedule_shutdown(self, signal: Any) -> None:
+        """Faust's graceful stop on SIGINT/SIGTERM, bounded: after ``stop_timeout`` the process exits.
+
+        Faust's stop commits offsets and flushes the producer, which waits for the broker without
+        end; a worker told to stop while its broker is gone would never exit. The deadline runs in a
+        thread, since the event loop may be the thing that is stuck.
+        """
+        if self._stop_deadline is None:
+            self._stop_deadline = threading.Timer(self.stop_timeout, self._give_up_stopping)
+            self._stop_deadline.daemon = True
+            self._stop_deadline.start()
+        super()._schedule_shutdown(signal)
+
+    def _give_up_stopping(self) -> None:
+        consumer = self.app.consumer
+        # What the next start reads again: everything after each partition's committed offset.
+        reread = {
+            f"{tp.topic}[{tp.partition}]": {
+                "from_offset": committed,
+                "read_up_to": consumer._read_offset.get(tp),
+            }
+            for tp, committed in sorted(consumer._committed_offset.items())
+        }
+        log.error(
+            "ingest did not stop within the stop timeout: exiting without a clean stop "
+            "(the next start rebuilds the tables and reads again from the committed offsets)",
+            extra={"stop_timeout_s": self.stop_timeout, "next_start_reads_again": reread},
+        )
+        logging.shutdown()  # the line above must reach the log before the process ends
+        os._exit(1)
 
     def readiness(self) -> str | None:
         """None once the worker joined its group and recovered its tables (for /readyz)."""
@@ -366,7 +511,7 @@ def run(settings: Settings) -> None:
     )
     marker = settings.data_dir / "ingest" / CLEAN_STOP_MARKER
     discard_tables_after_crash(Path(app.conf.tabledir), marker)
-    worker = IngestWorker(app)
+    worker = IngestWorker(app, stop_timeout=settings.ingest_stop_timeout_seconds)
     start_ops_server(settings, alive=lambda: None, ready=worker.readiness)
     try:
         worker.execute_from_commandline()

@@ -1,64 +1,79 @@
-"""Bundles: how ingest moves validated events between its own agents, many per Kafka message.
+"""Ingest's internal messages: where an event is processed, and popularity deltas between agents.
 
-Faust spends far more per *message* than per event folded into a feature (stream plumbing, acks,
-offset tracking), so ingest's two internal hops carry bundles instead of single events:
+**Where an event is processed (the home rule).** A Faust table keeps a user on the partition of
+the events that changed it, so all of one user's events must be folded on one partition. An
+input message keyed by its event's user id (the key's UTF-8 bytes equal the normalised
+``user_id``) is already there, whatever partitioner the producer used, as long as it keys every
+event of that user the same way: ingest folds it where it lies, with no extra hop. Every other
+valid event (no key, or a key that is not the user id) is re-published once to
+``streamrec-ingest-rekeyed``, keyed by user id, on :func:`partition_for` the user id (the murmur2
+hash of Kafka's Java client, of aiokafka and of streamrec's publisher), and folded there.
 
-- ``validate_events`` → ``build_features``: the valid events of one batch read from the input,
-  one bundle per target partition of ``streamrec-ingest-events-by-user``. The partition is
-  :func:`partition_for` of the user id, the murmur2 hash of Kafka's default partitioner, so a
-  user's events always land on one partition (where the ``user_state`` table keeps that user)
-  and it is the partition Faust itself chose when these messages carried one event keyed by user.
-- ``build_features`` → ``count_popularity``: the ``(item_id, timestamp, weight)`` of the events
-  one bundle accepted, as one message on ``streamrec.item-events``.
+Edge case: a producer that keys some of a user's events and not others must use that same
+murmur2 partitioner for the keyed ones (librdkafka clients: ``partitioner=murmur2_random``), or
+the user's state splits across two partitions. Changing the input's partition count moves keyed
+users too, as in any Kafka application.
 
-Both readers also accept the older one-event-per-message form, so a worker upgraded in the middle
-of a stream finishes the messages its predecessor left on the internal topics.
+**Popularity deltas.** ``build_features`` adds its accepted events to an in-memory
+:class:`~.features.ItemPopularity` per item and sends the sums to ``streamrec.item-events`` about
+once a second and before every offset commit, one message for many batches (:func:`delta_message`);
+``count_popularity`` merges them into the ``item_popularity`` table.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from aiokafka.partitioner import murmur2
 
 from ..shared.events import Interaction
+from .features import ItemPopularity
 
-BUNDLE_EVENTS = "events"  # the list's field in both bundle forms
+DELTA_ITEMS = "items"  # the list's field of a popularity delta message
+DELTA_MESSAGE_MAX_ITEMS = 5_000  # ~200 KB of JSON: far below Kafka's 1 MB default message size
 
 
 def partition_for(user_id: str, partitions: int) -> int:
-    """The events-by-user partition of a user: Kafka's default partitioner on the UTF-8 id."""
+    """The home partition of a re-keyed user: Kafka's default partitioner on the UTF-8 id."""
     return (murmur2(user_id.encode()) & 0x7FFFFFFF) % partitions
 
 
-def group_by_partition(events: Iterable[Interaction], partitions: int) -> dict[int, list[Interaction]]:
-    """The events per target partition, in their original order within each partition."""
-    groups: dict[int, list[Interaction]] = {}
-    for event in events:
-        groups.setdefault(partition_for(event.user_id, partitions), []).append(event)
-    return groups
+def is_home(key: bytes | None, event: Interaction) -> bool:
+    """True if an input message is keyed by its event's user id, so its partition is the user's."""
+    return key is not None and key == event.user_id.encode()
 
 
-def event_bundle(events: Iterable[Interaction]) -> dict[str, Any]:
-    """The JSON value of an events-by-user message carrying ``events``."""
-    return {BUNDLE_EVENTS: [event.to_dict() for event in events]}
+def popularity_rows(deltas: Mapping[str, ItemPopularity]) -> dict[str, Any]:
+    """``deltas`` as one JSON-ready value (the item-events message form, unsplit)."""
+    return {DELTA_ITEMS: [[item, delta.score, delta.as_of, delta.count] for item, delta in deltas.items()]}
 
 
-def unbundle_events(value: dict[str, Any]) -> list[Interaction]:
-    """The events of an events-by-user message, bundled or the older single event."""
-    if BUNDLE_EVENTS in value:
-        return [Interaction.from_dict(data) for data in value[BUNDLE_EVENTS]]
-    return [Interaction.from_dict(value)]
+def delta_messages(deltas: Mapping[str, ItemPopularity]) -> Iterator[dict[str, Any]]:
+    """The JSON values of item-events messages carrying ``deltas``: ``[item, score, as_of, count]`` each."""
+    rows = popularity_rows(deltas)[DELTA_ITEMS]
+    for start in range(0, len(rows), DELTA_MESSAGE_MAX_ITEMS):
+        yield {DELTA_ITEMS: rows[start : start + DELTA_MESSAGE_MAX_ITEMS]}
 
 
-def item_event_bundle(events: Iterable[Interaction]) -> dict[str, Any]:
-    """The JSON value of an item-events message: ``[item_id, timestamp, weight]`` per event."""
-    return {BUNDLE_EVENTS: [[event.item_id, event.timestamp, event.weight] for event in events]}
+def pending_popularity_key(partition: int) -> str:
+    """The ``user_state`` key of a partition's unsent popularity: NUL never starts a user id."""
+    return f"\x00pending-popularity:{partition}"
 
 
-def unbundle_item_events(value: dict[str, Any]) -> list[tuple[str, float, float]]:
-    """``(item_id, timestamp, weight)`` of an item-events message, bundled or the older single event."""
-    if BUNDLE_EVENTS in value:
-        return [(str(item), float(ts), float(weight)) for item, ts, weight in value[BUNDLE_EVENTS]]
-    return [(str(value["item_id"]), float(value["timestamp"]), float(value["weight"]))]
+def read_deltas(value: dict[str, Any]) -> list[tuple[str, ItemPopularity]]:
+    """``(item_id, delta)`` of an item-events message.
+
+    Also reads the two older forms, so a worker upgraded mid-stream finishes what its predecessor
+    left on the topic: a bundle ``{"events": [[item, timestamp, weight], …]}`` and one event
+    ``{"item_id", "timestamp", "weight"}``; each event becomes a delta of one event.
+    """
+    if DELTA_ITEMS in value:
+        return [
+            (str(item), ItemPopularity(float(score), float(as_of), int(count)))
+            for item, score, as_of, count in value[DELTA_ITEMS]
+        ]
+    events = (
+        value["events"] if "events" in value else [[value["item_id"], value["timestamp"], value["weight"]]]
+    )
+    return [(str(item), ItemPopularity(float(weight), float(ts), 1)) for item, ts, weight in events]

@@ -155,10 +155,14 @@ class ItemPopularity:
 
 
 def add_item_event(
-    popularity: ItemPopularity, timestamp: float, weight: float, half_life_hours: float
+    popularity: ItemPopularity, timestamp: float, weight: float, half_life_hours: float, count: int = 1
 ) -> None:
-    """Add one event of the item (in place). A late event is decayed to the item's current ``as_of``."""
-    popularity.count += 1
+    """Add one event of the item (in place). A late event is decayed to the item's current ``as_of``.
+
+    ``count`` > 1 adds a delta instead: ``weight`` is then the delta's score as of ``timestamp``,
+    the sum of its events decayed to that time, which adds exactly like one event of that weight.
+    """
+    popularity.count += count
     if weight <= 0.0:
         return
     if timestamp >= popularity.as_of:
@@ -168,6 +172,11 @@ def add_item_event(
         popularity.score += weight * 0.5 ** (
             (popularity.as_of - timestamp) / (half_life_hours * SECONDS_PER_HOUR)
         )
+
+
+def merge_popularity(popularity: ItemPopularity, delta: ItemPopularity, half_life_hours: float) -> None:
+    """Add a delta (the popularity of some more events of the item) in place; order never matters."""
+    add_item_event(popularity, delta.as_of, delta.score, half_life_hours, count=delta.count)
 
 
 class PopularityRanking:

@@ -4,11 +4,13 @@ One synchronous loop per process:
 
 1. ``topic_user_features`` (consumer group ``streamrec-scorer``; several scorers share the
    partitions) is read in micro-batches of up to ``scorer_batch_size`` messages, waiting at most
-   ``scorer_batch_wait_ms`` after the first one. Only each user's latest message in a batch counts.
-2. The batch is scored with the served ONNX model (``personal``), or, with no model yet or no item
-   the model knows, the popular list minus the user's items (``fallback``).
-3. Every list is written with one Redis pipeline, and only then are the offsets committed: nothing
-   is acknowledged before it is in Redis (at-least-once; a re-delivered user is simply re-scored).
+   ``scorer_batch_wait_ms`` after the first one. Each message is a ``FeatureBatch``: the users one
+   ingest batch touched, with their histories. Only each user's latest history in a micro-batch counts.
+2. The users are scored ``scorer_batch_size`` at a time with the served ONNX model (``personal``),
+   or, with no model yet or no item the model knows, the popular list minus the user's items
+   (``fallback``).
+3. Each chunk's lists are written with one Redis pipeline; once all are, the offsets are committed:
+   nothing is acknowledged before it is in Redis (at-least-once; a re-delivered user is re-scored).
 
 Every scorer also reads ``topic_popular_items`` and ``topic_models`` on its own (partition 0
 assigned explicitly, outside the group): popular items from the latest message, so a restarted
@@ -40,7 +42,14 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
-from ..shared.contracts import CachedList, ModelAnnouncement, PopularItems, RedisKeys, UserFeatures
+from ..shared.contracts import (
+    CachedList,
+    FeatureBatchDecodeError,
+    ModelAnnouncement,
+    PopularItems,
+    RedisKeys,
+    decode_feature_batch,
+)
 from ..shared.kafka_config import client_config
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
@@ -328,8 +337,9 @@ class ScorerService:
     def _process_user_batch(self, messages: list[Message]) -> None:
         """Score the latest features of each user in the batch, write them, then commit."""
         assert self.users is not None
-        latest: dict[str, UserFeatures] = {}
         next_offsets: dict[tuple[str, int], int] = {}
+        histories: dict[str, list[str]] = {}  # each user's latest, in the order users were seen
+        updated_at: dict[str, float] = {}
         for message in messages:
             if error := message.error():
                 if error.fatal():
@@ -338,23 +348,29 @@ class ScorerService:
                 continue
             next_offsets[(message.topic(), message.partition())] = message.offset() + 1
             try:
-                features = UserFeatures.from_json(message.value())
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                batch = decode_feature_batch(message.value())
+            except FeatureBatchDecodeError as exc:
                 # A message no scorer can read will not get better: skip it (and commit past it).
                 log.error(
                     "skipping unreadable user-features message",
                     extra={"partition": message.partition(), "offset": message.offset(), "error": str(exc)},
                 )
                 continue
-            latest[features.user_id] = features  # later messages of the same user win
-            self.recent.remember(features.user_id, features.history, message.partition())
-            self.rescore_queue.pop(features.user_id, None)  # scored now, with the current model
+            for user in batch.users:
+                histories[user.user_id] = user.history  # later messages of the same user win
+                updated_at[user.user_id] = batch.updated_at
+                self.recent.remember(user.user_id, user.history, message.partition())
+                self.rescore_queue.pop(user.user_id, None)  # scored now, with the current model
 
-        lists = self._score({user: features.history for user, features in latest.items()})
-        self._write_lists(lists, trigger="event")
-        written_at = time.time()
-        for features in latest.values():
-            FRESHNESS_SECONDS.observe(max(0.0, written_at - features.updated_at))
+        users = list(histories)
+        chunk = self.settings.scorer_batch_size  # one ONNX run each, written before the next runs
+        for start in range(0, len(users), chunk):
+            part = users[start : start + chunk]
+            lists = self._score({user: histories[user] for user in part})
+            self._write_lists(lists, trigger="event")
+            written_at = time.time()
+            for user in part:
+                FRESHNESS_SECONDS.observe(max(0.0, written_at - updated_at[user]))
         self._commit(next_offsets)
         self._update_lag(next_offsets)
         self.counts["batches"] += 1

@@ -25,7 +25,7 @@ import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from tqdm import tqdm
 
-from ..shared.contracts import UserFeatures
+from ..shared.contracts import FeatureBatchDecodeError, decode_feature_batch
 from ..shared.kafka_config import client_config
 from ..shared.logs import get_logger
 from ..shared.settings import ConfigError, Settings
@@ -137,14 +137,17 @@ class EventLog:
                 continue
             next_offsets[message.partition()] = message.offset() + 1
             try:
-                event = UserFeatures.from_json(message.value()).event
-            except Exception as exc:  # a bad message must not stall the log forever: skip it
+                events = decode_feature_batch(message.value()).events
+            except FeatureBatchDecodeError as exc:  # a bad message must not stall the log forever: skip it
                 log.warning(
                     "unreadable user-features message skipped",
-                    extra={"partition": message.partition(), "offset": message.offset(), "error": repr(exc)},
+                    extra={"partition": message.partition(), "offset": message.offset(), "error": str(exc)},
                 )
                 continue
-            rows.append((event.user_id, event.item_id, event.event_type, event.timestamp, event.value))
+            rows.extend(
+                (event.user_id, event.item_id, event.event_type, event.timestamp, event.value)
+                for event in events
+            )
         if next_offsets:
             self._append(rows, next_offsets)
         return len(rows)

@@ -30,6 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from streamrec.shared.contracts import FeatureBatch, decode_feature_batch
 from streamrec.shared.events import Interaction, Rejection, parse_event
 from streamrec.shared.settings import Settings
 
@@ -318,14 +319,18 @@ def test_ingest_survives_a_generated_corpus_and_accounts_for_every_event(live_st
     published_at = time.monotonic()
     expected = expected_outcome(producer.sent, live)
 
-    user_keys = {user.encode() for user in expected.accepted}
-    features: list[dict[str, Any]] = []
+    users = set(expected.accepted)
+    features: list[FeatureBatch] = []
     letters: list[tuple[bytes, dict[str, Any]]] = []
     features_consumer = consumer_from_start(live, live.topic_user_features)
     letters_consumer = consumer_from_start(live, live.topic_dlq)
 
-    def keep_features(message: Any) -> dict[str, Any] | None:
-        return orjson.loads(message.value()) if message.key() in user_keys else None
+    def keep_features(message: Any) -> FeatureBatch | None:
+        batch = decode_feature_batch(message.value())
+        return batch if any(user.user_id in users for user in batch.users) else None
+
+    def accepted_events() -> list[Interaction]:
+        return [event for batch in features for event in batch.events if event.user_id in users]
 
     def keep_letter(message: Any) -> tuple[bytes, dict[str, Any]] | None:
         key = message.key()
@@ -337,7 +342,7 @@ def test_ingest_survives_a_generated_corpus_and_accounts_for_every_event(live_st
 
     def everything_arrived() -> bool:
         read_both()
-        return len(features) >= expected.accepted_count and len(letters) >= len(expected.rejected)
+        return len(accepted_events()) >= expected.accepted_count and len(letters) >= len(expected.rejected)
 
     try:
         wait_for(everything_arrived, 150, "ingest to account for every generated event", interval=0.5)
@@ -349,7 +354,7 @@ def test_ingest_survives_a_generated_corpus_and_accounts_for_every_event(live_st
 
     # The worker never crashed or stalled: same process, alive, and the last event got through.
     assert ingest.alive() and ingest.pid == pid, ingest.log_tail()
-    assert any(update["user_id"] == SENTINEL_USER for update in features)
+    assert any(event.user_id == SENTINEL_USER for event in accepted_events())
 
     # Every invalid event is dead-lettered exactly once, with the oracle's machine-readable reason.
     letter_counts = Counter(key for key, _ in letters)
@@ -363,22 +368,24 @@ def test_ingest_survives_a_generated_corpus_and_accounts_for_every_event(live_st
     assert wrong == {}, "dead letters with another reason than the validator's (got, expected)"
     assert all(letter["detail"] and letter["source"]["partition"] == 0 for _, letter in letters)
 
-    # Every valid event is in the features exactly once, in order, with its user's running count.
-    by_user: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for update in features:
-        by_user[update["user_id"]].append(update)
+    # Every valid event is in the features exactly once, in order, and each user's last snapshot
+    # counts them all.
+    by_user: dict[str, list[Interaction]] = defaultdict(list)
+    for event in accepted_events():
+        by_user[event.user_id].append(event)
+    final_count = {user.user_id: user.event_count for batch in features for user in batch.users}
     assert set(by_user) == set(expected.accepted)
     for user, accepted in expected.accepted.items():
-        updates = by_user[user]
-        assert [u["event_count"] for u in updates] == list(range(1, len(accepted) + 1)), user
         got = [
-            comparable(Interaction.from_dict(u["event"]), with_time=given)
-            for u, (_, given) in zip(updates, accepted, strict=True)
+            comparable(event, with_time=given)
+            for event, (_, given) in zip(by_user[user], accepted, strict=True)
         ]
+        assert len(by_user[user]) == len(accepted), user
         assert got == [comparable(event, with_time=given) for event, given in accepted], user
+        assert final_count[user] == len(accepted), user
     # The window user's first id came back after dedup_window other ids (counted again), its last
     # id right after itself (dropped): dedup_window + 1 distinct ids + 1.
-    assert by_user[WINDOW_USER][-1]["event_count"] == live.dedup_window + 2
+    assert final_count[WINDOW_USER] == live.dedup_window + 2
 
     valid = expected.accepted_count + expected.duplicates
     print(

@@ -25,6 +25,8 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         "Ingest scale-out: two workers against one (figure 7)",
         "Where an ingest worker's time goes (profile behind figure 1)",
         "Freshness (figure 2)",
+        "Broker cost per event (figure 8)",
+        "End-to-end drain (figure 9)",
         "Read latency (figure 3)",
         "Scoring throughput (figure 4)",
         "Training (figure 5)",
@@ -35,7 +37,8 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         assert f"## {title}" in result.stdout
     assert "| onnxruntime, 1,000 items, batch 64 |" in result.stdout
     assert (
-        "| agent `build_features`: user state, table reads and writes, features messages |" in result.stdout
+        "| agent `build_features`: validate, fold into user state, table writes, features messages |"
+        in result.stdout
     )
     assert (
         "| Redis bytes per user, top-50, ids like i12345, as the scorer wrote them: MEMORY USAGE |"

@@ -30,7 +30,7 @@ from streamrec.embedded import broker_binary, start_redis
 from streamrec.ingest.features import UserState, apply_event
 from streamrec.processes import ChildProcess, free_port, spawn, wait_for_port
 from streamrec.publisher import Publisher, dataset_events, publish_stream
-from streamrec.shared.contracts import RedisKeys, UserFeatures
+from streamrec.shared.contracts import RedisKeys, decode_feature_batch
 from streamrec.shared.events import Interaction, parse_event
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
@@ -125,6 +125,7 @@ def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
             train_min_new_events=10**9,
             train_interval_seconds=10**6,
             log_level="INFO",
+            ingest_stop_timeout_seconds=10.0,  # test 6 waits for it
         ).with_data_dir(run_dir / "data")
         stack = Stack(settings, run_dir, ("ingest", "scorer", "trainer")).start()
         live = stack.settings
@@ -187,8 +188,9 @@ class FeatureReader:
         topic = settings.topic_user_features
         self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
         self.latest: dict[str, tuple[int, list[str]]] = {}
-        self.counts: dict[str, set[int]] = {}  # every event_count announced per user
+        self.announced: dict[str, set[str]] = {}  # every event id announced per user (the trainer's data)
         self.messages = 0
+        self.events = 0
 
     def read(self, seconds: float = 1.0) -> dict[str, tuple[int, list[str]]]:
         """Read for up to ``seconds``; a user's messages are on one partition, in order, so the last wins."""
@@ -198,9 +200,12 @@ class FeatureReader:
                 if message.error():
                     continue
                 self.messages += 1
-                features = UserFeatures.from_json(message.value())
-                self.latest[features.user_id] = (features.event_count, features.history)
-                self.counts.setdefault(features.user_id, set()).add(features.event_count)
+                batch = decode_feature_batch(message.value())
+                self.events += len(batch.events)
+                for user in batch.users:
+                    self.latest[user.user_id] = (user.event_count, user.history)
+                for event in batch.events:
+                    self.announced.setdefault(event.user_id, set()).add(event.event_id or "")
         return self.latest
 
     def close(self) -> None:
@@ -289,8 +294,8 @@ def test_ingest_kill9_mid_replay_loses_nothing_and_counts_nothing_twice(faults: 
     publisher = threading.Thread(target=replay, name="replay")
     publisher.start()
     try:
-        wait_for(lambda: reader.read(0.3) and reader.messages >= total // 3, 120, "a third of the replay")
-        at_kill = reader.messages
+        wait_for(lambda: reader.read(0.3) and reader.events >= total // 3, 120, "a third of the replay")
+        at_kill = reader.events
         faults.kill9("ingest")
         faults.restart("ingest")
     finally:
@@ -317,13 +322,13 @@ def test_ingest_kill9_mid_replay_loses_nothing_and_counts_nothing_twice(faults: 
     got = {user: reader.latest[user] for user in expected}
     wrong = {user: (got[user][0], expected[user][0]) for user in expected if got[user] != expected[user]}
     assert not wrong, f"{len(wrong)} users differ from an exactly-once run (got, expected count): {wrong}"
-    # Every accepted event was announced: a user's features carry each count 1..N at least once
-    # (a re-delivered event may announce its count twice, never skip one).
-    gaps = {
-        user: count
-        for user, (count, _) in expected.items()
-        if reader.counts[user] != set(range(1, count + 1))
-    }
+    # Every accepted event was announced to the trainer: each event id is in some features batch
+    # (a re-delivered event may be announced twice, never not at all).
+    expected_ids: dict[str, set[str]] = {}
+    for raw in dataset_events(events, "kill"):
+        expected_ids.setdefault(str(raw["user_id"]), set()).add(str(raw["event_id"]))
+    gaps = {user: ids - reader.announced.get(user, set()) for user, ids in expected_ids.items()}
+    gaps = {user: missing for user, missing in gaps.items() if missing}
     assert not gaps, f"features never sent for some events of {len(gaps)} users: {sorted(gaps)[:10]}"
     duplicates = metric_total(faults.port("ingest"), "streamrec_ingest_events_total", outcome="duplicate")
     print(f"kill -9 at {at_kill}/{total} features; {duplicates:.0f} redelivered events dropped as duplicates")
@@ -452,3 +457,26 @@ def test_sigterm_commits_progress_and_flushes(faults: FaultStack, name: str) -> 
     after = time.time()
     live.stream_in(touch_events(updated, "i4", after), f"term-{name}-after")
     wait_fresh(live, updated, after, FRESH_TIMEOUT, f"fresh lists after {name} restarted")
+
+
+# --- 6. SIGTERM while the broker is gone: the stop is bounded ---------------------------------------
+
+
+def test_sigterm_without_a_broker_stops_ingest_within_its_stop_timeout(faults: FaultStack) -> None:
+    live = faults.live
+    users = users_served_before(live, "s-", 41, "stop-before", users=10, items=20, clusters=2)
+    child = faults.child("ingest")
+    faults.proxy.cut()  # a graceful stop commits offsets and leaves the group: both need the broker
+    try:
+        started = time.monotonic()
+        code = child.stop(timeout=live.settings.ingest_stop_timeout_seconds + 30)  # SIGTERM, then SIGKILL
+        took = time.monotonic() - started
+    finally:
+        faults.proxy.restore()
+    assert code == 1, f"ingest exited with {code} after {took:.0f}s (SIGKILL means it never gave up)"
+    assert took < live.settings.ingest_stop_timeout_seconds + 10, f"the stop took {took:.0f}s"
+    assert "next_start_reads_again" in child.log_tail(20), child.log_tail(20)
+    faults.restart("ingest")
+    after = time.time()
+    live.stream_in(touch_events(users, "i6", after), "stop-after")
+    wait_fresh(live, users, after, FRESH_TIMEOUT, "fresh lists after ingest restarted")

@@ -35,7 +35,13 @@ from streamrec.processes import ChildProcess, free_port, spawn, wait_for_port
 from streamrec.publisher import Publisher
 from streamrec.shared.kafka_config import aiokafka_config
 from streamrec.shared.settings import Settings
-from streamrec.topics import KafkaUnavailable, MessageCounter, create_topics, existing_topics
+from streamrec.topics import (
+    KafkaUnavailable,
+    MessageCounter,
+    accepted_events_counter,
+    create_topics,
+    existing_topics,
+)
 
 from support import TcpProxy, TlsFiles, make_tls_files, wait_for
 
@@ -128,7 +134,7 @@ def test_ingest_worker_over_tls(tls_stack: tuple[Settings, TcpProxy]) -> None:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, **settings.as_env(), "STREAMREC_LOG_LEVEL": "INFO"}
     worker = spawn("ingest-tls", [sys.executable, "-m", "streamrec", "ingest"], log_path, env)
-    features = MessageCounter(settings, settings.topic_user_features)
+    features = accepted_events_counter(settings)  # the events of ingest's feature batches
     try:
         wait_for(lambda: '"msg":"ingest ready"' in log_path.read_text(errors="replace") or not worker.alive(),
                  90, "ingest to join its group over TLS")  # fmt: skip

@@ -17,7 +17,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.processes import free_port
-from streamrec.shared.contracts import RedisKeys, UserFeatures
+from streamrec.shared.contracts import RedisKeys, decode_feature_batch
 from streamrec.shared.registry import ModelRegistry
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
@@ -57,9 +57,9 @@ def final_features(live: LiveStack, prefix: str, expected_users: int) -> dict[st
         if message is None or message.error():
             continue
         idle_since = time.monotonic()
-        features = UserFeatures.from_json(message.value())
-        if features.user_id.startswith(prefix):
-            latest[features.user_id.removeprefix(prefix)] = (features.event_count, features.history)
+        for user in decode_feature_batch(message.value()).users:
+            if user.user_id.startswith(prefix):
+                latest[user.user_id.removeprefix(prefix)] = (user.event_count, user.history)
     consumer.close()
     return latest
 

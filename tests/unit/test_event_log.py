@@ -11,7 +11,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamrec.embedded import start_broker
-from streamrec.shared.contracts import UserFeatures
+from streamrec.shared.contracts import FeatureBatch, UserSnapshot
 from streamrec.shared.events import Interaction
 from streamrec.shared.settings import ConfigError, Settings, load_settings
 from streamrec.trainer.event_log import EventLog, EventLogLocked
@@ -39,12 +39,12 @@ def settings(bootstrap: str, tmp_path: Path) -> Settings:
 
 
 def produce(settings: Settings, start: int, count: int, linger_ms: int = 5) -> None:
-    """Send ``count`` UserFeatures messages for events ``start..start+count-1`` (keyed by user)."""
+    """Send ``count`` one-event FeatureBatch messages for events ``start..start+count-1`` (keyed by user)."""
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "linger.ms": linger_ms})
     for n in range(start, start + count):
         user = f"u{n % 7}"
         event = Interaction(user, f"i{n}", "view", 1_700_000_000.0 + n, value=float(n) if n % 2 else None)
-        message = UserFeatures(user, event, [f"i{n}"], n, 0.0)
+        message = FeatureBatch([UserSnapshot(user, [f"i{n}"], n)], [event], 0.0)
         producer.produce(settings.topic_user_features, key=user, value=message.to_json())
     assert producer.flush(30) == 0
 
@@ -115,11 +115,11 @@ def test_keeps_only_the_training_window(settings: Settings) -> None:
 
 
 def produce_to(settings: Settings, partition: int, items: list[str]) -> None:
-    """Send one UserFeatures message per item to one partition."""
+    """Send one one-event FeatureBatch message per item to one partition."""
     producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
     for item in items:
         event = Interaction(f"u-p{partition}", item, "view", 1_700_000_000.0)
-        message = UserFeatures(event.user_id, event, [item], 1, 0.0)
+        message = FeatureBatch([UserSnapshot(event.user_id, [item], 1)], [event], 0.0)
         producer.produce(settings.topic_user_features, value=message.to_json(), partition=partition)
     assert producer.flush(30) == 0
 

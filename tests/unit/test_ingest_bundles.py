@@ -1,4 +1,4 @@
-"""How ingest bundles events between its agents (services/ingest/bundles.py), and its eager delivery."""
+"""Ingest's internal messages (services/ingest/bundles.py) and its eager delivery (transport.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +7,12 @@ import asyncio
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from streamrec.ingest.bundles import (
-    event_bundle,
-    group_by_partition,
-    item_event_bundle,
-    partition_for,
-    unbundle_events,
-    unbundle_item_events,
-)
+from streamrec.ingest.bundles import delta_messages, is_home, partition_for, read_deltas
+from streamrec.ingest.features import ItemPopularity, add_item_event, merge_popularity
 from streamrec.ingest.transport import start_eagerly
 from streamrec.shared.events import Interaction
+
+HALF_LIFE = 24.0
 
 
 def interaction(user: str, item: str, ts: float, event_id: str | None = None) -> Interaction:
@@ -26,37 +22,55 @@ def interaction(user: str, item: str, ts: float, event_id: str | None = None) ->
 
 
 def test_a_user_always_maps_to_the_partition_kafkas_default_partitioner_picks_for_its_key() -> None:
-    # Messages of the previous release were keyed by user id and partitioned by the producer:
-    # the bundles must land where those did, or an upgrade would split a user's state.
+    # Re-keyed events must land where a Java-compatible producer (aiokafka, streamrec's publisher)
+    # puts the user's keyed events, or the user's state would split across partitions.
     partitions = list(range(8))
     for n in range(500):
         user = f"user-{n}-é"
         assert partition_for(user, 8) == DefaultPartitioner()(user.encode(), partitions, partitions)
 
 
-def test_grouping_keeps_every_event_once_and_each_partitions_order() -> None:
-    events = [interaction(f"u{n % 37}", f"i{n}", float(n)) for n in range(1000)]
-    groups = group_by_partition(events, 4)
-    assert sorted(groups) == [0, 1, 2, 3]
-    assert sorted(e.item_id for group in groups.values() for e in group) == sorted(e.item_id for e in events)
-    for partition, group in groups.items():
-        assert {partition_for(e.user_id, 4) for e in group} == {partition}
-        assert [e.timestamp for e in group] == sorted(e.timestamp for e in group)
+def test_only_an_event_keyed_by_its_own_user_id_is_at_home() -> None:
+    event = interaction("42", "i1", 1.0)
+    assert is_home(b"42", event)
+    assert not is_home(None, event)
+    assert not is_home(b"43", event)
+    assert not is_home(b"42 ", event)  # the key must be the normalised id itself
 
 
-def test_event_bundles_round_trip_and_the_older_single_event_form_is_still_read() -> None:
-    events = [interaction("u1", "i1", 1.0, "e1"), interaction("u1", "i2", 2.0)]
-    assert unbundle_events(event_bundle(events)) == events
-    assert unbundle_events(events[0].to_dict()) == [events[0]]
+def test_popularity_deltas_add_up_to_the_same_scores_in_any_grouping() -> None:
+    events = [(f"i{n % 7}", 1000.0 + 3600.0 * ((n * 37) % 50), 1.0 + n % 3) for n in range(200)]
+    one_by_one: dict[str, ItemPopularity] = {}
+    for item, ts, weight in events:
+        add_item_event(one_by_one.setdefault(item, ItemPopularity()), ts, weight, HALF_LIFE)
+    merged: dict[str, ItemPopularity] = {}
+    for start in range(0, len(events), 23):  # deltas of uneven groups, merged out of time order
+        delta: dict[str, ItemPopularity] = {}
+        for item, ts, weight in events[start : start + 23]:
+            add_item_event(delta.setdefault(item, ItemPopularity()), ts, weight, HALF_LIFE)
+        for value in delta_messages(delta):
+            for item, popularity in read_deltas(value):
+                merge_popularity(merged.setdefault(item, ItemPopularity()), popularity, HALF_LIFE)
+    assert merged.keys() == one_by_one.keys()
+    for item, expected in one_by_one.items():
+        got = merged[item]
+        assert got.count == expected.count and got.as_of == expected.as_of
+        assert got.score == pytest.approx(expected.score, rel=1e-9)
 
 
-def test_item_event_bundles_round_trip_and_the_older_single_event_form_is_still_read() -> None:
-    events = [interaction("u1", "i1", 1.0), interaction("u2", "i1", 2.0)]
-    expected = [("i1", 1.0, events[0].weight), ("i1", 2.0, events[1].weight)]
-    assert unbundle_item_events(item_event_bundle(events)) == expected
-    assert (
-        unbundle_item_events({"item_id": "i1", "timestamp": 1.0, "weight": events[0].weight}) == expected[:1]
-    )
+def test_the_older_item_event_forms_are_still_read_as_one_event_deltas() -> None:
+    bundle = {"events": [["i1", 1.0, 2.0], ["i2", 3.0, 1.0]]}
+    assert read_deltas(bundle) == [("i1", ItemPopularity(2.0, 1.0, 1)), ("i2", ItemPopularity(1.0, 3.0, 1))]
+    assert read_deltas({"item_id": "i1", "timestamp": 1.0, "weight": 2.0}) == [
+        ("i1", ItemPopularity(2.0, 1.0, 1))
+    ]
+
+
+def test_a_large_delta_is_split_into_messages_of_bounded_size() -> None:
+    deltas = {f"i{n}": ItemPopularity(1.0, 1.0, 1) for n in range(12_001)}
+    messages = list(delta_messages(deltas))
+    assert [len(m["items"]) for m in messages] == [5_000, 5_000, 2_001]
+    assert {item for m in messages for item, *_ in m["items"]} == deltas.keys()
 
 
 # --- eager delivery (transport.start_eagerly) ---------------------------------------------------
