@@ -44,13 +44,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streamrec.processes import ChildProcess, StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
-from streamrec.scorer.service import SCORER_GROUP
 from streamrec.shared.contracts import CachedList, RedisKeys
-from streamrec.shared.kafka_config import client_config
 from streamrec.shared.redis_connection import connect
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
@@ -58,6 +55,7 @@ from streamrec.stack import Stack
 from streamrec.synthetic import generate
 
 from .harness import FRAGMENTS, RUNS, Figure, Section
+from .progress import PipelineProgress
 
 DEFAULT_EVENTS = 1_000_000
 TOP_N = 50  # the list length the issue's budget is about
@@ -145,39 +143,6 @@ def _run_cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[str,
 # --- progress of ingest and scorer ------------------------------------------------------------
 
 
-class Progress:
-    """Messages on ``topic_user_features`` (one per event ingest accepted) and the scorer's commits."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.topic = settings.topic_user_features
-        config = {"enable.auto.commit": False}
-        self._reader = Consumer(
-            client_config(settings, {**config, "group.id": f"bench-memory-{uuid.uuid4().hex}"})
-        )
-        self._partitions = [TopicPartition(self.topic, p) for p in range(settings.partitions)]
-        self._reader.assign(
-            [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)]
-        )
-        # Never subscribes, so it never joins the scorers' group: it only reads their commits.
-        self._scorers = Consumer(client_config(settings, {**config, "group.id": SCORER_GROUP}))
-        self.ingested = 0
-
-    def update(self) -> tuple[int, int]:
-        """(messages ingest produced so far, messages the scorer committed); bounded in time."""
-        for _ in range(50):  # a bounded catch-up per call, so the samples keep their pace
-            batch = self._reader.consume(10_000, 0.05)
-            self.ingested += sum(1 for message in batch if message.error() is None)
-            if len(batch) < 10_000:
-                break
-        committed = self._scorers.committed(self._partitions, timeout=10)
-        return self.ingested, sum(max(0, tp.offset) for tp in committed)
-
-    def close(self) -> None:
-        """Release both consumers."""
-        self._reader.close()
-        self._scorers.close()
-
-
 def _wait(done: Callable[[], bool], timeout: float, what: str, stack: Stack) -> None:
     deadline = time.monotonic() + timeout
     while not done():
@@ -190,7 +155,7 @@ def _wait(done: Callable[[], bool], timeout: float, what: str, stack: Stack) -> 
 # --- one run ----------------------------------------------------------------------------------
 
 
-def _train_and_serve(stack: Stack, sample: pd.DataFrame, progress: Progress, epochs: int) -> float:
+def _train_and_serve(stack: Stack, sample: pd.DataFrame, progress: PipelineProgress, epochs: int) -> float:
     """Stream ``sample`` in, train one model on it, wait until the scorer serves it; peak RSS (MiB)."""
     settings = stack.settings
     with Publisher(settings=settings) as publisher:
@@ -212,7 +177,7 @@ def _train_and_serve(stack: Stack, sample: pd.DataFrame, progress: Progress, epo
     return peak
 
 
-def _replay(stack: Stack, events: pd.DataFrame, progress: Progress, label: str) -> list[Sample]:
+def _replay(stack: Stack, events: pd.DataFrame, progress: PipelineProgress, label: str) -> list[Sample]:
     """Publish ``events`` (in a thread) and sample RSS until the scorer has processed all of them."""
     expected = len(events)
     base_ingested, base_scored = progress.update()
@@ -325,7 +290,7 @@ def _one_run(events: pd.DataFrame, train_rows: int, run_dir: Path, epochs: int, 
     settings = Settings(data_dir=run_dir / "data", partitions=4, top_n=TOP_N, log_level="WARNING")
     result = RunResult()
     with Stack(settings, run_dir, ("ingest", "scorer")) as stack:
-        progress = Progress(stack.settings)
+        progress = PipelineProgress(stack.settings)
         try:
             print(f"  {label}: training on the first {train_rows:,} events", file=sys.stderr, flush=True)
             result.train_peak_mib = _train_and_serve(stack, events.iloc[:train_rows], progress, epochs)
