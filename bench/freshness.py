@@ -482,6 +482,10 @@ def _run_once(
         name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items() if cpu_before[name] >= 0
     }
     written_after = _written(settings)
+    per_topic = {
+        topic: after[0] - written_before.get(topic, (0, 0))[0] for topic, after in written_after.items()
+    }
+    _progress(f"  record batches written during the run, per topic: {per_topic}")
     _check_alive(stack)
     if (served := _served_model(settings)) != version:
         raise StackError(f"the served model changed during the run ({version} -> {served}): figures void")

@@ -69,7 +69,10 @@ REKEYED_TOPIC = f"{APP_ID}-rekeyed"  # Faust-internal, created by Faust: events 
 # this: about 8 bytes of JSON per unit, so a message stays near 300 KB, far below Kafka's 1 MB.
 FEATURE_BATCH_MAX_UNITS = 40_000
 EVENT_UNITS = 20
-POPULARITY_FLUSH_SECONDS = 1.0  # popularity deltas go out this often (and before every commit)
+POPULARITY_FLUSH_SECONDS = 1.0
+PRODUCER_MAX_BATCH_BYTES = (
+    900 * 1024
+)  # below the 1 MB a Kafka broker accepts per batch by default  # popularity deltas go out this often (and before every commit)
 COUNTERS_LOG_SECONDS = 30.0
 # Written in the worker's data directory after a clean stop, removed at start: its absence at start
 # means the last run crashed (kill -9, OOM, power loss), and the local tables cannot be trusted.
@@ -186,7 +189,10 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.ingest_web_port or 6066,
         consumer_auto_offset_reset="earliest",  # a new deployment processes the existing stream
         broker_max_poll_records=settings.ingest_batch_max,
-        producer_linger=0.005,  # batches the messages of one bundle; adds at most 5 ms of latency
+        producer_linger=0.005,  # batches the messages of one run; adds at most 5 ms of latency
+        # aiokafka's 16 KB default split one run's changelog (a record per user) into dozens of
+        # record batches; the embedded broker's cost grows with batches, so a run's go in one.
+        producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
         producer_acks=-1,  # a commit only follows messages the broker has fully acknowledged
         # Tansu holds a first join for half the session timeout; a short one also fails over faster.
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,

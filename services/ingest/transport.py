@@ -219,6 +219,11 @@ class _ShortFetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     def _create_worker_consumer(self, transport: faust_aiokafka.Transport) -> aiokafka.AIOKafkaConsumer:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = self.app.fetch_wait_ms  # read by AIOKafkaConsumer.start()
+        # Without a minimum the broker answers as soon as any record is there, so at a steady rate
+        # runs are a few events each (one FeatureBatch and one changelog batch per partition for
+        # each): the wait, not the first record, should end a fetch. Under a backlog this much is
+        # there at once, so catching up is not slowed.
+        consumer._fetch_min_bytes = FETCH_MIN_BYTES
         return consumer
 
 
@@ -227,6 +232,7 @@ class _IngestTransport(faust_aiokafka.Transport):
 
 
 PRODUCER_BUFFER_MESSAGES = 20_000
+FETCH_MIN_BYTES = 1024 * 1024
 
 
 async def _nothing_to_send() -> None:

@@ -9,7 +9,8 @@ One synchronous loop per process:
 2. The users are scored ``scorer_batch_size`` at a time with the served ONNX model (``personal``),
    or, with no model yet or no item the model knows, the popular list minus the user's items
    (``fallback``).
-3. Each chunk's lists are written with one Redis pipeline; once all are, the offsets are committed:
+3. Each chunk's lists are written with one Redis pipeline; their offsets are committed about once
+   a second (and on revoke and stop), always after the write:
    nothing is acknowledged before it is in Redis (at-least-once; a re-delivered user is re-scored).
 
 Every scorer also reads ``topic_popular_items`` and ``topic_models`` on its own (partition 0
@@ -63,6 +64,7 @@ log = get_logger(__name__)
 
 SCORER_GROUP = "streamrec-scorer"
 IDLE_POLL_SECONDS = 0.5  # longest block waiting for traffic; bounds the reaction time to control messages
+COMMIT_SECONDS = 1.0  # offsets of written batches are committed at most this often (and on revoke, stop)
 PROMOTED_CHECK_SECONDS = 10.0  # re-read the registry's PROMOTED this often (covers lost announcements)
 PROGRESS_LOG_SECONDS = 60.0
 STARTUP_FALLBACK_VERSIONS = 3  # earlier promoted versions tried at start-up when PROMOTED is refused
@@ -171,6 +173,10 @@ class ScorerService:
         self._rescore_started = 0.0
         self._next_rescore_at = 0.0
         self.counts = {"batches": 0, "messages": 0, "personal": 0, "fallback": 0, "rescored": 0}
+        # Offsets of batches already in Redis, committed together about once a second: a commit per
+        # micro-batch was a broker round trip each, on the path of the next batch.
+        self.owed_offsets: dict[tuple[str, int], int] = {}
+        self.committed_at = time.monotonic()
         self.redis_ok = True  # False while a Redis operation is being retried
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -233,11 +239,14 @@ class ScorerService:
                 batch = self._collect_batch(min(IDLE_POLL_SECONDS, self._seconds_until_rescore()))
                 if batch:
                     self._process_user_batch(batch)
+                if self.owed_offsets and time.monotonic() - self.committed_at >= COMMIT_SECONDS:
+                    self._commit_owed()  # also when traffic stopped: the last batches get committed
                 self._rescore_step()
             except Stopped:
                 log.warning("stopping with Redis unreachable: the uncommitted batch will be re-delivered")
                 break
             self._log_progress()
+        self._commit_owed()  # the batches written so far (the one Redis refused is not among them)
 
     def close(self) -> None:
         """Leave the consumer group and close every connection (idempotent)."""
@@ -316,7 +325,8 @@ class ScorerService:
         log.info("partitions assigned", extra={"partitions": sorted(self.assigned_partitions)})
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        # Nothing to flush: every batch is written and committed before the next poll.
+        # Every batch is written before the next poll; what is owed is only its commit.
+        self._commit_owed({tp.partition for tp in partitions})
         self.assigned_partitions -= {tp.partition for tp in partitions}
         log.info("partitions revoked", extra={"revoked": sorted(tp.partition for tp in partitions)})
 
@@ -371,21 +381,30 @@ class ScorerService:
             written_at = time.time()
             for user in part:
                 FRESHNESS_SECONDS.observe(max(0.0, written_at - updated_at[user]))
-        self._commit(next_offsets)
+        self.owed_offsets.update(next_offsets)
         self._update_lag(next_offsets)
         self.counts["batches"] += 1
         self.counts["messages"] += len(messages)
 
-    def _commit(self, next_offsets: dict[tuple[str, int], int]) -> None:
+    def _commit_owed(self, partitions: set[int] | None = None) -> None:
+        """Commit the offsets of written batches (of ``partitions`` only, if given)."""
         assert self.users is not None
-        if not next_offsets:
+        owed = {
+            key: offset
+            for key, offset in self.owed_offsets.items()
+            if partitions is None or key[1] in partitions
+        }
+        for key in owed:
+            del self.owed_offsets[key]
+        self.committed_at = time.monotonic()
+        if not owed:
             return
-        offsets = [TopicPartition(topic, part, offset) for (topic, part), offset in next_offsets.items()]
+        offsets = [TopicPartition(topic, part, offset) for (topic, part), offset in owed.items()]
         try:
             self.users.commit(offsets=offsets, asynchronous=False)
         except KafkaException as exc:
             # E.g. the partition moved to another scorer meanwhile: it re-delivers and re-scores.
-            log.warning("offset commit failed; the batch will be re-scored", extra={"error": str(exc)})
+            log.warning("offset commit failed; the batches will be re-scored", extra={"error": str(exc)})
 
     # --- scoring -----------------------------------------------------------------------------
 
