@@ -205,7 +205,8 @@ def run(quick: bool) -> list[Section]:
             description=(
                 f"A pre-filled `interactions` topic ({workload}, keyed by user_id) on the embedded "
                 "broker, drained in each run by four readers one after another, on the same broker:\n\n"
-                "- **one ingest worker**: `streamrec ingest` with validation, the re-key by user, "
+                "- **one ingest worker**: `streamrec ingest` with validation, the home rule (events keyed by user "
+                "are folded where they land, as all of these are), "
                 "per-user features (last 200 items, last 1,000 event ids for de-duplication, event "
                 "count) in RocksDB tables with changelogs, and popularity; counted on its output (the "
                 "accepted events its user-features messages carry) from the moment it is ready and 1% "

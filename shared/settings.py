@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         "streamrec.user-features", description="ingest -> scorer, trainer: a user's features changed."
     )
     topic_item_events: str = Field(
-        "streamrec.item-events", description="ingest internal: accepted events, bundled, for popularity."
+        "streamrec.item-events", description="ingest internal: popularity deltas of accepted events."
     )
     topic_popular_items: str = Field(
         "streamrec.popular-items", description="ingest -> scorer: current most popular items."
