@@ -22,7 +22,8 @@ ingest, in one step), against the publish time and the Redis notification (all p
 one clock). The CPU each process of the stack used during a run is read from /proc.
 
 Sizes: ``BENCH_FRESHNESS_RATE`` (events/s, default 1000), ``BENCH_FRESHNESS_SECONDS`` (default
-60), ``BENCH_FRESHNESS_USERS`` (default 10,000); quick mode is tiny. Any ``STREAMREC_*`` setting
+60), ``BENCH_FRESHNESS_USERS`` (default 10,000), ``BENCH_FRESHNESS_LINGER_MS`` (the producer's
+linger, default 5); quick mode is tiny. Any ``STREAMREC_*`` setting
 (e.g. ``STREAMREC_KAFKA_FETCH_WAIT_MS``) applies to the stack, so knobs can be compared.
 """
 
@@ -63,7 +64,9 @@ from .plots import latency_cdf
 from .progress import PipelineProgress
 
 PARTITIONS = 4
-PRODUCER_LINGER_MS = 5  # what streamrec's Publisher uses: a realistic client, for both measurements
+# What streamrec's Publisher uses (a realistic client), for both measurements; BENCH_FRESHNESS_LINGER_MS
+# compares others (the input's record batches are most of the embedded broker's load, figure 8).
+PRODUCER_LINGER_MS = int(os.environ.get("BENCH_FRESHNESS_LINGER_MS", "5"))
 BASELINE_TOPIC = "bench.one-hop.{run}"  # one per run, read from its start: no earlier run in it
 TRAIN_EPOCHS = 2  # the model must be served, not good: a short training is enough
 DRAIN_IDLE_SECONDS = 15.0  # after publishing, stop waiting once no update arrived for this long
@@ -793,6 +796,7 @@ def _command(size: Size, quick: bool) -> str:
             ("BENCH_FRESHNESS_RATE", size.rate, default.rate),
             ("BENCH_FRESHNESS_SECONDS", size.seconds, default.seconds),
             ("BENCH_FRESHNESS_USERS", size.users, default.users),
+            ("BENCH_FRESHNESS_LINGER_MS", PRODUCER_LINGER_MS, 5),
         )
         if value != base
     ]
