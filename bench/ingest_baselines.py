@@ -32,6 +32,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -160,8 +161,10 @@ def empty_faust_rate(settings: Settings, topic: str, expected: int) -> float:
 def _faust_worker(topic: str, expected: int) -> None:
     """The child of :func:`empty_faust_rate`: prints one result line once ``expected`` values arrived."""
     settings = load_settings()
+    app_id = f"bench-empty-faust-{uuid.uuid4().hex[:8]}"  # a new group each run: read from the start
     app = _ShortFetchWaitApp(
-        f"bench-empty-faust-{uuid.uuid4().hex[:8]}",  # a new group each run: read from the start
+        app_id,
+        datadir=tempfile.mkdtemp(prefix=f"{app_id}-"),  # Faust's default is a directory in the cwd
         broker=[f"kafka://{server.strip()}" for server in require_bootstrap(settings).split(",")],
         broker_credentials=faust_credentials(settings),
         store="memory://",

@@ -1,7 +1,8 @@
 """Scoring throughput: users/s of the served model in onnxruntime vs the same model in torch eager.
 
 The model is the default one (SASRec, default sizes) exported by the trainer's own export path,
-run the way the scorer runs it (2 intra-op threads, sequential execution). Inputs are full
+run with 2 intra-op threads (``STREAMREC_SCORER_THREADS=2``, a scorer on cores of its own; the
+default of 1 spends less CPU per user on shared cores), sequential execution. Inputs are full
 histories (``max_seq_len`` items) and as many excluded items. The same run also multiplies a
 ``[1024, dim] x [dim, n_items]`` matrix in torch: the GFLOP/s this machine reaches on the scoring
 head alone, to put the model's GFLOP/s in context.
@@ -26,7 +27,7 @@ from streamrec.trainer.model import build_model
 from .harness import Figure, Section, image_path, repeat, timed
 from .plots import throughput_bars
 
-THREADS = 2  # the scorer's onnxruntime intra-op threads (services/scorer/model_runtime.py)
+THREADS = 2  # onnxruntime intra-op threads, as STREAMREC_SCORER_THREADS=2 (services/scorer/model_runtime.py)
 
 
 def model_gflop_per_user(dim: int, length: int, blocks: int, n_items: int) -> float:

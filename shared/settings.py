@@ -152,7 +152,7 @@ class Settings(BaseSettings):
         "partition's share is folded as one batch.",
     )
     ingest_batch_wait_ms: int = Field(
-        100,
+        50,
         ge=1,
         le=5000,
         description="Longest ingest's fetch waits for events: a batch's span, so at most this is added "
@@ -221,12 +221,20 @@ class Settings(BaseSettings):
     )
 
     # --- scoring (scorer) -------------------------------------------------------------------
-    scorer_batch_size: int = Field(256, ge=1, description="Users scored per micro-batch.")
+    scorer_batch_size: int = Field(
+        32, ge=1, description="Users scored per inference (and written to Redis before the next)."
+    )
     scorer_batch_wait_ms: int = Field(
         0,
         ge=0,
         description="Max wait for more messages after a micro-batch's first; 0 = score what is already "
         "fetched (adds no latency; under load the fetched backlog fills batches anyway).",
+    )
+    scorer_threads: int = Field(
+        1,
+        ge=1,
+        description="onnxruntime threads per inference. 1 spends the least CPU per user (the cores are "
+        "shared with ingest and the broker); more score one batch sooner on cores of its own.",
     )
     scorer_recent_users: int = Field(100_000, ge=0, description="Users remembered for re-scoring.")
     scorer_rescore_per_second: int = Field(

@@ -13,8 +13,9 @@ Data flow (agents, in order)::
 
 Faust's cost is per message, so the input reaches ``build_features`` as *runs*: every record one
 fetch returned for a partition, as one message (``transport.py``). A run is validated, folded
-into its users' states (one table write per user), and announced as one features message per
-partition; its offsets are committed once the whole run is done. An event keyed by its user id is
+into its users' states, and announced as one features message per partition. The changed states
+are written to ``user_state`` once per commit, just before it (``write_back.py``), so a run's
+offsets are committed only once the states it changed are in the changelog. An event keyed by its user id is
 folded on the partition it arrived on; the others take one hop through the re-key topic
 (``bundles.py``, "the home rule").
 """
@@ -44,6 +45,7 @@ from ..shared.ops import start_ops_server
 from ..shared.settings import Settings
 from ..topics import check_login
 from .bundles import (
+    DELTA_ITEMS,
     delta_messages,
     is_home,
     partition_for,
@@ -60,6 +62,7 @@ from .features import (
     merge_popularity,
 )
 from .transport import IngestApp, RecordRun
+from .write_back import StateWriteBack
 
 log = get_logger(__name__)
 
@@ -69,10 +72,8 @@ REKEYED_TOPIC = f"{APP_ID}-rekeyed"  # Faust-internal, created by Faust: events 
 # this: about 8 bytes of JSON per unit, so a message stays near 300 KB, far below Kafka's 1 MB.
 FEATURE_BATCH_MAX_UNITS = 40_000
 EVENT_UNITS = 20
-POPULARITY_FLUSH_SECONDS = 1.0
-PRODUCER_MAX_BATCH_BYTES = (
-    900 * 1024
-)  # below the 1 MB a Kafka broker accepts per batch by default  # popularity deltas go out this often (and before every commit)
+POPULARITY_FLUSH_SECONDS = 1.0  # popularity deltas go out this often (and before every commit)
+PRODUCER_MAX_BATCH_BYTES = 900 * 1024  # below the 1 MB a Kafka broker accepts per batch by default
 COUNTERS_LOG_SECONDS = 30.0
 # Written in the worker's data directory after a clean stop, removed at start: its absence at start
 # means the last run crashed (kill -9, OOM, power loss), and the local tables cannot be trusted.
@@ -227,11 +228,14 @@ def create_app(settings: Settings) -> faust.App:
     user_state = app.Table(
         "user_state", key_type=str, options=table_store_options(settings.ingest_table_memory_mb)
     )
-    # Per partition, the popularity of the events accepted since the last flush. It is also kept in
-    # user_state under a reserved key (written with each run, so its changelog record rides in the
-    # run's batch): after a crash the new owner sends it again, so no accepted event goes uncounted.
+    # Changed user states wait here for the next commit: one changelog batch per partition and
+    # commit, not per run (write_back.py).
+    write_back = StateWriteBack(user_state)
+    # Per partition, the popularity of the events accepted since the last flush; every commit sends
+    # it first. Versions before the write-back kept it in user_state under a reserved key, so it is
+    # still recovered from there, and the key is emptied at the next commit.
     pending_popularity: dict[int, dict[str, ItemPopularity]] = {}
-    clear_owed: set[int] = set()  # partitions whose stored pending popularity was sent since
+    clear_owed: set[int] = set()  # partitions whose stored pending popularity must be emptied
     half_life = settings.popularity_half_life_hours
 
     async def send_dead_letter(record: faust.types.Message, raw: bytes, reason: str, detail: str) -> None:
@@ -263,16 +267,17 @@ def create_app(settings: Settings) -> faust.App:
             return str(result.reason), result.detail
         return result
 
-    async def fold_run(run: RecordRun, rekeyed: bool) -> None:
-        """Fold a run's events into its users' states (one table write per user) and announce them.
+    async def fold_run(event_of_run: faust.types.EventT, rekeyed: bool) -> None:
+        """Fold a run's events into its users' states (held until the commit) and announce them.
 
         Input runs are validated here and events not keyed by their user go to the re-key topic;
-        runs of the re-key topic hold events validated already. Everything up to the table writes
-        is synchronous and the sends come after them, so the two agents folding one partition
-        never interleave between reading a user's state and writing it back.
+        runs of the re-key topic hold events validated already. Everything up to holding the new
+        states is synchronous and the sends come after it, so the two agents folding one partition
+        never interleave between reading a user's state and storing it back.
         """
         started = time.perf_counter()
-        states: dict[str, UserState] = {}  # this run's users, written back once at the end
+        run: RecordRun = event_of_run.message
+        states: dict[str, UserState] = {}  # this run's users
         touched: dict[str, None] = {}  # users with an accepted event, in first-touch order
         accepted: list[Interaction] = []
         away: list[Interaction] = []
@@ -293,8 +298,8 @@ def create_app(settings: Settings) -> faust.App:
             valid += 1
             state = states.get(event.user_id)
             if state is None:
-                stored = user_state.get(event.user_id)
-                state = states[event.user_id] = UserState() if stored is None else UserState.from_dict(stored)
+                stored = write_back.get(run.partition, event.user_id)
+                state = states[event.user_id] = UserState() if stored is None else stored
             if not apply_event(state, event, settings):
                 counters.duplicates += 1
                 EVENTS_DUPLICATE.inc()
@@ -305,11 +310,7 @@ def create_app(settings: Settings) -> faust.App:
             if item is None:
                 item = pending[event.item_id] = ItemPopularity()
             add_item_event(item, event.timestamp, event.weight, half_life)
-        for user_id in touched:
-            user_state[user_id] = states[user_id].to_dict()
-        if accepted or run.partition in clear_owed:
-            user_state[pending_popularity_key(run.partition)] = popularity_rows(pending)
-            clear_owed.discard(run.partition)
+        write_back.hold(event_of_run, {user_id: states[user_id] for user_id in touched})
         for record, reason, detail in refused:
             await send_dead_letter(record, record.value or b"", reason, detail)
         if not rekeyed:
@@ -334,20 +335,23 @@ def create_app(settings: Settings) -> faust.App:
     async def build_features(stream: faust.StreamT[Any]) -> None:
         """Validate and fold each run of input records; Faust acks a run once this body is done with it."""
         async for event in stream.events():
-            await fold_run(event.message, rekeyed=False)
+            await fold_run(event, rekeyed=False)
 
     @app.agent(rekeyed_events, name="build_rekeyed_features")
     async def build_rekeyed_features(stream: faust.StreamT[Any]) -> None:
         """Fold each run of re-keyed events (valid, on their user's home partition)."""
         async for event in stream.events():
-            await fold_run(event.message, rekeyed=True)
+            await fold_run(event, rekeyed=True)
+
+    def owned_partitions() -> set[int]:
+        return {
+            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_interactions
+        }
 
     async def flush_popularity() -> None:
-        """Send the popularity accumulated since the last flush (called before every commit)."""
+        """Send the popularity accumulated since the last flush."""
         deltas: dict[str, ItemPopularity] = {}
-        for partition, pending in pending_popularity.items():
-            if pending:
-                clear_owed.add(partition)
+        for pending in pending_popularity.values():
             for item_id, delta in pending.items():
                 merge_popularity(deltas.setdefault(item_id, ItemPopularity()), delta, half_life)
             pending.clear()
@@ -355,22 +359,32 @@ def create_app(settings: Settings) -> faust.App:
             await item_events.send(value=value, partition=0)
             counters.popularity_deltas += 1
 
+    async def before_commit() -> None:
+        """Send the popularity, then write the held states: all that the commit covers is then sent
+        (Faust flushes the producer before it commits)."""
+        await flush_popularity()
+        emptied = {
+            partition: {pending_popularity_key(partition): popularity_rows({})} for partition in clear_owed
+        }
+        clear_owed.difference_update(write_back.write(owned_partitions(), emptied))
+
     @user_state.on_recover
     async def recover_pending_popularity() -> None:
-        """After every rebalance: take over the unsent popularity of the partitions this worker owns."""
-        owned = {
-            tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.topic_interactions
-        }
+        """After every rebalance: forget what other workers own now, and take over the unsent
+        popularity an older version left in user_state for the partitions this worker owns."""
+        owned = owned_partitions()
+        write_back.retain(owned)
         for partition in set(pending_popularity) - owned:
             del pending_popularity[partition]
         for partition in owned:
             stored = user_state.get(pending_popularity_key(partition))
-            if stored:
+            if stored and stored.get(DELTA_ITEMS):
+                clear_owed.add(partition)
                 pending = pending_popularity.setdefault(partition, {})
                 for item_id, delta in read_deltas(stored):
                     merge_popularity(pending.setdefault(item_id, ItemPopularity()), delta, half_life)
 
-    app.before_commit = flush_popularity
+    app.before_commit = before_commit
 
     @app.timer(POPULARITY_FLUSH_SECONDS, name="flush_popularity")
     async def flush_popularity_periodically() -> None:

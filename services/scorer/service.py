@@ -561,7 +561,7 @@ class ScorerService:
         if version == current or version in self.refused_versions:
             return
         try:
-            model = ServedModel.load(self.registry, version)
+            model = ServedModel.load(self.registry, version, threads=self.settings.scorer_threads)
         except (ModelIntegrityError, OSError) as exc:
             self.refused_versions.add(version)
             MODELS_REFUSED.inc()

@@ -1,0 +1,84 @@
+"""User states held between commits: each changed state is written to ``user_state`` once per commit.
+
+A Faust table sends a changelog record for every write, and a run's writes leave as one record
+batch per partition. To keep runs short (fresh lists) without a record batch per run on every
+changelog partition, the states a run changes stay here, and :meth:`StateWriteBack.write` writes
+them to the table just before each offset commit (the record cache of Kafka Streams works the
+same way). What is committed is therefore always backed by the changelog; after a crash, the
+input since the last commit is read again and folded into the states as they were at that commit.
+
+Faust derives a table write's partition from the event being processed, and a commit happens
+outside any event: a partition's writes are made under the last event seen on that partition.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Collection, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import faust
+from faust.streams import _current_event  # where Table.__setitem__ reads its partition from
+from faust.types import EventT
+
+from .features import UserState
+
+
+@contextmanager
+def as_current_event(event: EventT) -> Iterator[None]:
+    """Make ``event`` Faust's current event, so table writes go to its partition."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+class StateWriteBack:
+    """The changed user states of each partition since the last :meth:`write`, read before the table."""
+
+    def __init__(self, table: faust.Table) -> None:
+        self.table = table
+        self._states: dict[int, dict[str, UserState]] = {}
+        self._events: dict[int, EventT] = {}  # the latest event of each partition, kept across writes
+
+    def get(self, partition: int, user_id: str) -> UserState | None:
+        """The user's latest state: held here if changed since the last write, else from the table."""
+        held = self._states.get(partition)
+        if held is not None and (state := held.get(user_id)) is not None:
+            return state
+        stored = self.table.get(user_id)
+        return None if stored is None else UserState.from_dict(stored)
+
+    def hold(self, event: EventT, states: dict[str, UserState]) -> None:
+        """Keep a run's changed ``states`` for the next :meth:`write`."""
+        partition = event.message.partition
+        self._events[partition] = event
+        self._states.setdefault(partition, {}).update(states)
+
+    def write(self, owned: Collection[int], extra: Mapping[int, Mapping[str, Any]]) -> set[int]:
+        """Write the held states, and ``extra`` table values per partition, of the partitions still
+        ``owned``; drop the others' (their new owner reads the input again from the last commit).
+        A partition no event was seen on yet cannot be written. Returns the partitions written."""
+        written: set[int] = set()
+        for partition, event in self._events.items():
+            if partition not in owned:
+                continue
+            with as_current_event(event):
+                for user_id, state in self._states.get(partition, {}).items():
+                    self.table[user_id] = state.to_dict()
+                for key, value in extra.get(partition, {}).items():
+                    self.table[key] = value
+            written.add(partition)
+        self._states.clear()
+        return written
+
+    def retain(self, owned: Collection[int]) -> None:
+        """Drop what is held for partitions not ``owned`` (any more) by this worker."""
+        for partition in set(self._events) - set(owned):
+            self._states.pop(partition, None)
+            del self._events[partition]
+
+    def __len__(self) -> int:
+        return sum(map(len, self._states.values()))
