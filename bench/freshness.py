@@ -23,7 +23,7 @@ one clock). The CPU each process of the stack used during a run is read from /pr
 
 Sizes: ``BENCH_FRESHNESS_RATE`` (events/s, default 1000), ``BENCH_FRESHNESS_SECONDS`` (default
 60), ``BENCH_FRESHNESS_USERS`` (default 10,000), ``BENCH_FRESHNESS_LINGER_MS`` (the producer's
-linger, default 5); quick mode is tiny. Any ``STREAMREC_*`` setting
+linger, default 50 as the Publisher's); quick mode is tiny. Any ``STREAMREC_*`` setting
 (e.g. ``STREAMREC_KAFKA_FETCH_WAIT_MS``) applies to the stack, so knobs can be compared.
 """
 
@@ -66,7 +66,7 @@ from .progress import PipelineProgress
 PARTITIONS = 4
 # What streamrec's Publisher uses (a realistic client), for both measurements; BENCH_FRESHNESS_LINGER_MS
 # compares others (the input's record batches are most of the embedded broker's load, figure 8).
-PRODUCER_LINGER_MS = int(os.environ.get("BENCH_FRESHNESS_LINGER_MS", "5"))
+PRODUCER_LINGER_MS = int(os.environ.get("BENCH_FRESHNESS_LINGER_MS", "50"))
 BASELINE_TOPIC = "bench.one-hop.{run}"  # one per run, read from its start: no earlier run in it
 TRAIN_EPOCHS = 2  # the model must be served, not good: a short training is enough
 DRAIN_IDLE_SECONDS = 15.0  # after publishing, stop waiting once no update arrived for this long
@@ -488,6 +488,10 @@ def _run_once(
     per_topic = {
         topic: after[0] - written_before.get(topic, (0, 0))[0] for topic, after in written_after.items()
     }
+    latencies = tracker.latencies_ms()
+    if latencies:
+        p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
+        _progress(f"  run {run + 1}: publish -> list p50 {p50:,.0f} ms, p99 {p99:,.0f} ms")
     _progress(f"  record batches written during the run, per topic: {per_topic}")
     _check_alive(stack)
     if (served := _served_model(settings)) != version:

@@ -6,8 +6,7 @@ import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from streamrec.scorer.service import SCORER_GROUP
-from streamrec.shared.contracts import feature_batch_event_count
+from streamrec.shared.contracts import SCORER_GROUP, feature_batch_event_count
 from streamrec.shared.kafka_config import client_config
 from streamrec.shared.settings import Settings
 

@@ -30,6 +30,15 @@ from .settings import Settings
 # --------------------------------------------------------------------------------------------
 
 
+# Ingest's Faust app id: also its consumer group (whose committed offsets say how far it got) and
+# the prefix of the topics Faust creates for it.
+INGEST_GROUP = "streamrec-ingest"
+INGEST_REKEYED_TOPIC = f"{INGEST_GROUP}-rekeyed"  # valid events not keyed by their user, re-keyed
+SCORER_GROUP = "streamrec-scorer"  # the scorers' consumer group on the user features
+# The trainer keeps its position in its event log; it also commits it to this group, for visibility.
+TRAINER_GROUP = "streamrec-trainer"
+
+
 @dataclass(frozen=True)
 class TopicSpec:
     """A topic streamrec creates, with its partition count."""

@@ -152,7 +152,7 @@ class Settings(BaseSettings):
         "partition's share is folded as one batch.",
     )
     ingest_batch_wait_ms: int = Field(
-        50,
+        100,
         ge=1,
         le=5000,
         description="Longest ingest's fetch waits for events: a batch's span, so at most this is added "
@@ -254,6 +254,11 @@ class Settings(BaseSettings):
         le=65535,
         description="ingest, scorer, trainer: /metrics, /healthz, /readyz on this port; 0 = off. "
         "The api serves them on its own port.",
+    )
+    status_endpoints: str = Field(
+        "",
+        description="`streamrec status`: each service's ops endpoint as name=URL, comma-separated "
+        "(e.g. ingest=http://127.0.0.1:9100); `streamrec dev` writes them to its env file.",
     )
 
     # --- logging ----------------------------------------------------------------------------

@@ -145,7 +145,7 @@ def dev(services: str, ingest_workers: int, scorers: int) -> None:
     try:
         stack.start()
         env_file = run_dir / "streamrec.env"
-        env_file.write_text(dev_env_file(stack.settings))
+        env_file.write_text(dev_env_file(stack.settings, _ops_endpoints(stack)))
         click.echo(f"streamrec is running; logs in {run_dir}/")
         click.echo(f"  Kafka:  {stack.settings.kafka_bootstrap}   topic {stack.settings.topic_interactions}")
         click.echo(f"  Redis:  {redacted_url(stack.settings.redis_url)}")
@@ -164,7 +164,15 @@ def dev(services: str, ingest_workers: int, scorers: int) -> None:
         stack.stop()
 
 
-def dev_env_file(settings: Settings) -> str:
+def _ops_endpoints(stack: Any) -> dict[str, str]:
+    """Each running service's ops endpoint (the api serves /readyz on its own port)."""
+    endpoints = {name: f"http://127.0.0.1:{port}" for name, port in stack.ops_ports.items()}
+    if "api" in stack.services:
+        endpoints["api"] = f"http://{stack.settings.api_host}:{stack.settings.api_port}"
+    return endpoints
+
+
+def dev_env_file(settings: Settings, endpoints: dict[str, str] | None = None) -> str:
     """``streamrec.env`` of a dev run: the servers to point another shell at, without passwords.
 
     The embedded Redis has no password, so its URL is written as is. A Redis URL with a password
@@ -172,7 +180,17 @@ def dev_env_file(settings: Settings) -> str:
     it is neither printed nor written to a file in the run folder, where it would outlive the run
     and travel with logs that get shared.
     """
-    lines = [f"export STREAMREC_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}"]
+    lines = [
+        f"export STREAMREC_KAFKA_BOOTSTRAP={settings.kafka_bootstrap}",
+        # The run's state: `streamrec train --once` publishes to the registry the scorer serves
+        # from, and `streamrec models ...` shows and changes that one.
+        f"export STREAMREC_DATA_DIR={settings.data_dir}",
+        f"export STREAMREC_MODEL_DIR={settings.model_dir}",
+    ]
+    if endpoints:
+        lines.append(
+            f"export STREAMREC_STATUS_ENDPOINTS={','.join(f'{k}={v}' for k, v in endpoints.items())}"
+        )
     url = settings.redis_url
     if url is not None and redacted_url(url) == url:
         lines.append(f"export STREAMREC_REDIS_URL={url}")
@@ -247,14 +265,29 @@ def api() -> None:
 
 @cli.command()
 @click.option("--once", is_flag=True, help="Run one training cycle and exit.")
-def train(once: bool) -> None:
-    """Train on the streamed interactions (``--once``: one cycle; otherwise same as ``trainer``)."""
+@click.option(
+    "--no-wait",
+    is_flag=True,
+    help="With --once: train on what ingest has taken so far, without waiting for it to catch up.",
+)
+def train(once: bool, no_wait: bool) -> None:
+    """Train on the streamed interactions (``--once``: one cycle; otherwise same as ``trainer``).
+
+    ``--once`` first waits, with a progress bar, until ingest has taken every event published
+    before the command started, so the model sees them all.
+    """
+    from .backlog import IngestStalled, wait_for_ingest
     from .trainer.service import run, train_once
 
     settings = _settings("trainer")
     if not once:
         run(settings)
         return
+    if not no_wait:
+        try:
+            wait_for_ingest(settings)
+        except IngestStalled as exc:
+            raise UserError(str(exc)) from None
     try:
         result = train_once(settings)
     except ValueError as exc:
@@ -263,6 +296,18 @@ def train(once: bool) -> None:
     click.echo(
         f"model {manifest.version} published to {settings.model_dir}: {manifest.status} "
         f"({result.decision.reason}) ({_metrics_line(manifest.metrics)})"
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(as_json: bool) -> None:
+    """Show the stack's state: services' readiness, lags in events, served model, lists in Redis."""
+    from .status import collect, render
+
+    result = collect(_settings("status", log_format="console", log_level="WARNING"))
+    click.echo(
+        orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode() if as_json else render(result)
     )
 
 

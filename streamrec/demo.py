@@ -2,7 +2,8 @@
 
 1. start the stack (embedded broker + Redis unless URLs are set; ingest, scorer, api);
 2. stream interactions into Kafka (synthetic by default, or a MovieLens file);
-3. wait until ingest has turned every event into features, then run one training cycle;
+3. wait until ingest has taken every event (its committed offsets, as ``streamrec status`` reads
+   them), then run one training cycle;
 4. wait until the scorer has written every user's recommendations from the new model;
 5. print a few users' recent items and recommendations, and stop everything.
 """
@@ -18,6 +19,7 @@ import click
 import pandas as pd
 import redis
 
+from .backlog import IngestStalled, wait_for_ingest
 from .client import RecommendationClient
 from .processes import StackError
 from .publisher import Publisher, check_dataset_events, dataset_events, publish_stream
@@ -28,7 +30,6 @@ from .shared.redis_connection import connect
 from .shared.settings import Settings
 from .stack import Stack, new_run_dir, settings_for_run
 from .synthetic import generate
-from .topics import accepted_events_counter
 
 WAIT_SECONDS = 600.0
 
@@ -67,17 +68,12 @@ def run_demo(
         click.echo("[2/4] streaming events into Kafka")
         with Publisher(settings=live) as publisher:
             sent = publish_stream(publisher, dataset_events(frame, source), len(frame), speed=speed)
-        started = time.monotonic()
-
-        counter = accepted_events_counter(live)
-
-        _wait(
-            stack,
-            lambda: counter.update() >= sent,
-            lambda: _ingest_status(counter.count, sent, started),
-            "ingest",
-        )
-        counter.close()
+        # What `streamrec status` reads too: ingest's commits against the input's end.
+        try:
+            wait_for_ingest(live, stall_seconds=WAIT_SECONDS, tick=stack.supervise)
+        except IngestStalled as exc:
+            raise StackError(f"{exc}; see {stack.run_dir}/ingest.log") from None
+        click.echo(f"      ingest has taken all {sent:,} events")
 
         click.echo("[3/4] training a model on the streamed interactions")
         result = train_once(live)
@@ -119,11 +115,6 @@ def _wait(stack: Stack, done: Callable[[], bool], status: Callable[[], str], sta
         sys.stderr.flush()
         time.sleep(0.5)
     sys.stderr.write(f"\r      {status()}   \n")
-
-
-def _ingest_status(processed: int, total: int, started: float) -> str:
-    rate = processed / max(time.monotonic() - started, 1e-9)
-    return f"events processed {processed:,}/{total:,} ({rate:,.0f}/s)"
 
 
 def _users_served(store: redis.Redis, keys: RedisKeys, user_ids: list[str], version: str) -> int:

@@ -51,8 +51,9 @@ def encode_event(event: Mapping[str, Any], *, max_future_seconds: float) -> tupl
 class Publisher:
     """Sends interaction events to the interactions topic, keyed by user_id.
 
-    Events are validated locally first (the same rules as ingest), batched by the Kafka client,
-    and only counted as published once the broker acknowledged them (``flush``)::
+    Events are validated locally first (the same rules as ingest), batched by the Kafka client
+    (``linger_ms``: a send waits up to that long for others to share its record batch), and only
+    counted as published once the broker acknowledged them (``flush``)::
 
         with Publisher("localhost:9092") as pub:
             pub.publish(user_id=42, item_id="sku-9", event_type="purchase")
@@ -64,7 +65,7 @@ class Publisher:
         *,
         topic: str | None = None,
         settings: Settings | None = None,
-        linger_ms: int = 5,
+        linger_ms: int = 50,
         connect_timeout: float = 10.0,
     ) -> None:
         from confluent_kafka import Producer
@@ -86,6 +87,8 @@ class Publisher:
             client_config(
                 settings,
                 {
+                    # A live stream's sends share record batches: the embedded broker's cost grows
+                    # with them (docs/latency-tuning.md). A bulk publish fills its batches anyway.
                     "linger.ms": linger_ms,
                     # Kafka's Java client's partitioner (murmur2), which ingest uses for events that
                     # arrive without a user key: a user's events then meet on one partition.

@@ -37,7 +37,14 @@ import orjson
 import prometheus_client as prom
 from faust.types import TP
 
-from ..shared.contracts import DeadLetter, FeatureBatch, PopularItems, UserSnapshot
+from ..shared.contracts import (
+    INGEST_GROUP,
+    INGEST_REKEYED_TOPIC,
+    DeadLetter,
+    FeatureBatch,
+    PopularItems,
+    UserSnapshot,
+)
 from ..shared.events import Interaction, Rejection, parse_event
 from ..shared.kafka_config import faust_credentials, require_bootstrap
 from ..shared.logs import get_logger
@@ -66,8 +73,8 @@ from .write_back import StateWriteBack
 
 log = get_logger(__name__)
 
-APP_ID = "streamrec-ingest"
-REKEYED_TOPIC = f"{APP_ID}-rekeyed"  # Faust-internal, created by Faust: events not keyed by user
+APP_ID = INGEST_GROUP
+REKEYED_TOPIC = INGEST_REKEYED_TOPIC  # Faust-internal, created by Faust: events not keyed by user
 # A features message holds users until their history items + EVENT_UNITS × their events reach
 # this: about 8 bytes of JSON per unit, so a message stays near 300 KB, far below Kafka's 1 MB.
 FEATURE_BATCH_MAX_UNITS = 40_000
@@ -286,7 +293,11 @@ def create_app(settings: Settings) -> faust.App:
         pending = pending_popularity.setdefault(run.partition, {})
         for record in run.value:
             if rekeyed:
-                event = Interaction.from_dict(orjson.loads(record.value))
+                try:  # written by ingest itself: only a bug or a foreign producer makes one unreadable
+                    event = Interaction.from_dict(orjson.loads(record.value))
+                except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+                    refused.append((record, "unexpected_error", f"unreadable re-keyed record: {exc!r}"))
+                    continue
             elif isinstance(checked := validate(record), tuple):
                 refused.append((record, *checked))
                 continue

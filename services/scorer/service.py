@@ -44,6 +44,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaExcepti
 from prometheus_client import Counter, Gauge, Histogram
 
 from ..shared.contracts import (
+    SCORER_GROUP,
     CachedList,
     FeatureBatchDecodeError,
     ModelAnnouncement,
@@ -62,7 +63,6 @@ from .model_runtime import ServedModel
 
 log = get_logger(__name__)
 
-SCORER_GROUP = "streamrec-scorer"
 IDLE_POLL_SECONDS = 0.5  # longest block waiting for traffic; bounds the reaction time to control messages
 COMMIT_SECONDS = 1.0  # offsets of written batches are committed at most this often (and on revoke, stop)
 PROMOTED_CHECK_SECONDS = 10.0  # re-read the registry's PROMOTED this often (covers lost announcements)

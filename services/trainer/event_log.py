@@ -25,7 +25,7 @@ import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from tqdm import tqdm
 
-from ..shared.contracts import FeatureBatchDecodeError, decode_feature_batch
+from ..shared.contracts import TRAINER_GROUP, FeatureBatchDecodeError, decode_feature_batch
 from ..shared.kafka_config import client_config
 from ..shared.logs import get_logger
 from ..shared.settings import ConfigError, Settings
@@ -33,7 +33,7 @@ from ..topics import KafkaUnavailable, check_login
 
 log = get_logger(__name__)
 
-CONSUMER_GROUP = "streamrec-trainer"
+CONSUMER_GROUP = TRAINER_GROUP
 DB_FILE = "events.sqlite"
 LOCK_FILE = "events.lock"
 WINDOW_COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "value"]

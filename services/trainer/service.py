@@ -18,11 +18,13 @@ abandons the cycle (the registry publishes atomically, so no half model is ever 
 from __future__ import annotations
 
 import signal
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -36,7 +38,7 @@ from ..shared.ops import start_ops_server
 from ..shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
 from ..shared.settings import Settings
 from ..topics import KafkaUnavailable
-from .event_log import EventLog
+from .event_log import EventLog, EventLogLocked
 
 if TYPE_CHECKING:
     from .cycle import CycleResult
@@ -119,7 +121,18 @@ def train_once(settings: Settings, event_log: EventLog | None = None) -> CycleRe
     """
     require_bootstrap(settings)
     if event_log is None:
-        with EventLog(settings) as own_log:
+        try:
+            own_log = EventLog(settings)
+        except EventLogLocked:
+            # A trainer runs on this data dir: read the stream into a log of our own instead of
+            # failing; the model still goes to the same registry.
+            log.info("a running trainer holds the event log: reading the stream into a private one")
+            with (
+                tempfile.TemporaryDirectory(prefix="streamrec-train-once-") as private,
+                EventLog(settings, Path(private)) as private_log,
+            ):
+                return train_once(settings, private_log)
+        with own_log:
             return train_once(settings, own_log)
 
     event_log.catch_up()

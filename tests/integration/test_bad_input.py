@@ -30,9 +30,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from streamrec.shared.contracts import FeatureBatch, decode_feature_batch
+from streamrec.shared.contracts import INGEST_REKEYED_TOPIC, FeatureBatch, decode_feature_batch
 from streamrec.shared.events import Interaction, Rejection, parse_event
 from streamrec.shared.settings import Settings
+from streamrec.topics import existing_topics
 
 from support import LiveStack, only_the_strategies, wait_for
 
@@ -431,3 +432,58 @@ class InputProducer:
 
     def __exit__(self, *exc: object) -> None:
         assert self.producer.flush(60) == 0 and not self.failures, self.failures[:3]
+
+
+def test_an_unreadable_record_on_the_rekey_topic_is_dead_lettered_and_ingest_goes_on(
+    live_stack: LiveStack,
+) -> None:
+    # Only ingest writes streamrec-ingest-rekeyed; a record it cannot read (a bug, a foreign
+    # producer) must not stop the agent that folds the partition's re-keyed events.
+    live = live_stack.settings
+    ingest = live_stack.stack.children["ingest"]
+    pid = ingest.pid
+    rekeyed_topic = INGEST_REKEYED_TOPIC
+    user = f"{PREFIX}-after-rekeyed"
+    keys = [f"{PREFIX}-rekeyed:{n}".encode() for n in range(3)]
+    # Faust creates the topic when ingest starts; a producer that got there first would create it
+    # with the broker's default partition count, which ingest refuses.
+    wait_for(
+        lambda: existing_topics(live).get(rekeyed_topic) == live.partitions,
+        60,
+        f"ingest to create {rekeyed_topic}",
+    )
+    producer = Producer({"bootstrap.servers": live.kafka_bootstrap})
+    for key, value in zip(keys, [b"not json", b'{"user_id": "no item"}', None], strict=True):
+        producer.produce(rekeyed_topic, key=key, value=value, partition=0)
+    # Unkeyed, so it takes the re-key hop too: it gets through only if that agent still runs.
+    producer.produce(
+        live.topic_interactions, value=orjson.dumps({"user_id": user, "item_id": "i", "event_type": "view"})
+    )
+    assert producer.flush(10) == 0
+
+    letters: list[dict[str, Any]] = []
+    users: list[str] = []
+    letters_consumer = consumer_from_start(live, live.topic_dlq)
+    features_consumer = consumer_from_start(live, live.topic_user_features)
+
+    def keep_letter(message: Any) -> dict[str, Any] | None:
+        return orjson.loads(message.value()) if message.key() in keys else None
+
+    def keep_user(message: Any) -> str | None:
+        batch = decode_feature_batch(message.value())
+        return user if any(snapshot.user_id == user for snapshot in batch.users) else None
+
+    def through() -> bool:
+        read_topic(letters_consumer, letters, keep_letter)
+        read_topic(features_consumer, users, keep_user)
+        return len(letters) >= len(keys) and bool(users)
+
+    try:
+        wait_for(through, 60, "the unreadable re-keyed records dead-lettered and the next event through")
+    finally:
+        letters_consumer.close()
+        features_consumer.close()
+    assert ingest.alive() and ingest.pid == pid, ingest.log_tail()
+    assert [letter["reason"] for letter in letters] == ["unexpected_error"] * len(keys)
+    assert all(letter["source"]["topic"] == rekeyed_topic for letter in letters)
+    assert all("re-keyed" in letter["detail"] for letter in letters)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from confluent_kafka import Producer
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.processes import free_port
+from streamrec.shared.registry import ModelRegistry
+from streamrec.synthetic import generate
 
 from support import TrainedStack, wait_for
 
@@ -110,3 +113,42 @@ def test_trainer_reports_health_and_its_log(trained_stack: TrainedStack, tmp_pat
     finally:
         trainer.terminate()
         assert trainer.wait(30) == 0, log_path.read_text()[-3000:]
+
+
+def test_status_shows_readiness_lags_the_served_model_and_the_lists(trained_stack: TrainedStack) -> None:
+    live = trained_stack.live
+    settings = live.settings
+    endpoints = {name: f"http://127.0.0.1:{port}" for name, port in live.stack.ops_ports.items()}
+    endpoints["api"] = f"http://{settings.api_host}:{settings.api_port}"
+    endpoints["trainer"] = f"http://127.0.0.1:{free_port()}"  # not running in this stack
+    env = {"STREAMREC_STATUS_ENDPOINTS": ",".join(f"{k}={v}" for k, v in endpoints.items())}
+    for service in ("ingest", "scorer"):
+        wait_for(lambda service=service: ready(endpoints[service]), 60, f"{service} /readyz")
+
+    # Events after the last training: no trainer runs in this stack to take them.
+    fresh = generate(users=6, items=10, clusters=2, events_per_user=(5, 5), seed=41, user_prefix="status-u")
+    live.stream_in(fresh, "status")
+
+    def lists_in_redis() -> int:
+        return sum(1 for _ in live.redis.scan_iter(match=live.keys.recs("*"), count=10_000))
+
+    def settled() -> dict | None:
+        result = live.cli("status", "--json", env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        shown = json.loads(result.stdout)
+        behind = shown["behind_events"]
+        # Quiet stack: ingest and the scorer have taken everything (the scorer commits about 1/s).
+        return shown if behind["ingest"] == 0 and behind["scorer"] == 0 else None
+
+    shown = wait_for(settled, 60, "status to show ingest and the scorer caught up")
+    ready_by_name = {service["name"]: service["ready"] for service in shown["services"]}
+    assert ready_by_name == {"ingest": True, "scorer": True, "api": True, "trainer": False}
+    assert shown["problems"] == []
+    assert shown["behind_events"]["trainer"] >= len(fresh)
+    assert shown["model"]["version"] == ModelRegistry(settings.model_dir).promoted_version()
+    assert shown["model"]["age_seconds"] > 0
+    assert shown["lists"] == lists_in_redis() > 0
+
+    readable = live.cli("status", env=env)
+    assert readable.returncode == 0
+    assert "trainer  NOT READY" in readable.stdout and shown["model"]["version"] in readable.stdout
