@@ -15,9 +15,9 @@ Faust's cost is per message, so the input reaches ``build_features`` as *runs*: 
 fetch returned for a partition, as one message (``transport.py``). A run is validated, folded
 into its users' states, and announced as one features message per partition. The changed states
 are written to ``user_state`` once per commit, just before it (``write_back.py``), so a run's
-offsets are committed only once the states it changed are in the changelog. An event keyed by its user id is
-folded on the partition it arrived on; the others take one hop through the re-key topic
-(``bundles.py``, "the home rule").
+offsets are committed only once the states it changed are in the changelog. An event keyed by
+its user id is folded on the partition it arrived on; the others take one hop through the re-key
+topic (``bundles.py``, "the home rule").
 """
 
 from __future__ import annotations
@@ -80,6 +80,9 @@ REKEYED_TOPIC = INGEST_REKEYED_TOPIC  # Faust-internal, created by Faust: events
 FEATURE_BATCH_MAX_UNITS = 40_000
 EVENT_UNITS = 20
 POPULARITY_FLUSH_SECONDS = 1.0  # popularity deltas go out this often (and before every commit)
+# Held user states are written this often per partition (and before every commit): a few record
+# batches a second, and no commit-long stall of the event loop.
+WRITE_BACK_SECONDS = 0.5
 PRODUCER_MAX_BATCH_BYTES = 900 * 1024  # below the 1 MB a Kafka broker accepts per batch by default
 COUNTERS_LOG_SECONDS = 30.0
 # Written in the worker's data directory after a clean stop, removed at start: its absence at start
@@ -290,6 +293,10 @@ def create_app(settings: Settings) -> faust.App:
         away: list[Interaction] = []
         refused: list[tuple[faust.types.Message, str, str]] = []
         valid = 0
+        if write_back.held_seconds(run.partition) >= WRITE_BACK_SECONDS:
+            # States of earlier runs, whose features went out a run ago: the changelog does not get
+            # ahead of the features it stands for.
+            write_back.write_partition(run.partition)
         pending = pending_popularity.setdefault(run.partition, {})
         for record in run.value:
             if rekeyed:
@@ -421,8 +428,13 @@ def create_app(settings: Settings) -> faust.App:
     async def count_popularity(stream: faust.StreamT[dict[str, Any]]) -> None:
         """Merge each message's popularity deltas into the items' decayed scores (one write per item)."""
         async for value in stream:
+            try:  # written by ingest itself: only a bug or a foreign producer makes one unreadable
+                deltas = read_deltas(value)
+            except (KeyError, TypeError, ValueError) as exc:
+                log.error("skipping an unreadable item-events message", extra={"error": repr(exc)})
+                continue
             changed: dict[str, ItemPopularity] = {}
-            for item_id, delta in read_deltas(value):
+            for item_id, delta in deltas:
                 popularity = changed.get(item_id)
                 if popularity is None:
                     stored = item_popularity.get(item_id)

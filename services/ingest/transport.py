@@ -243,7 +243,8 @@ class IngestApp(faust.App):
     """A Faust app on the tuned transport.
 
     Its consumer waits at most ``fetch_wait_ms`` per fetch, delivers the topics in ``run_topics``
-    as :class:`RecordRun` messages, and awaits ``before_commit`` before every offset commit.
+    as :class:`RecordRun` messages, and awaits ``before_commit`` before every offset commit. An
+    agent that fails stops the worker (:meth:`_on_agent_error`).
     """
 
     logger = faust_log
@@ -253,6 +254,16 @@ class IngestApp(faust.App):
 
     def _new_transport(self) -> faust_aiokafka.Transport:
         return _IngestTransport(self.conf.broker_consumer, self)
+
+    async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
+        """An agent failed (a bug): stop the whole worker, so that its restart reads the input again
+        from the last commit. Faust's default commits and restarts just the agent, which goes on
+        with the next message: the one that failed would count as done (its stream acknowledged
+        it while unwinding)."""
+        faust_log.critical(
+            "an agent failed: stopping the worker", extra={"agent": str(agent.name), "error": repr(exc)}
+        )
+        await self.crash(exc)
 
     def _new_producer(self) -> Any:
         producer = super()._new_producer()

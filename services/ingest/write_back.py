@@ -6,6 +6,9 @@ changelog partition, the states a run changes stay here, and :meth:`StateWriteBa
 them to the table just before each offset commit (the record cache of Kafka Streams works the
 same way). What is committed is therefore always backed by the changelog; after a crash, the
 input since the last commit is read again and folded into the states as they were at that commit.
+A partition's states are also written once they have waited half a second, at the start of the
+partition's next run (their features went out with the run before), so that a commit does not
+write seconds of changes in one long stall of the event loop.
 
 Faust derives a table write's partition from the event being processed, and a commit happens
 outside any event: a partition's writes are made under the last event seen on that partition.
@@ -13,6 +16,7 @@ outside any event: a partition's writes are made under the last event seen on th
 
 from __future__ import annotations
 
+import time
 import weakref
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
@@ -42,6 +46,7 @@ class StateWriteBack:
         self.table = table
         self._states: dict[int, dict[str, UserState]] = {}
         self._events: dict[int, EventT] = {}  # the latest event of each partition, kept across writes
+        self._held_since: dict[int, float] = {}  # partition -> when its oldest held state came
 
     def get(self, partition: int, user_id: str) -> UserState | None:
         """The user's latest state: held here if changed since the last write, else from the table."""
@@ -52,10 +57,28 @@ class StateWriteBack:
         return None if stored is None else UserState.from_dict(stored)
 
     def hold(self, event: EventT, states: dict[str, UserState]) -> None:
-        """Keep a run's changed ``states`` for the next :meth:`write`."""
+        """Keep a run's changed ``states`` for the next write."""
         partition = event.message.partition
         self._events[partition] = event
+        if partition not in self._held_since:
+            self._held_since[partition] = time.monotonic()
         self._states.setdefault(partition, {}).update(states)
+
+    def held_seconds(self, partition: int) -> float:
+        """How long the oldest state held for ``partition`` has waited (0 if none)."""
+        since = self._held_since.get(partition)
+        return 0.0 if since is None else time.monotonic() - since
+
+    def write_partition(self, partition: int) -> None:
+        """Write what is held for one ``partition`` now (between commits: spreads the writes out)."""
+        event = self._events.get(partition)
+        states = self._states.pop(partition, {})
+        self._held_since.pop(partition, None)
+        if event is None:
+            return
+        with as_current_event(event):
+            for user_id, state in states.items():
+                self.table[user_id] = state.to_dict()
 
     def write(self, owned: Collection[int], extra: Mapping[int, Mapping[str, Any]]) -> set[int]:
         """Write the held states, and ``extra`` table values per partition, of the partitions still
@@ -72,12 +95,14 @@ class StateWriteBack:
                     self.table[key] = value
             written.add(partition)
         self._states.clear()
+        self._held_since.clear()
         return written
 
     def retain(self, owned: Collection[int]) -> None:
         """Drop what is held for partitions not ``owned`` (any more) by this worker."""
         for partition in set(self._events) - set(owned):
             self._states.pop(partition, None)
+            self._held_since.pop(partition, None)
             del self._events[partition]
 
     def __len__(self) -> int:

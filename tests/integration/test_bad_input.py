@@ -485,5 +485,16 @@ def test_an_unreadable_record_on_the_rekey_topic_is_dead_lettered_and_ingest_goe
         features_consumer.close()
     assert ingest.alive() and ingest.pid == pid, ingest.log_tail()
     assert [letter["reason"] for letter in letters] == ["unexpected_error"] * len(keys)
+
+    # The same for the popularity deltas ingest sends itself: skipped with a log line, no crash.
+    producer.produce(live.topic_item_events, value=b'{"items": [["item-without-score"]]}', partition=0)
+    assert producer.flush(10) == 0
+    wait_for(
+        lambda: "unreadable item-events message" in ingest.log_path.read_text(errors="replace"),
+        60,
+        "ingest to skip the unreadable popularity delta",
+    )
+    time.sleep(1)  # a crash would follow the log line at once
+    assert ingest.alive() and ingest.pid == pid, ingest.log_tail()
     assert all(letter["source"]["topic"] == rekeyed_topic for letter in letters)
     assert all("re-keyed" in letter["detail"] for letter in letters)

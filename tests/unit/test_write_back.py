@@ -84,3 +84,19 @@ def test_states_of_partitions_no_longer_owned_are_dropped_not_written() -> None:
     assert write_back.get(0, "alice") is None
     assert write_back.write({0, 1}, {0: {"\x00extra": {}}}) == {1}  # no event of partition 0 left
     assert "alice" not in table
+
+
+def test_one_partition_can_be_written_between_commits_and_its_wait_restarts() -> None:
+    table = RecordingTable()
+    write_back = StateWriteBack(table)  # type: ignore[arg-type]
+    assert write_back.held_seconds(0) == 0.0
+    write_back.hold(FakeEvent(FakeMessage(0)), {"alice": state(1)})  # type: ignore[arg-type]
+    write_back.hold(FakeEvent(FakeMessage(1)), {"bob": state(1)})  # type: ignore[arg-type]
+    assert write_back.held_seconds(0) > 0.0
+
+    write_back.write_partition(0)
+
+    assert table.written_on == {"alice": 0} and "bob" not in table
+    assert write_back.held_seconds(0) == 0.0 and write_back.held_seconds(1) > 0.0
+    assert write_back.get(0, "alice") == state(1)  # now read from the table
+    assert write_back.write({0, 1}, {}) == {0, 1} and table["bob"] == state(1).to_dict()
