@@ -800,7 +800,7 @@ def _command(size: Size, quick: bool) -> str:
             ("BENCH_FRESHNESS_RATE", size.rate, default.rate),
             ("BENCH_FRESHNESS_SECONDS", size.seconds, default.seconds),
             ("BENCH_FRESHNESS_USERS", size.users, default.users),
-            ("BENCH_FRESHNESS_LINGER_MS", PRODUCER_LINGER_MS, 5),
+            ("BENCH_FRESHNESS_LINGER_MS", PRODUCER_LINGER_MS, 50),
         )
         if value != base
     ]

@@ -207,8 +207,8 @@ class ScorerService:
                     "enable.auto.commit": False,  # committed by hand, after the lists are in Redis
                     "auto.offset.reset": "earliest",
                     "client.id": f"streamrec-scorer-{uuid.uuid4().hex[:8]}",
-                    # Tansu answers a multi-partition fetch only when the wait is over, and holds a first
-                    # join for half the session timeout: both bound how fresh the lists can be.
+                    # Tansu answers a fetch some time after data arrives, later with a longer wait,
+                    # and holds a first join for half the session timeout.
                     "fetch.wait.max.ms": self.settings.kafka_fetch_wait_ms,
                     "session.timeout.ms": self.settings.kafka_session_timeout_ms,
                 },
