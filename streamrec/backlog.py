@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Iterable
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 from tqdm import tqdm
@@ -19,7 +20,7 @@ from .shared.contracts import INGEST_GROUP, INGEST_REKEYED_TOPIC
 from .shared.kafka_config import client_config
 from .shared.settings import Settings
 
-END_READ_SECONDS = 0.5  # a read of a partition's last record batch gets this long per poll
+END_READ_SECONDS = 10.0  # longest the reads of the partitions' last record batches may take
 POLL_SECONDS = 0.5
 SUM_SECONDS = 30.0  # longest a count of what a group is behind may read
 
@@ -59,12 +60,25 @@ class Offsets:
             if high > low:
                 last_batches.append(TopicPartition(topic, partition, high - 1))
         if last_batches:
-            self._reader.assign(last_batches)
-            while messages := self._reader.consume(100_000, END_READ_SECONDS):
+            waiting = {tp.partition: tp.offset for tp in last_batches}  # the last listed record
+
+            def take(messages: list[Any]) -> None:
                 for message in messages:
                     if message.error() is None:
-                        ends[message.partition()] = max(ends[message.partition()], message.offset() + 1)
-            self._reader.unassign()
+                        partition = message.partition()
+                        ends[partition] = max(ends[partition], message.offset() + 1)
+                        if partition in waiting and message.offset() >= waiting[partition]:
+                            del waiting[partition]
+
+            self._reader.assign(last_batches)
+            try:
+                deadline = time.monotonic() + END_READ_SECONDS
+                while waiting and (left := deadline - time.monotonic()) > 0:
+                    take(self._reader.consume(100_000, min(POLL_SECONDS, left)))
+                # The rest of each last batch came in the same fetch response: it is queued already.
+                take(self._reader.consume(100_000, 0))
+            finally:
+                self._reader.unassign()
         return ends
 
     def committed(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:

@@ -1,14 +1,13 @@
-"""User states held between commits: each changed state is written to ``user_state`` once per commit.
+"""User states written behind: held in memory, written to ``user_state`` every half second and before each commit.
 
 A Faust table sends a changelog record for every write, and a run's writes leave as one record
 batch per partition. To keep runs short (fresh lists) without a record batch per run on every
-changelog partition, the states a run changes stay here, and :meth:`StateWriteBack.write` writes
-them to the table just before each offset commit (the record cache of Kafka Streams works the
-same way). What is committed is therefore always backed by the changelog; after a crash, the
-input since the last commit is read again and folded into the states as they were at that commit.
-A partition's states are also written once they have waited half a second, at the start of the
-partition's next run (their features went out with the run before), so that a commit does not
-write seconds of changes in one long stall of the event loop.
+changelog partition, the states a run changes stay here. A partition's states are written once
+they have waited half a second, at the start of the partition's next run (their features went out
+with the run before), and :meth:`StateWriteBack.write` writes everything still held just before
+each offset commit (the record cache of Kafka Streams works the same way). What is committed is
+therefore always backed by the changelog; after a crash the input since the last commit is read
+again, and what the changelog already holds of it is dropped as duplicates by event id.
 
 Faust derives a table write's partition from the event being processed, and a commit happens
 outside any event: a partition's writes are made under the last event seen on that partition.
