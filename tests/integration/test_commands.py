@@ -64,24 +64,30 @@ def test_demo_prints_recommendations_and_stops_everything(tmp_path: Path) -> Non
     assert _processes_carrying(str(tmp_path)) == []
 
 
-def test_dev_stops_every_process_on_ctrl_c(tmp_path: Path) -> None:
+def _start_dev(services: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`streamrec dev --services SERVICES`, and what it printed until it said it is running."""
     dev = subprocess.Popen(
-        [sys.executable, "-m", "streamrec", "dev", "--services", "ingest,scorer"],
-        env=_isolated_env(tmp_path),
+        [sys.executable, "-m", "streamrec", "dev", "--services", services],
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    output = []
+    deadline = time.monotonic() + 120
+    assert dev.stdout is not None
+    while time.monotonic() < deadline:
+        line = dev.stdout.readline()
+        output.append(line)
+        if "Ctrl-C stops everything" in line or not line:
+            break
+    return dev, "".join(output)
+
+
+def test_dev_stops_every_process_on_ctrl_c(tmp_path: Path) -> None:
+    dev, shown = _start_dev("ingest,scorer", _isolated_env(tmp_path))
     try:
-        output = []
-        deadline = time.monotonic() + 120
-        assert dev.stdout is not None
-        while time.monotonic() < deadline:
-            line = dev.stdout.readline()
-            output.append(line)
-            if "Ctrl-C stops everything" in line or not line:
-                break
-        assert "Ctrl-C stops everything" in "".join(output), "".join(output)
+        assert "Ctrl-C stops everything" in shown, shown
         assert len(_processes_carrying(str(tmp_path))) >= 4  # broker, redis, ingest, scorer
         dev.send_signal(signal.SIGINT)
         assert dev.wait(60) == 0
@@ -100,23 +106,8 @@ def test_train_now_beside_a_running_dev_stack_uses_every_event_and_the_served_re
     env = _isolated_env(tmp_path)
     # The stack's trainer stays idle, so the model the scorer serves can only come from train --once.
     env.update(STREAMREC_TRAIN_TRIGGER="all", STREAMREC_TRAIN_MIN_NEW_EVENTS="100000000")
-    dev = subprocess.Popen(
-        [sys.executable, "-m", "streamrec", "dev", "--services", "ingest,scorer,trainer"],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    dev, shown = _start_dev("ingest,scorer,trainer", env)
     try:
-        output = []
-        deadline = time.monotonic() + 120
-        assert dev.stdout is not None
-        while time.monotonic() < deadline:
-            line = dev.stdout.readline()
-            output.append(line)
-            if "Ctrl-C stops everything" in line or not line:
-                break
-        shown = "".join(output)
         match = re.search(r"source (\S+streamrec\.env);", shown)
         assert match, shown
         exported = dict(re.findall(r"^export (\w+)=(.*)$", Path(match.group(1)).read_text(), re.MULTILINE))
