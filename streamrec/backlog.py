@@ -125,16 +125,12 @@ class Offsets:
         self._group.close()
 
 
-def ingest_lag(settings: Settings) -> int:
+def ingest_behind(offsets: Offsets, settings: Settings) -> int:
     """Events ingest has not taken yet: of its input, and of its re-key topic."""
-    offsets = Offsets(settings)
-    try:
-        return sum(
-            offsets.behind(topic, offsets.ends(topic))
-            for topic in (settings.topic_interactions, INGEST_REKEYED_TOPIC)
-        )
-    finally:
-        offsets.close()
+    return sum(
+        offsets.behind(topic, offsets.ends(topic))
+        for topic in (settings.topic_interactions, INGEST_REKEYED_TOPIC)
+    )
 
 
 def wait_for_ingest(

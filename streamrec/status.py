@@ -21,9 +21,8 @@ from typing import Any
 import httpx
 from confluent_kafka import KafkaException
 
-from .backlog import Offsets
+from .backlog import Offsets, ingest_behind
 from .shared.contracts import (
-    INGEST_REKEYED_TOPIC,
     SCORER_GROUP,
     TRAINER_GROUP,
     RedisKeys,
@@ -127,10 +126,7 @@ def collect(settings: Settings) -> StackStatus:
         try:
 
             def read_ingest() -> None:
-                status.ingest_behind = sum(
-                    offsets.behind(topic, offsets.ends(topic))
-                    for topic in (settings.topic_interactions, INGEST_REKEYED_TOPIC)
-                )
+                status.ingest_behind = ingest_behind(offsets, settings)
 
             def read_group(group: str) -> int:
                 group_offsets = Offsets(settings, group)

@@ -68,31 +68,30 @@ class StateWriteBack:
         since = self._held_since.get(partition)
         return 0.0 if since is None else time.monotonic() - since
 
-    def write_partition(self, partition: int) -> None:
-        """Write what is held for one ``partition`` now (between commits: spreads the writes out)."""
+    def write_partition(self, partition: int, extra: Mapping[str, Any] | None = None) -> bool:
+        """Write what is held for one ``partition`` now, and ``extra`` table values; False if no
+        event was seen on it yet (nothing can be written there)."""
         event = self._events.get(partition)
         states = self._states.pop(partition, {})
         self._held_since.pop(partition, None)
         if event is None:
-            return
+            return False
         with as_current_event(event):
             for user_id, state in states.items():
                 self.table[user_id] = state.to_dict()
+            for key, value in (extra or {}).items():
+                self.table[key] = value
+        return True
 
     def write(self, owned: Collection[int], extra: Mapping[int, Mapping[str, Any]]) -> set[int]:
         """Write the held states, and ``extra`` table values per partition, of the partitions still
         ``owned``; drop the others' (their new owner reads the input again from the last commit).
         A partition no event was seen on yet cannot be written. Returns the partitions written."""
-        written: set[int] = set()
-        for partition, event in self._events.items():
-            if partition not in owned:
-                continue
-            with as_current_event(event):
-                for user_id, state in self._states.get(partition, {}).items():
-                    self.table[user_id] = state.to_dict()
-                for key, value in extra.get(partition, {}).items():
-                    self.table[key] = value
-            written.add(partition)
+        written = {
+            partition
+            for partition in list(self._events)
+            if partition in owned and self.write_partition(partition, extra.get(partition))
+        }
         self._states.clear()
         self._held_since.clear()
         return written
