@@ -35,6 +35,7 @@ import random
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,7 +200,7 @@ class RunResult:
     tracker: UpdateTracker
     publish_rate: float  # events/s the producer achieved
     baseline_ms: list[float]  # one produce→consume hop per message
-    trace: list[tuple[float, float]]  # per matched event: ms to features built, to list
+    trace: list[tuple[float, float, float]]  # per matched event: ms to features built, to list; published at
     personal_share: float  # % of the users whose list comes from the served model
     cpu: dict[str, float]  # process name -> % of one core while the run's events were published
     broker_cpu_seconds: float  # the broker's CPU time over the run
@@ -343,9 +344,10 @@ def _marks(settings: Settings) -> dict[tuple[str, int], int]:
 
 def _trace(
     settings: Settings, tracker: UpdateTracker, run: int, marks: dict[tuple[str, int], int]
-) -> list[tuple[float, float]]:
+) -> list[tuple[float, float, float]]:
     """For each matched event, ms from its publish to: the user-features batch that carried it
-    (its ``updated_at``: validated and folded by ingest), the Redis notification."""
+    (its ``updated_at``: validated and folded by ingest), the Redis notification; and its publish
+    time (epoch seconds)."""
     prefix = f'"fresh{run}-'.encode()
     built: dict[str, float] = {}
     consumer = Consumer(client_config(settings, {"group.id": TRACED_GROUP}))
@@ -366,8 +368,26 @@ def _trace(
     for event, listed in tracker.updated_at.items():
         if event in built:
             published = tracker.published_at[event]
-            trace.append(((built[event] - published) * 1000, (listed - published) * 1000))
+            trace.append(((built[event] - published) * 1000, (listed - published) * 1000, published))
     return trace
+
+
+def _log_tail(run: int, trace: list[tuple[float, float, float]], over_ms: float = 500.0) -> None:
+    """Log each step's p50/p99 and the seconds of the run holding most events slower than ``over_ms``
+    (a tail spread over the run is load; one clustered in a few seconds is a stall)."""
+    if not trace:
+        return
+    steps = {"ingest": [t[0] for t in trace], "scorer": [t[1] - t[0] for t in trace]}
+    described = ", ".join(
+        f"{name} p50 {percentile(ms, 50):,.0f} / p99 {percentile(ms, 99):,.0f} ms"
+        for name, ms in steps.items()
+    )
+    start = min(t[2] for t in trace)
+    slow = Counter(int(t[2] - start) for t in trace if t[1] > over_ms)
+    worst = ", ".join(f"s{second}: {count}" for second, count in sorted(slow.most_common(8)))
+    _progress(
+        f"  run {run + 1} steps: {described}; events over {over_ms:.0f} ms by second: {worst or 'none'}"
+    )
 
 
 # --- the stack ------------------------------------------------------------------------------------
@@ -502,11 +522,13 @@ def _run_once(
     broker_before = _cpu_seconds(pids["broker"])
     baseline = asyncio.run(_one_hop(settings, size, run))
     baseline_broker = _cpu_seconds(pids["broker"]) - broker_before
+    trace = _trace(settings, tracker, run, marks)
+    _log_tail(run, trace)
     return RunResult(
         tracker=tracker,
         publish_rate=rate,
         baseline_ms=baseline,
-        trace=_trace(settings, tracker, run, marks),
+        trace=trace,
         personal_share=100 * personal / len(users),
         cpu={name: 100 * seconds / elapsed for name, seconds in cpu_used.items()},
         broker_cpu_seconds=cpu_used["broker"],
@@ -755,7 +777,10 @@ def _figures(size: Size, results: list[RunResult]) -> list[Figure]:
     steps = ("publish → features built by ingest", "features built → list in Redis")
     for step, name in enumerate(steps):
         per_run = [[t[step] - (t[step - 1] if step else 0.0) for t in r.trace] for r in results]
-        figures.append(Figure(f"{name}, p50", "ms", [percentile(run, 50) if run else 0.0 for run in per_run]))
+        for q in (50, 99):
+            figures.append(
+                Figure(f"{name}, p{q}", "ms", [percentile(run, q) if run else 0.0 for run in per_run])
+            )
     counts = [
         ("events measured per run", [len(r.tracker.updated_at) for r in results], ""),
         ("events without an update", [r.missing for r in results], "0"),

@@ -513,8 +513,9 @@ def _float32(value: float) -> float:
 # --------------------------------------------------------------------------------------------
 
 PADDING_INDEX = 0  # item index 0 is padding; real items are 1..n_items in vocabulary order
-ONNX_INPUT_HISTORY = "history"  # int64 [batch, max_seq_len]: item indices, oldest first,
-#                                 left-padded with 0 (the most recent item is last)
+ONNX_INPUT_HISTORY = "history"  # int64 [batch, n_history]: item indices, oldest first, left-padded
+#                                 with 0 (the most recent item is last); 1 <= n_history <= max_seq_len
+#                                 (versions exported before 2026-12 take exactly max_seq_len)
 ONNX_INPUT_EXCLUDE = "exclude"  # int64 [batch, n_exclude]: indices never to recommend, 0-padded
 ONNX_OUTPUT_SCORES = "scores"  # float32 [batch, top_k]: best first
 ONNX_OUTPUT_ITEMS = "items"  # int64 [batch, top_k]: item indices matching `scores`

@@ -68,6 +68,7 @@ REQUIRED_FILES = (MODEL_FILE, VOCAB_FILE)
 # Dynamic ONNX dimensions are named, static ones are ints; these names are what the exporter uses.
 BATCH_DIM = "batch"
 EXCLUDE_DIM = "n_exclude"
+HISTORY_DIM = "n_history"  # 1..max_seq_len: the scorer sends each batch only as wide as it needs
 # A version is a plain directory name: no separators, no leading dot (so never a staging dir).
 _VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HASH_CHUNK = 1 << 20
@@ -127,11 +128,16 @@ class ModelManifest:
         return cls(**{name: data[name] for name in fields if name in data})
 
 
-def expected_signature(max_seq_len: int, top_k: int) -> dict[str, Any]:
-    """The ONNX signature the model contract (shared/contracts.py) requires, in manifest form."""
+def expected_signature(
+    max_seq_len: int, top_k: int, history_width: str | int = HISTORY_DIM
+) -> dict[str, Any]:
+    """The ONNX signature the model contract (shared/contracts.py) requires, in manifest form.
+
+    The exporter writes a history of dynamic width (``HISTORY_DIM``); ``history_width=max_seq_len``
+    gives the fixed-width form of versions exported before, which are still served."""
     return {
         "inputs": {
-            ONNX_INPUT_HISTORY: {"dtype": "int64", "shape": [BATCH_DIM, max_seq_len]},
+            ONNX_INPUT_HISTORY: {"dtype": "int64", "shape": [BATCH_DIM, history_width]},
             ONNX_INPUT_EXCLUDE: {"dtype": "int64", "shape": [BATCH_DIM, EXCLUDE_DIM]},
         },
         "outputs": {
@@ -411,13 +417,16 @@ def check_model_dir(directory: Path, manifest: ModelManifest) -> None:
                 f"{name} is corrupt: sha256 is {actual[:12]}…, the manifest says {expected[:12]}…"
             )
     contract = expected_signature(manifest.max_seq_len, manifest.top_k)
-    if manifest.signature != contract:
+    accepted = (contract, expected_signature(manifest.max_seq_len, manifest.top_k, manifest.max_seq_len))
+    if manifest.signature not in accepted:
         raise ModelIntegrityError(
             f"manifest signature {manifest.signature} does not match the model contract {contract}"
         )
     in_graph = onnx_signature(directory / MODEL_FILE)
-    if in_graph != contract:
-        raise ModelIntegrityError(f"{MODEL_FILE} has signature {in_graph}, the contract needs {contract}")
+    if in_graph != manifest.signature:
+        raise ModelIntegrityError(
+            f"{MODEL_FILE} has signature {in_graph}, the manifest says {manifest.signature}"
+        )
     n_vocab = len(read_vocabulary(directory / VOCAB_FILE))
     if n_vocab != manifest.n_items:
         raise ModelIntegrityError(f"{VOCAB_FILE} has {n_vocab} items, the manifest says {manifest.n_items}")

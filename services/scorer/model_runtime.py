@@ -105,27 +105,35 @@ class ServedModel:
         )
         return model
 
+    @property
+    def fixed_history_width(self) -> int | None:
+        """The history width the graph requires, or None if it takes any width up to max_seq_len
+        (versions exported before dynamic widths require exactly max_seq_len)."""
+        width = self.manifest.signature["inputs"][ONNX_INPUT_HISTORY]["shape"][1]
+        return width if isinstance(width, int) else None
+
     def known_items(self, history: list[str]) -> list[int]:
         """Indices of the history's items the model knows, in history order (unknown ids skipped)."""
         index_of = self.index_of
         return [index_of[item] for item in history if item in index_of]
 
     def encode(self, histories: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
-        """The model inputs for a batch: (history [B, max_seq_len], exclude [B, E]), both int64.
+        """The model inputs for a batch: (history [B, W], exclude [B, E]), both int64.
 
         ``history`` holds each user's last ``max_seq_len`` known items, left-padded with 0 so the
-        most recent item is last; ``exclude`` holds every known item of the full history.
+        most recent item is last; W is the longest of them (the model's cost grows with W), or
+        ``max_seq_len`` for a fixed-width model. ``exclude`` holds every known item of the full history.
         """
-        batch = len(histories)
-        seq_len = self.max_seq_len
-        model_input = np.full((batch, seq_len), PADDING_INDEX, dtype=np.int64)
-        excluded = [sorted(set(self.known_items(history))) for history in histories]
+        known = [self.known_items(history) for history in histories]
+        recent = [items[-self.max_seq_len :] for items in known]
+        excluded = [sorted(set(items)) for items in known]
         # At least one column: a 0-width tensor is legal ONNX but not worth testing every exporter on.
-        exclude = np.full((batch, max([1, *map(len, excluded)])), PADDING_INDEX, dtype=np.int64)
-        for row, history in enumerate(histories):
-            recent = self.known_items(history)[-seq_len:]
-            if recent:
-                model_input[row, seq_len - len(recent) :] = recent
+        width = self.fixed_history_width or max([1, *map(len, recent)])
+        model_input = np.full((len(histories), width), PADDING_INDEX, dtype=np.int64)
+        exclude = np.full((len(histories), max([1, *map(len, excluded)])), PADDING_INDEX, dtype=np.int64)
+        for row, items in enumerate(recent):
+            if items:
+                model_input[row, width - len(items) :] = items
             exclude[row, : len(excluded[row])] = excluded[row]
         return model_input, exclude
 

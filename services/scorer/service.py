@@ -372,7 +372,9 @@ class ScorerService:
                 self.recent.remember(user.user_id, user.history, message.partition())
                 self.rescore_queue.pop(user.user_id, None)  # scored now, with the current model
 
-        users = list(histories)
+        # Users with histories of about the same length share an inference: its input is as wide
+        # as its longest history, and the model's cost grows with that width.
+        users = sorted(histories, key=lambda user: len(histories[user]))
         chunk = self.settings.scorer_batch_size  # one ONNX run each, written before the next runs
         for start in range(0, len(users), chunk):
             part = users[start : start + chunk]

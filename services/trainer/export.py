@@ -34,6 +34,7 @@ from streamrec.shared.logs import get_logger
 from streamrec.shared.registry import (
     BATCH_DIM,
     EXCLUDE_DIM,
+    HISTORY_DIM,
     ModelIntegrityError,
     expected_signature,
     onnx_signature,
@@ -88,7 +89,11 @@ def export_model(
     contract = expected_signature(model.max_seq_len, model.top_k)
     if signature != contract:
         raise ModelIntegrityError(f"exported signature {signature} does not match the contract {contract}")
-    check_parity(model, model_path, sample_histories, sample_exclude)
+    # The scorer sends histories cut to the batch's longest one: check those widths too (the
+    # samples' own real width, and a single item).
+    real_width = _real_width(sample_histories)
+    for width in sorted({sample_histories.shape[1], real_width, 1}, reverse=True):
+        check_parity(model, model_path, sample_histories[:, -width:], sample_exclude)
 
     opset = next(entry.version for entry in onnx.load(str(model_path)).opset_import if entry.domain == "")
     files = {name: sha256_file(out_dir / name) for name in (MODEL_FILE, VOCAB_FILE)}
@@ -100,16 +105,18 @@ def export_model(
 
 
 def _export_onnx(model: SequenceRecommender, path: Path) -> None:
-    """Run torch's dynamo exporter (torch.export + onnxscript) with dynamic batch and exclude length.
+    """Run torch's dynamo exporter (torch.export + onnxscript) with dynamic batch, history and exclude.
 
-    The batch dimension is dynamic so the scorer can send any micro-batch size, and the exclude
-    width is dynamic so it can send each batch padded only to its longest history rather than a
-    fixed maximum. Example inputs have 2 rows / 2 columns because torch.export specialises sizes
-    0 and 1 to constants; the exported graph still runs with batch 1 and exclude width 0 or 1.
+    The batch dimension is dynamic so the scorer can send any micro-batch size. The history and
+    exclude widths are dynamic so it can send each batch only as wide as its longest history: a
+    model's cost grows with the positions it reads, and padding is most of a short history.
+    Example inputs have 2 rows / 2 columns because torch.export specialises sizes 0 and 1 to
+    constants; the exported graph still runs with batch 1 and widths of 1.
     """
     history = torch.zeros((2, model.max_seq_len), dtype=torch.int64)
     exclude = torch.zeros((2, 2), dtype=torch.int64)
     batch = torch.export.Dim(BATCH_DIM)
+    n_history = torch.export.Dim(HISTORY_DIM, min=1, max=model.max_seq_len)
     n_exclude = torch.export.Dim(EXCLUDE_DIM)
     # The exporter and its graph optimiser log every rewrite at INFO and warn about optional
     # torchvision ops and deprecations; none of it concerns us, and it would flood the service log.
@@ -121,12 +128,18 @@ def _export_onnx(model: SequenceRecommender, path: Path) -> None:
             str(path),
             input_names=[ONNX_INPUT_HISTORY, ONNX_INPUT_EXCLUDE],
             output_names=[ONNX_OUTPUT_SCORES, ONNX_OUTPUT_ITEMS],
-            dynamic_shapes={"history": {0: batch}, "exclude": {0: batch, 1: n_exclude}},
+            dynamic_shapes={"history": {0: batch, 1: n_history}, "exclude": {0: batch, 1: n_exclude}},
             opset_version=ONNX_OPSET,
             dynamo=True,
             external_data=False,  # one self-contained file: the registry hashes and moves files by name
             verbose=False,
         )
+
+
+def _real_width(histories: np.ndarray) -> int:
+    """Columns from the first one holding a real item of any row (histories are left-padded)."""
+    used = np.flatnonzero((np.asarray(histories) != PADDING_INDEX).any(axis=0))
+    return int(histories.shape[1] - used[0]) if len(used) else 1
 
 
 def check_parity(

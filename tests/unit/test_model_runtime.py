@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import copy
 import shutil
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +13,7 @@ import pytest
 import torch
 
 from streamrec.scorer.model_runtime import ServedModel
-from streamrec.shared.contracts import MODEL_FILE
+from streamrec.shared.contracts import MODEL_FILE, ONNX_INPUT_HISTORY
 from streamrec.shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry, new_version
 from streamrec.trainer.export import export_model
 from streamrec.trainer.model import SequenceRecommender
@@ -162,3 +164,25 @@ def test_idle_inference_threads_sleep_instead_of_spinning(served: ServedModel) -
     # The scorer shares its cores with ingest and the broker: idle threads must not busy-wait.
     options = served._session.get_session_options()
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_a_batch_is_as_wide_as_its_longest_known_history(served: ServedModel) -> None:
+    assert served.fixed_history_width is None  # the exporter writes a dynamic history width
+    history, exclude = served.encode([["i1"], ["i2", "new-item", "i3"]])
+    assert history.tolist() == [[0, 1], [2, 3]]  # unknown items take no column
+    assert exclude.tolist() == [[1, 0], [2, 3]]
+    history, _ = served.encode([[f"i{n}" for n in range(1, 8)]])
+    assert history.tolist() == [[4, 5, 6, 7]]  # never wider than max_seq_len
+    history, _ = served.encode([[], ["new-item"]])
+    assert history.tolist() == [[0], [0]]  # at least one column
+
+
+def test_a_fixed_width_version_gets_max_seq_len_columns(served: ServedModel) -> None:
+    # Versions exported before the width became dynamic declare it as max_seq_len in their signature.
+    signature = copy.deepcopy(served.manifest.signature)
+    signature["inputs"][ONNX_INPUT_HISTORY]["shape"][1] = MAX_SEQ_LEN
+    fixed = ServedModel(replace(served.manifest, signature=signature), served.vocabulary, served._session)
+    assert fixed.fixed_history_width == MAX_SEQ_LEN
+    history, _ = fixed.encode([["i1"], ["i2", "i3"]])
+    assert history.tolist() == [[0, 0, 0, 1], [0, 0, 2, 3]]
+    assert ids(fixed.recommend([["i2"]], k=2)[0]) == ids(served.recommend([["i2"]], k=2)[0])

@@ -26,6 +26,7 @@ from streamrec.shared.registry import (
     BATCH_DIM,
     CANDIDATE,
     EXCLUDE_DIM,
+    HISTORY_DIM,
     PROMOTED,
     REJECTED,
     ROLLED_BACK,
@@ -42,9 +43,10 @@ MAX_SEQ_LEN, TOP_K = 4, 2
 VOCABULARY = ["a", "b", "c"]
 
 
-def _contract_onnx(path: Path, max_seq_len: int = MAX_SEQ_LEN, top_k: int = TOP_K) -> None:
-    """A tiny graph with the contract's signature: score = -item index (not a real model)."""
-    history = helper.make_tensor_value_info(ONNX_INPUT_HISTORY, TensorProto.INT64, [BATCH_DIM, max_seq_len])
+def _contract_onnx(path: Path, history_width: str | int = HISTORY_DIM, top_k: int = TOP_K) -> None:
+    """A tiny graph with the contract's signature: score = -item index (not a real model).
+    ``history_width`` an int gives the fixed-width form of versions exported before 2026-12."""
+    history = helper.make_tensor_value_info(ONNX_INPUT_HISTORY, TensorProto.INT64, [BATCH_DIM, history_width])
     exclude = helper.make_tensor_value_info(ONNX_INPUT_EXCLUDE, TensorProto.INT64, [BATCH_DIM, EXCLUDE_DIM])
     scores = helper.make_tensor_value_info(ONNX_OUTPUT_SCORES, TensorProto.FLOAT, [BATCH_DIM, top_k])
     items = helper.make_tensor_value_info(ONNX_OUTPUT_ITEMS, TensorProto.INT64, [BATCH_DIM, top_k])
@@ -63,10 +65,13 @@ def _contract_onnx(path: Path, max_seq_len: int = MAX_SEQ_LEN, top_k: int = TOP_
 
 
 def _stage(
-    registry: ModelRegistry, parent: str | None = None, **overrides: object
+    registry: ModelRegistry,
+    parent: str | None = None,
+    history_width: str | int = HISTORY_DIM,
+    **overrides: object,
 ) -> tuple[Path, ModelManifest]:
     staging = registry.new_staging_dir()
-    _contract_onnx(staging / MODEL_FILE)
+    _contract_onnx(staging / MODEL_FILE, history_width)
     (staging / VOCAB_FILE).write_bytes(orjson.dumps(VOCABULARY))
     fields: dict[str, object] = {
         "version": new_version(),
@@ -78,7 +83,7 @@ def _stage(
         "top_k": TOP_K,
         "opset": 20,
         "files": {name: sha256_file(staging / name) for name in (MODEL_FILE, VOCAB_FILE)},
-        "signature": expected_signature(MAX_SEQ_LEN, TOP_K),
+        "signature": expected_signature(MAX_SEQ_LEN, TOP_K, history_width),
         "metrics": {"val_ndcg@10": 0.1},
         "data": {"events": 10},
     }
@@ -280,16 +285,31 @@ def test_verify_detects_a_missing_file(registry: ModelRegistry) -> None:
 
 
 def test_verify_rejects_a_signature_that_breaks_the_contract(registry: ModelRegistry) -> None:
-    # The manifest claims the contract, but the graph reads histories of a different length.
+    # The manifest claims the contract, but the graph reads histories of one fixed length.
     staging, manifest = _stage(registry)
-    _contract_onnx(staging / MODEL_FILE, max_seq_len=MAX_SEQ_LEN + 1)
+    _contract_onnx(staging / MODEL_FILE, history_width=MAX_SEQ_LEN)
     files = {**manifest.files, MODEL_FILE: sha256_file(staging / MODEL_FILE)}
-    with pytest.raises(ModelIntegrityError, match="the contract needs"):
+    with pytest.raises(ModelIntegrityError, match="the manifest says"):
         registry.publish(staging, ModelManifest(**{**manifest.__dict__, "files": files}))
 
     staging, manifest = _stage(registry, signature={"inputs": {}, "outputs": {}})
     with pytest.raises(ModelIntegrityError, match="does not match the model contract"):
         registry.publish(staging, manifest)
+
+    # A fixed width other than max_seq_len is no form of the contract.
+    staging, manifest = _stage(registry, history_width=MAX_SEQ_LEN + 1)
+    with pytest.raises(ModelIntegrityError, match="does not match the model contract"):
+        registry.publish(staging, manifest)
+
+
+def test_a_version_exported_with_a_fixed_history_width_still_verifies(registry: ModelRegistry) -> None:
+    # Versions exported before the history width became dynamic read exactly max_seq_len items.
+    staging, manifest = _stage(registry, history_width=MAX_SEQ_LEN)
+    registry.publish(staging, manifest)
+    assert registry.verify(manifest.version).signature["inputs"][ONNX_INPUT_HISTORY]["shape"] == [
+        BATCH_DIM,
+        MAX_SEQ_LEN,
+    ]
 
 
 def test_path_rejects_names_that_escape_the_root(registry: ModelRegistry) -> None:
