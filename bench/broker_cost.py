@@ -30,6 +30,7 @@ from streamrec.shared.settings import Settings
 FETCH_WAIT_MS = 50
 FETCH_MAX_BYTES = 8 * 1024 * 1024
 READ_UNCOMMITTED = 0  # isolation level: every batch, those of aborted transactions too
+EMPTY_ANSWERS_TOLERATED = 20  # in a row, 0.1 s apart
 
 
 def count_record_batches(settings: Settings, topics: list[str]) -> dict[str, tuple[int, int]]:
@@ -69,7 +70,7 @@ async def _count_partition(client: AIOKafkaClient, topic: str, partition: int) -
     leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
     if leader is None or leader < 0:
         raise RuntimeError(f"{topic}[{partition}]: no leader")
-    offset, batches, records = 0, 0, 0
+    offset, batches, records, empty_answers = 0, 0, 0, 0
     while True:
         request = FetchRequest(
             FETCH_WAIT_MS,
@@ -94,10 +95,16 @@ async def _count_partition(client: AIOKafkaClient, topic: str, partition: int) -
                 records += sum(1 for _ in batch)
             advanced = batch.next_offset
         if advanced == offset:
-            raise RuntimeError(
-                f"{topic}[{partition}]: no complete batch at offset {offset} below the end {highwater}"
-            )
-        offset = advanced
+            # Seen on a partition still being written (ingest's changelog right after a run): the
+            # broker answered with no batch below its end. Ask again before calling it an error.
+            empty_answers += 1
+            if empty_answers > EMPTY_ANSWERS_TOLERATED:
+                raise RuntimeError(
+                    f"{topic}[{partition}]: no complete batch at offset {offset} below the end {highwater}"
+                )
+            await asyncio.sleep(0.1)
+            continue
+        offset, empty_answers = advanced, 0
 
 
 def _partition_data(response: Any, topic: str, partition: int) -> tuple[int, bytes]:

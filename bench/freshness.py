@@ -203,6 +203,7 @@ class RunResult:
     trace: list[tuple[float, float, float]]  # per matched event: ms to features built, to list; published at
     personal_share: float  # % of the users whose list comes from the served model
     cpu: dict[str, float]  # process name -> % of one core while the run's events were published
+    stolen_cpu: float  # % of one core the host gave other guests meanwhile (all CPUs summed)
     broker_cpu_seconds: float  # the broker's CPU time over the run
     written: tuple[int, int]  # (record batches, records) streamrec's services wrote during the run
     input_written: tuple[int, int]  # the same on the input topic (the benchmark's producer)
@@ -498,9 +499,12 @@ def _run_once(
     written_before = _written(settings)
     _progress(f"  run {run + 1}/{size.runs}: {size.events:,} events at {size.rate:,.0f}/s")
     pids = {name: child.pid for name, child in stack.processes().items()}
+    pids["benchmark (producer, Redis listener)"] = os.getpid()  # it shares the cores too
     cpu_before, started = {name: _cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
+    stolen_before = _stolen_seconds()
     tracker, rate = asyncio.run(_freshness(settings, size, run, users, items))
     elapsed = time.monotonic() - started
+    stolen = 100 * (_stolen_seconds() - stolen_before) / elapsed if stolen_before >= 0 else 0.0
     cpu_used = {
         name: _cpu_seconds(pid) - cpu_before[name] for name, pid in pids.items() if cpu_before[name] >= 0
     }
@@ -511,7 +515,10 @@ def _run_once(
     latencies = tracker.latencies_ms()
     if latencies:
         p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
-        _progress(f"  run {run + 1}: publish -> list p50 {p50:,.0f} ms, p99 {p99:,.0f} ms")
+        _progress(
+            f"  run {run + 1}: publish -> list p50 {p50:,.0f} ms, p99 {p99:,.0f} ms "
+            f"(the host stole {stolen:.0f}% of a core)"
+        )
     _progress(f"  record batches written during the run, per topic: {per_topic}")
     _check_alive(stack)
     if (served := _served_model(settings)) != version:
@@ -531,6 +538,7 @@ def _run_once(
         trace=trace,
         personal_share=100 * personal / len(users),
         cpu={name: 100 * seconds / elapsed for name, seconds in cpu_used.items()},
+        stolen_cpu=stolen,
         broker_cpu_seconds=cpu_used["broker"],
         written=_delta(written_before, written_after, lambda topic: topic != settings.topic_interactions),
         input_written=_delta(
@@ -629,6 +637,18 @@ def _generated_at(settings: Settings, users: list[str]) -> list[float]:
     finally:
         store.close()
     return [CachedList.decode(raw).generated_at for raw in raws if raw is not None]
+
+
+def _stolen_seconds() -> float:
+    """CPU time the hypervisor gave other guests while this machine's CPUs wanted to run, summed over
+    its CPUs (the ``steal`` column of /proc/stat); -1 where there is no /proc. A shared host that
+    steals a good part of the cores makes every latency here worse: the figure says when it did."""
+    try:
+        with open("/proc/stat") as stat:
+            fields = stat.readline().split()
+    except OSError:
+        return -1.0
+    return int(fields[8]) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -812,6 +832,13 @@ def _figures(size: Size, results: list[RunResult]) -> list[Figure]:
         Figure(f"CPU of {name} while publishing", "% of a core", [r.cpu[name] for r in results])
         for name in results[0].cpu
     ]
+    figures.append(
+        Figure(
+            "CPU the host stole (other guests) while publishing",
+            "% of a core",
+            [r.stolen_cpu for r in results],
+        )
+    )
     return figures
 
 

@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import orjson
 
 from .events import Interaction
@@ -460,6 +461,80 @@ def _integer_ids(ids: list[str]) -> tuple[bytes, list[int]] | None:
         numbers.append(int(digits))
     encoded = prefix.encode()
     return (encoded, numbers) if len(encoded) <= _MAX_TEXT else None
+
+
+class RankedListEncoder:
+    """Redis values for rows of a model's output, in bulk: what :meth:`CachedList.encode` writes for
+    ``CachedList(row, model_version, generated_at, "personal")``, byte for byte, at a fraction of
+    its cost (the scorer encodes a list per scored user; item by item, that cost more than the
+    inference).
+
+    Built once per model from its vocabulary: when every id is one prefix + a canonical integer
+    (MovieLens' "1".."193609", "i42"), the numbers are parsed here once and a row is encoded with
+    numpy; otherwise each row goes through :meth:`CachedList.encode`.
+    """
+
+    def __init__(self, vocabulary: list[str]) -> None:
+        self.vocabulary = vocabulary
+        integer = _integer_ids(vocabulary)
+        self._prefix = integer[0] if integer else b""
+        # Index i (1-based, as the model's items) -> the id's number; 0 is padding.
+        self._numbers = np.array([0, *integer[1]], dtype=np.uint64) if integer else None
+
+    def encode(
+        self, items: np.ndarray, scores: np.ndarray, model_version: str, generated_at: float
+    ) -> list[bytes]:
+        """One binary value per row of ``items`` (int64 item indices, 1-based) and ``scores`` [B, k].
+
+        Entries with a non-finite score or an index outside the vocabulary (the graph's masked
+        tail) are left out, as the scorer drops them."""
+        version = model_version.encode()
+        if len(version) > _MAX_TEXT:
+            raise ValueError(f"model version of {len(version)} bytes: a cached list holds {_MAX_TEXT}")
+        valid = np.isfinite(scores) & (items >= 1) & (items <= len(self.vocabulary))
+        complete = valid.all(axis=1)
+        values: list[bytes] = [b""] * len(items)
+        whole = np.flatnonzero(complete) if self._numbers is not None and items.shape[1] else []
+        if len(whole):
+            # The common case, rows without a masked tail: every step on the whole batch at once.
+            ids, row_scores = self._numbers[items[whole]], scores[whole].astype(np.float64)
+            # float32 ends, then the same float64 arithmetic as CachedList.encode (rint rounds half to even).
+            low = row_scores.min(axis=1).astype(np.float32).astype(np.float64)
+            high = row_scores.max(axis=1).astype(np.float32).astype(np.float64)
+            step = (high - low) / SCORE_STEPS
+            safe_step = np.where(step > 0, step, 1.0)[:, None]
+            quantised = np.clip(np.rint((row_scores - low[:, None]) / safe_step), 0, SCORE_STEPS)
+            quantised = np.where(step[:, None] > 0, quantised, 0).astype("<u2")
+            largest = ids.max(axis=1)
+            for n, row in enumerate(whole.tolist()):
+                width = next((w for w in _ID_CODES if int(largest[n]) < 1 << (8 * w)), 0)
+                if not width:  # beyond 64 bits: ids as text
+                    values[row] = self._encode_as_text(items[row], scores[row], model_version, generated_at)
+                    continue
+                head = struct.pack(
+                    _HEADER, _BINARY_V1, _FLAG_VERSION, width, items.shape[1], len(version), len(self._prefix),
+                    generated_at, low[n], high[n],
+                )  # fmt: skip
+                body = (ids[n].astype(f"<u{width}").tobytes(), quantised[n].tobytes(), version, self._prefix)
+                values[row] = head + b"".join(body)
+        done = set(whole)
+        for row in range(len(items)):
+            if row not in done:
+                keep = valid[row]
+                values[row] = self._encode_as_text(
+                    items[row][keep], scores[row][keep], model_version, generated_at
+                )
+        return values
+
+    def _encode_as_text(
+        self, items: np.ndarray, scores: np.ndarray, model_version: str, generated_at: float
+    ) -> bytes:
+        vocabulary = self.vocabulary
+        ranked = [
+            (vocabulary[index - 1], score)
+            for index, score in zip(items.tolist(), scores.tolist(), strict=True)
+        ]
+        return CachedList(ranked, model_version, generated_at, "personal").encode()
 
 
 _LAYOUTS: dict[tuple[int, int], struct.Struct] = {}

@@ -22,6 +22,7 @@ from ..shared.contracts import (
     ONNX_OUTPUT_ITEMS,
     ONNX_OUTPUT_SCORES,
     PADDING_INDEX,
+    RankedListEncoder,
 )
 from ..shared.logs import get_logger
 from ..shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
@@ -46,6 +47,7 @@ class ServedModel:
         # Index 0 is padding, so item i (1-based) is vocabulary[i - 1].
         self.index_of: dict[str, int] = {item: i for i, item in enumerate(vocabulary, start=1)}
         self._session = session
+        self.list_encoder = RankedListEncoder(vocabulary)
 
     @property
     def version(self) -> str:
@@ -137,6 +139,27 @@ class ServedModel:
             exclude[row, : len(excluded[row])] = excluded[row]
         return model_input, exclude
 
+    def rank(self, histories: list[list[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The graph's top ``k`` per history as arrays: (scores float32 [B, k'], items int64 [B, k']),
+        best first, with k' = min(k, top_k). Masked entries (score -inf) may end a row: see
+        :meth:`recommend`, and :class:`RankedListEncoder`, which both drop them."""
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        model_input, exclude = self.encode(histories)
+        scores, items = self._session.run(
+            [ONNX_OUTPUT_SCORES, ONNX_OUTPUT_ITEMS],
+            {ONNX_INPUT_HISTORY: model_input, ONNX_INPUT_EXCLUDE: exclude},
+        )
+        return scores[:, :k], items[:, :k]
+
+    def recommend_encoded(self, histories: list[list[str]], k: int, generated_at: float) -> list[bytes]:
+        """Each history's top ``k`` as the Redis value of a personal list (the binary format), in bulk:
+        what ``CachedList(recommend(...)[i], version, generated_at, "personal").encode()`` gives."""
+        if not histories:
+            return []
+        scores, items = self.rank(histories, k)
+        return self.list_encoder.encode(items, scores, self.version, generated_at)
+
     def recommend(self, histories: list[list[str]], k: int) -> list[list[tuple[str, float]]]:
         """Top ``k`` (item id, score) per history, best first, never an item of that history.
 
@@ -147,15 +170,11 @@ class ServedModel:
             raise ValueError(f"k must be at least 1, got {k}")
         if not histories:
             return []
-        model_input, exclude = self.encode(histories)
-        scores, items = self._session.run(
-            [ONNX_OUTPUT_SCORES, ONNX_OUTPUT_ITEMS],
-            {ONNX_INPUT_HISTORY: model_input, ONNX_INPUT_EXCLUDE: exclude},
-        )
+        scores, items = self.rank(histories, k)
         vocabulary = self.vocabulary
         n_items = len(vocabulary)
         results: list[list[tuple[str, float]]] = []
-        for row_scores, row_items in zip(scores[:, :k].tolist(), items[:, :k].tolist(), strict=True):
+        for row_scores, row_items in zip(scores.tolist(), items.tolist(), strict=True):
             results.append(
                 [
                     (vocabulary[index - 1], score)

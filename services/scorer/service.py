@@ -110,6 +110,15 @@ class Stopped(Exception):
     """Shutdown was requested while an operation was still being retried."""
 
 
+@dataclass(frozen=True, slots=True)
+class ScoredLists:
+    """Users' new lists, encoded as Redis values, and how many came from each source."""
+
+    values: dict[str, bytes]  # user id -> value
+    personal: int
+    fallback: int
+
+
 @dataclass(slots=True)
 class RecentUser:
     """What the scorer remembers of a user to re-score them when a new model arrives."""
@@ -378,8 +387,7 @@ class ScorerService:
         chunk = self.settings.scorer_batch_size  # one ONNX run each, written before the next runs
         for start in range(0, len(users), chunk):
             part = users[start : start + chunk]
-            lists = self._score({user: histories[user] for user in part})
-            self._write_lists(lists, trigger="event")
+            self._write_lists(self._score({user: histories[user] for user in part}), trigger="event")
             written_at = time.time()
             for user in part:
                 FRESHNESS_SECONDS.observe(max(0.0, written_at - updated_at[user]))
@@ -410,16 +418,16 @@ class ScorerService:
 
     # --- scoring -----------------------------------------------------------------------------
 
-    def _score(self, histories: dict[str, list[str]]) -> dict[str, CachedList]:
+    def _score(self, histories: dict[str, list[str]]) -> ScoredLists:
         """A list per user: the model's, or popular minus the user's items. Users with neither are left out."""
         with SCORING_SECONDS.time():
             return self._score_untimed(histories)
 
-    def _score_untimed(self, histories: dict[str, list[str]]) -> dict[str, CachedList]:
+    def _score_untimed(self, histories: dict[str, list[str]]) -> ScoredLists:
         now = time.time()
-        top_n = self.settings.top_n
+        top_n, value_format = self.settings.top_n, self.settings.recs_format
         model = self.model
-        lists: dict[str, CachedList] = {}
+        values: dict[str, bytes] = {}
         personal: list[str] = []
         for user, history in histories.items():
             # A history of only items the model never saw carries no signal for it: the live
@@ -427,14 +435,21 @@ class ScorerService:
             if model is not None and (self.popular is None or model.known_items(history)):
                 personal.append(user)
             elif self.popular is not None:
-                lists[user] = self._popular_without(history, now)
+                values[user] = self._popular_without(history, now).encode(value_format)
+        fallback = len(values)
         if model is not None and personal:
-            ranked = model.recommend([histories[user] for user in personal], k=top_n)
-            for user, items in zip(personal, ranked, strict=True):
-                lists[user] = CachedList(items, model.version, now, "personal")
+            inputs = [histories[user] for user in personal]
+            if value_format == "binary":  # encoded from the graph's arrays, without a list per item
+                encoded = model.recommend_encoded(inputs, top_n, now)
+            else:
+                ranked = model.recommend(inputs, k=top_n)
+                encoded = [
+                    CachedList(items, model.version, now, "personal").encode(value_format) for items in ranked
+                ]
+            values.update(zip(personal, encoded, strict=True))
         self.counts["personal"] += len(personal)
-        self.counts["fallback"] += len(lists) - len(personal)
-        return lists
+        self.counts["fallback"] += fallback
+        return ScoredLists(values, len(personal), fallback)
 
     def _popular_without(self, history: list[str], now: float) -> CachedList:
         assert self.popular is not None
@@ -444,15 +459,12 @@ class ScorerService:
 
     # --- Redis -------------------------------------------------------------------------------
 
-    def _write_lists(self, lists: dict[str, CachedList], trigger: str) -> None:
+    def _write_lists(self, scored: ScoredLists, trigger: str) -> None:
         """SET every user's list in one pipeline, retrying until it succeeds (or Stopped).
         ``trigger`` (event, rescore) labels the metric."""
-        if not lists:
+        if not scored.values:
             return
-
-        values = {
-            self.keys.recs(user): cached.encode(self.settings.recs_format) for user, cached in lists.items()
-        }
+        values = {self.keys.recs(user): value for user, value in scored.values.items()}
 
         def write() -> None:
             pipe = self.redis.pipeline(transaction=False)
@@ -460,9 +472,9 @@ class ScorerService:
                 pipe.set(key, value, ex=self.ttl)
             pipe.execute()
 
-        self._retry(f"write {len(lists)} recommendation lists", write)
-        for source in ("personal", "fallback"):
-            if count := sum(1 for cached in lists.values() if cached.source == source):
+        self._retry(f"write {len(values)} recommendation lists", write)
+        for source, count in (("personal", scored.personal), ("fallback", scored.fallback)):
+            if count:
                 LISTS_WRITTEN.labels(source, trigger).inc(count)
 
     def _update_lag(self, next_offsets: dict[tuple[str, int], int]) -> None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import random
 
+import numpy as np
 import orjson
 import pytest
 
 from streamrec.client import Recommendations
-from streamrec.shared.contracts import CachedList, CachedListDecodeError, RedisKeys
+from streamrec.shared.contracts import CachedList, CachedListDecodeError, RankedListEncoder, RedisKeys
 
 VERSION = "20261129T052000.123Z-1a2b3c"  # the registry's version format
 # A user costs the value plus Redis's per-key overhead (about 70 bytes with a short key, and the
@@ -170,3 +171,48 @@ def test_client_recommendations_to_dict_matches_to_response() -> None:
 def test_redis_keys_share_one_prefix() -> None:
     keys = RedisKeys("shop")
     assert (keys.recs("u1"), keys.popular, keys.model) == ("shop:recs:u1", "shop:popular", "shop:model")
+
+
+# --- RankedListEncoder: the scorer's bulk path must write exactly what CachedList.encode writes ---
+
+VOCABULARIES = {
+    "plain numbers (MovieLens)": [str(n) for n in range(1, 400)],
+    "one prefix": [f"i{n}" for n in range(1, 400)],
+    "wide numbers": [str(n) for n in range(70_000, 70_400)],
+    "leading zeros (text ids)": [f"sku-{n:04d}" for n in range(1, 400)],
+    "mixed prefixes (text ids)": [f"{kind}{n}" for n in range(1, 200) for kind in ("a", "b")],
+}
+
+
+def _model_rows(n_items: int, rows: int = 12, k: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Rows as the graph returns them: indices, and scores best first, with the awkward cases."""
+    rng = np.random.default_rng(7)
+    items = rng.integers(1, n_items + 1, (rows, k))
+    scores = -np.sort(-rng.normal(0, 3, (rows, k))).astype(np.float32)
+    scores[1, 15:] = -np.inf  # a masked tail
+    scores[2, :] = -np.inf  # nothing left to recommend
+    scores[3, :] = 1.5  # all tied: no score range
+    items[4, 18:] = 0  # padding index in the tail
+    scores[5] = np.linspace(1e6, -1e6, k, dtype=np.float32)  # a wide range
+    return items, scores
+
+
+@pytest.mark.parametrize("vocabulary", VOCABULARIES.values(), ids=VOCABULARIES.keys())
+def test_the_bulk_encoder_writes_what_cached_list_encode_writes(vocabulary: list[str]) -> None:
+    items, scores = _model_rows(len(vocabulary))
+    values = RankedListEncoder(vocabulary).encode(items, scores, "20261201T000000.000Z-abcdef", 1764547200.25)
+    for row, value in enumerate(values):
+        keep = np.isfinite(scores[row]) & (items[row] >= 1)
+        ranked = [
+            (vocabulary[i - 1], s)
+            for i, s in zip(items[row][keep].tolist(), scores[row][keep].tolist(), strict=True)
+        ]
+        expected = CachedList(ranked, "20261201T000000.000Z-abcdef", 1764547200.25, "personal")
+        assert value == expected.encode(), f"row {row}"
+    assert CachedList.decode(values[2]).items == []
+
+
+def test_the_bulk_encoder_refuses_a_version_the_format_cannot_hold() -> None:
+    items, scores = _model_rows(10)
+    with pytest.raises(ValueError, match="model version"):
+        RankedListEncoder([str(n) for n in range(1, 11)]).encode(items, scores, "v" * 256, 0.0)
