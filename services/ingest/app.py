@@ -46,6 +46,7 @@ from ..shared.contracts import (
     UserSnapshot,
 )
 from ..shared.events import Interaction, Rejection, parse_event
+from ..shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
 from ..shared.kafka_config import faust_credentials, require_bootstrap
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
@@ -535,6 +536,7 @@ class IngestWorker(faust.Worker):
     async def on_startup_finished(self) -> None:
         """Called by Faust once the consumer joined the group and tables are recovered."""
         await super().on_startup_finished()
+        freeze_startup_objects()
         self.ready = True
         log.info(
             "ingest ready",
@@ -556,6 +558,7 @@ def run(settings: Settings) -> None:
     discard_tables_after_crash(Path(app.conf.tabledir), marker)
     worker = IngestWorker(app, stop_timeout=settings.ingest_stop_timeout_seconds)
     start_ops_server(settings, alive=lambda: None, ready=worker.readiness)
+    watch_gc_pauses()
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # mode exits via SystemExit; a clean stop is not an error for callers

@@ -52,6 +52,7 @@ from ..shared.contracts import (
     RedisKeys,
     decode_feature_batch,
 )
+from ..shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
 from ..shared.kafka_config import client_config
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
@@ -662,8 +663,10 @@ def run(settings: Settings) -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     start_ops_server(settings, alive=lambda: None, ready=service.readiness)
+    watch_gc_pauses()
     try:
         service.start()
+        freeze_startup_objects()
         service.run()
     except Stopped:
         log.warning("stopped before the scorer could start (Redis unreachable)")
