@@ -3,7 +3,9 @@
 The model is the default one (SASRec, default sizes) exported by the trainer's own export path,
 run with 2 intra-op threads (``STREAMREC_SCORER_THREADS=2``, a scorer on cores of its own; the
 default of 1 spends less CPU per user on shared cores), sequential execution. Inputs are full
-histories (``max_seq_len`` items) and as many excluded items. The same run also multiplies a
+histories (``max_seq_len`` items) and as many excluded items; one more row per catalogue times
+histories of ``SHORT_HISTORY`` items, sent as wide as they are (the scorer's input is as wide as
+a batch's longest history), against full ones. The same run also multiplies a
 ``[1024, dim] x [dim, n_items]`` matrix in torch: the GFLOP/s this machine reaches on the scoring
 head alone, to put the model's GFLOP/s in context.
 """
@@ -27,18 +29,26 @@ from streamrec.trainer.model import build_model
 from .harness import Figure, Section, image_path, repeat, timed
 from .plots import throughput_bars
 
+SHORT_HISTORY = 10  # items: a new or occasional user
 THREADS = 2  # onnxruntime intra-op threads, as STREAMREC_SCORER_THREADS=2 (services/scorer/model_runtime.py)
 
 
 def model_gflop_per_user(dim: int, length: int, blocks: int, n_items: int) -> float:
-    """Multiply-adds x 2 of one user's forward pass: every position through every block
-    (projections 4d², feed-forward 8d², attention 2Ld) and the last position against every item."""
-    per_position = blocks * (2 * (4 * dim * dim + 8 * dim * dim) + 4 * length * dim)
-    return (length * per_position + 2 * dim * n_items) / 1e9
+    """Multiply-adds x 2 of one user's forward pass: every position through every block but the
+    last (projections 4d², feed-forward 8d², attention 2Ld), the last block's keys and values at
+    every position (2d²) and the rest at the last one only, then that position against every item."""
+    per_position = 2 * (4 * dim * dim + 8 * dim * dim) + 4 * length * dim
+    last_block = length * 2 * (2 * dim * dim) + per_position
+    return (length * (blocks - 1) * per_position + last_block + 2 * dim * n_items) / 1e9
 
 
 def _users_per_second(call: Callable[[], object], calls: int, batch: int) -> float:
     return calls * batch / timed(lambda: [call() for _ in range(calls)])
+
+
+def _feeds(history: np.ndarray) -> dict[str, np.ndarray]:
+    """Model inputs for ``history``, which also serves as the items to exclude."""
+    return {ONNX_INPUT_HISTORY: history, ONNX_INPUT_EXCLUDE: history}
 
 
 def _gflops(call: Callable[[], object], gflop: float) -> float:
@@ -87,6 +97,24 @@ def run(quick: bool) -> list[Section]:
                     target="≥ torch eager (ratio ≥ 1)",
                 )
             )
+        largest_batch = figures[-1]
+        short_batch = 64
+        short = rng.integers(1, n_items + 1, size=(short_batch, SHORT_HISTORY))
+        full = rng.integers(1, n_items + 1, size=(short_batch, settings.max_seq_len))
+        calls = 4 if quick else 2048 // short_batch
+        figures.append(
+            Figure(
+                f"onnxruntime, {n_items:,} items, batch {short_batch}, {SHORT_HISTORY}-item histories",
+                "users/s",
+                repeat(
+                    partial(_users_per_second, partial(session.run, None, _feeds(short)), calls, short_batch)
+                ),
+                f"{settings.max_seq_len}-item histories",
+                repeat(
+                    partial(_users_per_second, partial(session.run, None, _feeds(full)), calls, short_batch)
+                ),
+            )
+        )
         gflop = model_gflop_per_user(settings.embedding_dim, settings.max_seq_len, settings.n_blocks, n_items)
         best_batch = max(batches)
         head = torch.randn(best_batch, settings.embedding_dim)
@@ -96,7 +124,7 @@ def run(quick: bool) -> list[Section]:
             Figure(
                 f"onnxruntime GFLOP/s, {n_items:,} items, batch {best_batch}",
                 "GFLOP/s",
-                [users * gflop for users in figures[-1].runs],
+                [users * gflop for users in largest_batch.runs],
                 "plain matmul",
                 repeat(partial(_gflops, partial(torch.matmul, head, catalogue), matmul_gflop)),
                 note=f"{gflop * 1e3:.1f} MFLOP per user",
