@@ -49,6 +49,7 @@ from ..shared.events import Interaction, Rejection, parse_event
 from ..shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
 from ..shared.kafka_config import faust_credentials, require_bootstrap
 from ..shared.logs import get_logger
+from ..shared.loop_lag import watch_event_loop
 from ..shared.ops import start_ops_server
 from ..shared.settings import Settings
 from ..topics import check_login
@@ -404,6 +405,11 @@ def create_app(settings: Settings) -> faust.App:
                     merge_popularity(pending.setdefault(item_id, ItemPopularity()), delta, half_life)
 
     app.before_commit = before_commit
+
+    @app.task
+    async def watch_loop() -> None:
+        """Measure how long the event loop is ever blocked (streamrec_event_loop_lag_seconds)."""
+        await watch_event_loop()
 
     @app.timer(POPULARITY_FLUSH_SECONDS, name="flush_popularity")
     async def flush_popularity_periodically() -> None:

@@ -252,6 +252,10 @@ class IngestApp(faust.App):
     run_topics: frozenset[str] = frozenset()
     before_commit: Callable[[], Awaitable[None]] = staticmethod(_nothing_to_send)
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._producer_start_lock = asyncio.Lock()
+
     def _new_transport(self) -> faust_aiokafka.Transport:
         return _IngestTransport(self.conf.broker_consumer, self)
 
@@ -264,6 +268,24 @@ class IngestApp(faust.App):
             "an agent failed: stopping the worker", extra={"agent": str(agent.name), "error": repr(exc)}
         )
         await self.crash(exc)
+
+    async def maybe_start_producer(self) -> Any:
+        """Faust's, without three turns of the event loop per message once the producer runs.
+
+        Every message Faust produces (each table changelog record included) first awaits this, and
+        Faust wraps it in mode's ``stampede``, which awaits ``asyncio.sleep(0)`` three times per
+        call. So a table write of a few hundred states trickled into aiokafka over tens of
+        milliseconds, its 5 ms linger closed a record batch every few dozen records (the embedded
+        broker's cost grows with batches), and the loop spun three times per record. The
+        stampede's purpose, one start for concurrent first callers, is kept by a lock.
+        """
+        if self.in_transaction:
+            return self.consumer.transactions
+        producer = self.producer
+        if not producer.started:
+            async with self._producer_start_lock:
+                await producer.maybe_start()
+        return producer
 
     def _new_producer(self) -> Any:
         producer = super()._new_producer()

@@ -9,7 +9,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from streamrec.ingest.bundles import delta_messages, is_home, partition_for, read_deltas
 from streamrec.ingest.features import ItemPopularity, add_item_event, merge_popularity
-from streamrec.ingest.transport import start_eagerly
+from streamrec.ingest.transport import IngestApp, start_eagerly
 from streamrec.shared.events import Interaction
 
 HALF_LIFE = 24.0
@@ -137,5 +137,48 @@ def test_errors_and_cancellation_reach_the_coroutine() -> None:
             with pytest.raises(asyncio.CancelledError):
                 await task
             assert cleaned_up.is_set()
+
+    asyncio.run(main())
+
+
+# --- the producer a message awaits (IngestApp.maybe_start_producer) ------------------------------
+
+
+class _Producer:
+    """Stands in for Faust's producer service: counts starts, and takes a turn of the loop to start."""
+
+    def __init__(self, started: bool) -> None:
+        self.started = started
+        self.starts = 0
+
+    async def maybe_start(self) -> None:
+        if not self.started:
+            await asyncio.sleep(0)
+            self.starts += 1
+            self.started = True
+
+
+def _app_with(producer: _Producer) -> IngestApp:
+    app = IngestApp("test-producer-start", broker="kafka://127.0.0.1:1")
+    app._producer = producer  # type: ignore[assignment]
+    return app
+
+
+def test_a_running_producer_is_returned_without_a_turn_of_the_loop() -> None:
+    # Faust's own version yields three times per produced message: a table write's changelog
+    # records then trickled into several record batches.
+    async def main() -> None:
+        producer = _Producer(started=True)
+        assert start_eagerly(_app_with(producer).maybe_start_producer()) == (True, producer)
+
+    asyncio.run(main())
+
+
+def test_concurrent_first_callers_start_the_producer_once() -> None:
+    async def main() -> None:
+        producer = _Producer(started=False)
+        app = _app_with(producer)
+        results = await asyncio.gather(*(app.maybe_start_producer() for _ in range(5)))
+        assert results == [producer] * 5 and producer.starts == 1
 
     asyncio.run(main())
