@@ -152,7 +152,7 @@ class Settings(BaseSettings):
         "partition's share is folded as one batch.",
     )
     ingest_batch_wait_ms: int = Field(
-        100,
+        50,
         ge=1,
         le=5000,
         description="Longest ingest's fetch waits for events: a batch's span, so at most this is added "
