@@ -69,6 +69,8 @@ REQUIRED_FILES = (MODEL_FILE, VOCAB_FILE)
 BATCH_DIM = "batch"
 EXCLUDE_DIM = "n_exclude"
 HISTORY_DIM = "n_history"  # 1..max_seq_len: the scorer sends each batch only as wide as it needs
+# The ONNX metadata property holding the longest history a graph of dynamic width reads.
+MAX_HISTORY_PROPERTY = "streamrec.max_seq_len"
 # A version is a plain directory name: no separators, no leading dot (so never a staging dir).
 _VERSION_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _HASH_CHUNK = 1 << 20
@@ -422,11 +424,21 @@ def check_model_dir(directory: Path, manifest: ModelManifest) -> None:
         raise ModelIntegrityError(
             f"manifest signature {manifest.signature} does not match the model contract {contract}"
         )
-    in_graph = onnx_signature(directory / MODEL_FILE)
+    graph = _load_graph(directory / MODEL_FILE)
+    in_graph = _signature_of(graph)
     if in_graph != manifest.signature:
         raise ModelIntegrityError(
             f"{MODEL_FILE} has signature {in_graph}, the manifest says {manifest.signature}"
         )
+    if manifest.signature == contract:
+        # A dynamic history width says nothing of the longest history the graph reads: that is
+        # in its metadata (the exporter writes it), and must be the manifest's max_seq_len.
+        declared = {prop.key: prop.value for prop in graph.metadata_props}.get(MAX_HISTORY_PROPERTY)
+        if declared != str(manifest.max_seq_len):
+            raise ModelIntegrityError(
+                f"{MODEL_FILE} reads at most {declared or 'an undeclared number of'} history items "
+                f"({MAX_HISTORY_PROPERTY}), the manifest says {manifest.max_seq_len}"
+            )
     n_vocab = len(read_vocabulary(directory / VOCAB_FILE))
     if n_vocab != manifest.n_items:
         raise ModelIntegrityError(f"{VOCAB_FILE} has {n_vocab} items, the manifest says {manifest.n_items}")
@@ -447,13 +459,21 @@ def read_vocabulary(path: Path) -> list[str]:
 
 def onnx_signature(model_path: Path) -> dict[str, Any]:
     """Read the input/output names, dtypes and shapes of an ONNX file, in manifest form."""
+    return _signature_of(_load_graph(model_path))
+
+
+def _load_graph(model_path: Path) -> Any:
+    """The ONNX model's protobuf, without weights in external files (the interface is enough)."""
     import onnx  # imported here: only verify() needs it, and it is slow to import
 
     try:
-        # Only the graph's interface is needed; weights in external files are not loaded.
-        model = onnx.load(str(model_path), load_external_data=False)
+        return onnx.load(str(model_path), load_external_data=False)
     except Exception as exc:  # onnx raises several types for a damaged protobuf
         raise ModelIntegrityError(f"{model_path.name} is not a readable ONNX model: {exc}") from None
+
+
+def _signature_of(model: Any) -> dict[str, Any]:
+    import onnx
 
     def describe(values: Any) -> dict[str, Any]:
         described = {}

@@ -543,6 +543,7 @@ class IngestWorker(faust.Worker):
         """Called by Faust once the consumer joined the group and tables are recovered."""
         await super().on_startup_finished()
         freeze_startup_objects()
+        watch_gc_pauses()
         self.ready = True
         log.info(
             "ingest ready",
@@ -564,7 +565,6 @@ def run(settings: Settings) -> None:
     discard_tables_after_crash(Path(app.conf.tabledir), marker)
     worker = IngestWorker(app, stop_timeout=settings.ingest_stop_timeout_seconds)
     start_ops_server(settings, alive=lambda: None, ready=worker.readiness)
-    watch_gc_pauses()
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:  # mode exits via SystemExit; a clean stop is not an error for callers

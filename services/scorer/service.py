@@ -663,10 +663,11 @@ def run(settings: Settings) -> None:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     start_ops_server(settings, alive=lambda: None, ready=service.readiness)
-    watch_gc_pauses()
     try:
         service.start()
+        # Only once up: a failed start exits with one clear line, not a pause logged after it.
         freeze_startup_objects()
+        watch_gc_pauses()
         service.run()
     except Stopped:
         log.warning("stopped before the scorer could start (Redis unreachable)")

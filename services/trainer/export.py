@@ -35,6 +35,7 @@ from streamrec.shared.registry import (
     BATCH_DIM,
     EXCLUDE_DIM,
     HISTORY_DIM,
+    MAX_HISTORY_PROPERTY,
     ModelIntegrityError,
     expected_signature,
     onnx_signature,
@@ -134,6 +135,12 @@ def _export_onnx(model: SequenceRecommender, path: Path) -> None:
             external_data=False,  # one self-contained file: the registry hashes and moves files by name
             verbose=False,
         )
+    # The history width is dynamic, so the graph's interface no longer says how long a history it
+    # reads; the registry checks this property against the manifest's max_seq_len.
+    graph = onnx.load(str(path))
+    properties = {prop.key: prop.value for prop in graph.metadata_props}
+    onnx.helper.set_model_props(graph, {**properties, MAX_HISTORY_PROPERTY: str(model.max_seq_len)})
+    onnx.save(graph, str(path))
 
 
 def _real_width(histories: np.ndarray) -> int:

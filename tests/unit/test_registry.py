@@ -27,6 +27,7 @@ from streamrec.shared.registry import (
     CANDIDATE,
     EXCLUDE_DIM,
     HISTORY_DIM,
+    MAX_HISTORY_PROPERTY,
     PROMOTED,
     REJECTED,
     ROLLED_BACK,
@@ -43,7 +44,12 @@ MAX_SEQ_LEN, TOP_K = 4, 2
 VOCABULARY = ["a", "b", "c"]
 
 
-def _contract_onnx(path: Path, history_width: str | int = HISTORY_DIM, top_k: int = TOP_K) -> None:
+def _contract_onnx(
+    path: Path,
+    history_width: str | int = HISTORY_DIM,
+    top_k: int = TOP_K,
+    max_history: int | None = MAX_SEQ_LEN,
+) -> None:
     """A tiny graph with the contract's signature: score = -item index (not a real model).
     ``history_width`` an int gives the fixed-width form of versions exported before 2026-12."""
     history = helper.make_tensor_value_info(ONNX_INPUT_HISTORY, TensorProto.INT64, [BATCH_DIM, history_width])
@@ -61,7 +67,10 @@ def _contract_onnx(path: Path, history_width: str | int = HISTORY_DIM, top_k: in
         helper.make_tensor("one", TensorProto.INT64, [1], [1]),
     ]
     graph = helper.make_graph(nodes, "contract", [history, exclude], [scores, items], initializers)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), str(path))
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)])
+    if max_history is not None:
+        helper.set_model_props(model, {MAX_HISTORY_PROPERTY: str(max_history)})
+    onnx.save(model, str(path))
 
 
 def _stage(
@@ -71,7 +80,9 @@ def _stage(
     **overrides: object,
 ) -> tuple[Path, ModelManifest]:
     staging = registry.new_staging_dir()
-    _contract_onnx(staging / MODEL_FILE, history_width)
+    _contract_onnx(
+        staging / MODEL_FILE, history_width, max_history=MAX_SEQ_LEN if history_width == HISTORY_DIM else None
+    )
     (staging / VOCAB_FILE).write_bytes(orjson.dumps(VOCABULARY))
     fields: dict[str, object] = {
         "version": new_version(),
@@ -300,6 +311,16 @@ def test_verify_rejects_a_signature_that_breaks_the_contract(registry: ModelRegi
     staging, manifest = _stage(registry, history_width=MAX_SEQ_LEN + 1)
     with pytest.raises(ModelIntegrityError, match="does not match the model contract"):
         registry.publish(staging, manifest)
+
+
+def test_a_dynamic_width_graph_must_declare_the_manifests_max_seq_len(registry: ModelRegistry) -> None:
+    # The interface of a graph of dynamic width does not say how long a history it reads.
+    for declared, expected in ((MAX_SEQ_LEN + 1, f"reads at most {MAX_SEQ_LEN + 1}"), (None, "undeclared")):
+        staging, manifest = _stage(registry)
+        _contract_onnx(staging / MODEL_FILE, max_history=declared)
+        files = {**manifest.files, MODEL_FILE: sha256_file(staging / MODEL_FILE)}
+        with pytest.raises(ModelIntegrityError, match=expected):
+            registry.publish(staging, ModelManifest(**{**manifest.__dict__, "files": files}))
 
 
 def test_a_version_exported_with_a_fixed_history_width_still_verifies(registry: ModelRegistry) -> None:
