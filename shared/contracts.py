@@ -477,6 +477,8 @@ class RankedListEncoder:
     def __init__(self, vocabulary: list[str]) -> None:
         self.vocabulary = vocabulary
         integer = _integer_ids(vocabulary)
+        if integer is not None and max(integer[1], default=0) >= 1 << 64:
+            integer = None  # numbers beyond 8 bytes: the binary format keeps such ids as text
         self._prefix = integer[0] if integer else b""
         # Index i (1-based, as the model's items) -> the id's number; 0 is padding.
         self._numbers = np.array([0, *integer[1]], dtype=np.uint64) if integer else None

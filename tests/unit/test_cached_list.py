@@ -181,6 +181,7 @@ VOCABULARIES = {
     "wide numbers": [str(n) for n in range(70_000, 70_400)],
     "leading zeros (text ids)": [f"sku-{n:04d}" for n in range(1, 400)],
     "mixed prefixes (text ids)": [f"{kind}{n}" for n in range(1, 200) for kind in ("a", "b")],
+    "numbers beyond 8 bytes (text ids)": [str(n) for n in range(1 << 64, (1 << 64) + 400)],
 }
 
 
