@@ -336,7 +336,7 @@ class CachedList:
         if integer is not None:
             prefix, numbers = integer
             largest = max(numbers, default=0)
-            width = next((w for w in _ID_CODES if largest < 1 << (8 * w)), 0)
+            width = _id_width(largest)
             if width:
                 head = (_BINARY_V1, flags, width, count, len(version), len(prefix))
                 body = _layout(count, width).pack(*head, self.generated_at, low, high, *numbers, *quantised)
@@ -496,7 +496,9 @@ class RankedListEncoder:
         valid = np.isfinite(scores) & (items >= 1) & (items <= len(self.vocabulary))
         complete = valid.all(axis=1)
         values: list[bytes] = [b""] * len(items)
-        whole = np.flatnonzero(complete) if self._numbers is not None and items.shape[1] else []
+        # Rows the numpy path can take; the others (a masked tail, text ids) go through CachedList.
+        fast = complete if self._numbers is not None and items.shape[1] else np.zeros(len(items), dtype=bool)
+        whole = np.flatnonzero(fast)
         if len(whole):
             # The common case, rows without a masked tail: every step on the whole batch at once.
             ids, row_scores = self._numbers[items[whole]], scores[whole].astype(np.float64)
@@ -509,23 +511,18 @@ class RankedListEncoder:
             quantised = np.where(step[:, None] > 0, quantised, 0).astype("<u2")
             largest = ids.max(axis=1)
             for n, row in enumerate(whole.tolist()):
-                width = next((w for w in _ID_CODES if int(largest[n]) < 1 << (8 * w)), 0)
-                if not width:  # beyond 64 bits: ids as text
-                    values[row] = self._encode_as_text(items[row], scores[row], model_version, generated_at)
-                    continue
+                width = _id_width(int(largest[n]))  # never 0: numbers of 8 bytes or more have no _numbers
                 head = struct.pack(
                     _HEADER, _BINARY_V1, _FLAG_VERSION, width, items.shape[1], len(version), len(self._prefix),
                     generated_at, low[n], high[n],
                 )  # fmt: skip
                 body = (ids[n].astype(f"<u{width}").tobytes(), quantised[n].tobytes(), version, self._prefix)
                 values[row] = head + b"".join(body)
-        done = set(whole)
-        for row in range(len(items)):
-            if row not in done:
-                keep = valid[row]
-                values[row] = self._encode_as_text(
-                    items[row][keep], scores[row][keep], model_version, generated_at
-                )
+        for row in np.flatnonzero(~fast).tolist():
+            keep = valid[row]
+            values[row] = self._encode_as_text(
+                items[row][keep], scores[row][keep], model_version, generated_at
+            )
         return values
 
     def _encode_as_text(
@@ -537,6 +534,11 @@ class RankedListEncoder:
             for index, score in zip(items.tolist(), scores.tolist(), strict=True)
         ]
         return CachedList(ranked, model_version, generated_at, "personal").encode()
+
+
+def _id_width(largest: int) -> int:
+    """Bytes per id (1, 2, 4 or 8) that hold numbers up to ``largest``; 0 if 8 do not."""
+    return next((width for width in _ID_CODES if largest < 1 << (8 * width)), 0)
 
 
 _LAYOUTS: dict[tuple[int, int], struct.Struct] = {}

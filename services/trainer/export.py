@@ -83,7 +83,7 @@ def export_model(
     out_dir = Path(out_dir)
     model_path = out_dir / MODEL_FILE
     model.eval()
-    _export_onnx(model, model_path)
+    graph = _export_onnx(model, model_path)
     (out_dir / VOCAB_FILE).write_bytes(orjson.dumps(vocabulary))
 
     signature = onnx_signature(model_path)
@@ -96,7 +96,7 @@ def export_model(
     for width in sorted({sample_histories.shape[1], real_width, 1}, reverse=True):
         check_parity(model, model_path, sample_histories[:, -width:], sample_exclude)
 
-    opset = next(entry.version for entry in onnx.load(str(model_path)).opset_import if entry.domain == "")
+    opset = next(entry.version for entry in graph.opset_import if entry.domain == "")
     files = {name: sha256_file(out_dir / name) for name in (MODEL_FILE, VOCAB_FILE)}
     log.info(
         "model exported",
@@ -105,14 +105,15 @@ def export_model(
     return ExportedModel(signature=signature, opset=opset, files=files)
 
 
-def _export_onnx(model: SequenceRecommender, path: Path) -> None:
+def _export_onnx(model: SequenceRecommender, path: Path) -> onnx.ModelProto:
     """Run torch's dynamo exporter (torch.export + onnxscript) with dynamic batch, history and exclude.
 
     The batch dimension is dynamic so the scorer can send any micro-batch size. The history and
     exclude widths are dynamic so it can send each batch only as wide as its longest history: a
     model's cost grows with the positions it reads, and padding is most of a short history.
     Example inputs have 2 rows / 2 columns because torch.export specialises sizes 0 and 1 to
-    constants; the exported graph still runs with batch 1 and widths of 1.
+    constants; the exported graph still runs with batch 1 and widths of 1. Returns the
+    written model (its metadata included).
     """
     history = torch.zeros((2, model.max_seq_len), dtype=torch.int64)
     exclude = torch.zeros((2, 2), dtype=torch.int64)
@@ -141,6 +142,7 @@ def _export_onnx(model: SequenceRecommender, path: Path) -> None:
     properties = {prop.key: prop.value for prop in graph.metadata_props}
     onnx.helper.set_model_props(graph, {**properties, MAX_HISTORY_PROPERTY: str(model.max_seq_len)})
     onnx.save(graph, str(path))
+    return graph
 
 
 def _real_width(histories: np.ndarray) -> int:
