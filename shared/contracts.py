@@ -233,6 +233,11 @@ class RedisKeys:
     - ``{prefix}:recs:{user_id}``  STRING, an encoded :class:`CachedList`: the user's top-N.
     - ``{prefix}:popular``        STRING, an encoded :class:`CachedList`: fallback for cold users.
     - ``{prefix}:model``          STRING, the model version the scorer currently serves.
+    - ``{prefix}:similar:{item_id}`` STRING, an encoded :class:`CachedList`: the item's nearest items
+      (source "personal": the served model's item embeddings, with its version; "fallback": items
+      that co-occur with it in recent histories, for an item the model does not know). Written by
+      the scorer (services/scorer/similar_items.py), overwritten in place on a model swap, no TTL.
+    - ``{prefix}:similar-model``  STRING, the model version whose similar lists are all written.
     """
 
     prefix: str = "streamrec"
@@ -250,6 +255,15 @@ class RedisKeys:
     def model(self) -> str:
         """Key holding the served model version."""
         return f"{self.prefix}:model"
+
+    def similar(self, item_id: str) -> str:
+        """Key of one item's similar items."""
+        return f"{self.prefix}:similar:{item_id}"
+
+    @property
+    def similar_model(self) -> str:
+        """Key holding the model version whose similar lists are completely written."""
+        return f"{self.prefix}:similar-model"
 
 
 # The binary format of a cached list, version 1 (little-endian).
@@ -600,6 +614,10 @@ ONNX_OUTPUT_SCORES = "scores"  # float32 [batch, top_k]: best first
 ONNX_OUTPUT_ITEMS = "items"  # int64 [batch, top_k]: item indices matching `scores`
 MODEL_FILE = "model.onnx"
 VOCAB_FILE = "items.json"  # JSON list: vocabulary[i-1] is the item id of index i
+# float32 [n_items, dim] (numpy .npy): row i - 1 is the embedding of item index i, the vectors the
+# model scores items with (SASRec's item table, mf's item factors). Optional: versions exported
+# before 2026-12 lack it and get no model-based similar items.
+ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
 MANIFEST_FILE = "manifest.json"
 PROMOTED_FILE = "PROMOTED"  # text file in the model dir: the version scorers serve
 PROMOTIONS_FILE = "promotions.jsonl"  # append-only log of promotions and rollbacks

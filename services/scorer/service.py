@@ -23,6 +23,12 @@ A new model is swapped in only after it is verified, loaded and warmed up; a bro
 and the old one keeps serving. After a swap the recently seen users (a bounded LRU of their latest
 histories) are re-scored in bounded chunks between real-time batches; so are they when the first
 popular list arrives before any model (users seen earlier had nothing to be written yet).
+
+Similar items (services/scorer/similar_items.py): after a swap, the scorer that owns partition 0 of
+the user features writes every item's nearest items in the new model's embeddings, in chunks
+between real-time batches (one scorer computes them; the others skip the work). Every scorer
+counts co-occurrences of the items the model does not know in its users' histories and writes their
+fallback lists periodically.
 """
 
 from __future__ import annotations
@@ -33,11 +39,12 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import FrameType
 from typing import TypeVar
 
+import numpy as np
 import orjson
 import redis
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
@@ -61,6 +68,7 @@ from ..shared.registry import ModelIntegrityError, ModelRegistry
 from ..shared.settings import ConfigError, Settings
 from ..topics import existing_topics
 from .model_runtime import ServedModel
+from .similar_items import FALLBACK_WRITE_SECONDS, CoOccurrence, SimilarListWriter, load_item_embeddings
 
 log = get_logger(__name__)
 
@@ -188,6 +196,9 @@ class ScorerService:
         self.owed_offsets: dict[tuple[str, int], int] = {}
         self.committed_at = time.monotonic()
         self.redis_ok = True  # False while a Redis operation is being retried
+        self.similar_writer: SimilarListWriter | None = None  # the served model's lists, being written
+        self.cooccurrence = CoOccurrence()  # neighbours of the items the served model does not know
+        self._next_fallback_write = time.monotonic() + FALLBACK_WRITE_SECONDS
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -246,12 +257,14 @@ class ScorerService:
                 self._poll_control()
                 self._check_promoted_periodically()
                 # With re-scoring due, do not block waiting for traffic: alternate the two.
-                batch = self._collect_batch(min(IDLE_POLL_SECONDS, self._seconds_until_rescore()))
+                idle = min(IDLE_POLL_SECONDS, self._seconds_until_rescore(), self._seconds_until_similar())
+                batch = self._collect_batch(idle)
                 if batch:
                     self._process_user_batch(batch)
                 if self.owed_offsets and time.monotonic() - self.committed_at >= COMMIT_SECONDS:
                     self._commit_owed()  # also when traffic stopped: the last batches get committed
                 self._rescore_step()
+                self._similar_step()
             except Stopped:
                 log.warning("stopping with Redis unreachable: the uncommitted batch will be re-delivered")
                 break
@@ -381,6 +394,7 @@ class ScorerService:
                 updated_at[user.user_id] = batch.updated_at
                 self.recent.remember(user.user_id, user.history, message.partition())
                 self.rescore_queue.pop(user.user_id, None)  # scored now, with the current model
+        self._observe_cooccurrence(histories.values())
 
         # Users with histories of about the same length share an inference: its input is as wide
         # as its longest history, and the model's cost grows with that width.
@@ -577,6 +591,7 @@ class ScorerService:
             return
         try:
             model = ServedModel.load(self.registry, version, threads=self.settings.scorer_threads)
+            embeddings = load_item_embeddings(self.registry, version, model.manifest.n_items)
         except (ModelIntegrityError, OSError) as exc:
             self.refused_versions.add(version)
             MODELS_REFUSED.inc()
@@ -590,6 +605,7 @@ class ScorerService:
         MODEL_IN_USE.labels(version).set(1)
         self._retry("write the served model version", lambda: self.redis.set(self.keys.model, version))
         self._queue_rescore()
+        self._start_similar(model, embeddings)
         log.info(
             "serving model",
             extra={
@@ -638,6 +654,85 @@ class ScorerService:
                     "seconds": round(time.monotonic() - self._rescore_started, 2),
                 },
             )
+
+    # --- similar items -----------------------------------------------------------------------
+
+    def _start_similar(self, model: ServedModel, embeddings: np.ndarray | None) -> None:
+        """Prepare the new model's similar lists (written by :meth:`_similar_step`), unless it has no
+        embeddings or another scorer already wrote them all."""
+        self.cooccurrence.forget_known(model.index_of.__contains__)
+        self.similar_writer = None
+        if embeddings is None:
+            log.info(
+                "model has no item embeddings: similar items from co-occurrence only",
+                extra={"model_version": model.version},
+            )
+            return
+        done = self._retry("read the similar lists' version", lambda: self.redis.get(self.keys.similar_model))
+        if done is not None and done.decode() == model.version:
+            return
+        self.similar_writer = SimilarListWriter(
+            model.version,
+            model.vocabulary,
+            embeddings,
+            self.settings.top_n,
+            model.list_encoder.encode,
+        )
+
+    def _similar_due(self) -> bool:
+        # One scorer computes the lists: the owner of partition 0 (a rebalance hands the rest over).
+        writer = self.similar_writer
+        return writer is not None and not writer.done and 0 in self.assigned_partitions
+
+    def _seconds_until_similar(self) -> float:
+        """0 while similar lists are waiting to be written by this scorer, else infinite."""
+        return 0.0 if self._similar_due() else math.inf
+
+    def _similar_step(self) -> None:
+        """Write one chunk of the served model's similar lists; unknown items' lists periodically."""
+        now = time.monotonic()
+        if now >= self._next_fallback_write:
+            self._next_fallback_write = now + FALLBACK_WRITE_SECONDS
+            fallback = self.cooccurrence.lists(self.settings.top_n, time.time())
+            self._write_similar({item: cached.encode() for item, cached in fallback.items()})
+        if not self._similar_due():
+            return
+        writer = self.similar_writer
+        assert writer is not None
+        self._write_similar(writer.step(time.time()))
+        if writer.done:
+            self._retry(
+                "write the similar lists' version",
+                lambda: self.redis.set(self.keys.similar_model, writer.version),
+            )
+            log.info(
+                "similar items written",
+                extra={
+                    "model_version": writer.version,
+                    "items": len(writer.vocabulary),
+                    "seconds": round(time.monotonic() - writer.started, 2),
+                },
+            )
+
+    def _write_similar(self, values: dict[str, bytes]) -> None:
+        """SET the items' similar lists in one pipeline (no TTL: overwritten in place)."""
+        if not values:
+            return
+
+        def write() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            for item, value in values.items():
+                pipe.set(self.keys.similar(item), value)
+            pipe.execute()
+
+        self._retry(f"write {len(values)} similar-item lists", write)
+
+    def _observe_cooccurrence(self, histories: Iterable[list[str]]) -> None:
+        """Count the neighbours of items the served model does not know (their fallback lists)."""
+        model = self.model
+        known = model.index_of.__contains__ if model is not None else (lambda _item: False)
+        for history in histories:
+            self.cooccurrence.observe(history, known)
 
     def _log_progress(self) -> None:
         now = time.monotonic()

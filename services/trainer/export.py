@@ -22,6 +22,7 @@ import orjson
 import torch
 
 from streamrec.shared.contracts import (
+    ITEM_EMBEDDINGS_FILE,
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
     ONNX_INPUT_HISTORY,
@@ -63,7 +64,7 @@ class ExportedModel:
 
     signature: dict[str, Any]  # manifest form, equal to registry.expected_signature(...)
     opset: int
-    files: dict[str, str]  # file name -> sha256 hex (model.onnx, items.json)
+    files: dict[str, str]  # file name -> sha256 hex (model.onnx, items.json, item_embeddings.npy)
 
 
 def export_model(
@@ -73,7 +74,8 @@ def export_model(
     sample_histories: np.ndarray,
     sample_exclude: np.ndarray,
 ) -> ExportedModel:
-    """Write ``model.onnx`` and ``items.json`` into ``out_dir`` and check torch/onnxruntime parity.
+    """Write ``model.onnx``, ``items.json`` and ``item_embeddings.npy`` into ``out_dir`` and check
+    torch/onnxruntime parity.
 
     ``sample_histories`` [N, max_seq_len] and ``sample_exclude`` [N, E] are real model inputs used
     for the parity check (see :func:`check_parity`); raises :class:`ParityError` if it fails.
@@ -85,6 +87,7 @@ def export_model(
     model.eval()
     graph = _export_onnx(model, model_path)
     (out_dir / VOCAB_FILE).write_bytes(orjson.dumps(vocabulary))
+    np.save(out_dir / ITEM_EMBEDDINGS_FILE, model.item_embeddings(), allow_pickle=False)
 
     signature = onnx_signature(model_path)
     contract = expected_signature(model.max_seq_len, model.top_k)
@@ -97,7 +100,7 @@ def export_model(
         check_parity(model, model_path, sample_histories[:, -width:], sample_exclude)
 
     opset = next(entry.version for entry in graph.opset_import if entry.domain == "")
-    files = {name: sha256_file(out_dir / name) for name in (MODEL_FILE, VOCAB_FILE)}
+    files = {name: sha256_file(out_dir / name) for name in (MODEL_FILE, VOCAB_FILE, ITEM_EMBEDDINGS_FILE)}
     log.info(
         "model exported",
         extra={"opset": opset, "onnx_bytes": model_path.stat().st_size, "parity_rows": len(sample_histories)},

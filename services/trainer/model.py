@@ -12,6 +12,7 @@ Models are chosen by name with ``settings.model``; see :data:`MODELS`.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -47,6 +48,11 @@ class SequenceRecommender(nn.Module):
     def logits(self, history: torch.Tensor) -> torch.Tensor:
         """Scores of every item index: LongTensor [B, L] -> FloatTensor [B, n_items + 1]."""
         raise NotImplementedError
+
+    def item_embeddings(self) -> np.ndarray:
+        """The item vectors the output scores use, float32 [n_items, dim] (row i - 1 = item index i):
+        what the registry's item_embeddings.npy holds, for similar items."""
+        return self.item_emb.weight[PADDING_INDEX + 1 :].detach().to(torch.float32).cpu().numpy()
 
     def start_from(self, item_vectors: torch.Tensor) -> None:
         """Replace the initial item embeddings by ``item_vectors`` [n_items + 1, dim] (a warm start)."""

@@ -65,7 +65,17 @@ def test_signature_follows_the_contract(exported: tuple[MeanEmbeddingMF, Path, E
     _, _, result = exported
     assert result.signature == expected_signature(MAX_SEQ_LEN, TOP_K)
     assert result.opset >= 17
-    assert set(result.files) == {"model.onnx", "items.json"}
+    assert set(result.files) == {"model.onnx", "items.json", "item_embeddings.npy"}
+
+
+def test_item_embeddings_are_the_scored_item_vectors(
+    exported: tuple[MeanEmbeddingMF, Path, ExportedModel],
+) -> None:
+    model, path, _ = exported
+    embeddings = np.load(path.parent / "item_embeddings.npy")
+    assert embeddings.dtype == np.float32 and embeddings.shape == (N_ITEMS, 8)
+    # Row i - 1 is item index i: the table the logits are computed with, padding row left out.
+    np.testing.assert_array_equal(embeddings, model.item_emb.weight[1:].detach().numpy())
 
 
 @pytest.mark.parametrize(("batch", "n_exclude"), [(1, 1), (17, 5), (17, 0), (3, 40)])
