@@ -3,6 +3,7 @@
 Run the whole thing:      streamrec demo | streamrec dev
 Run one service:          streamrec ingest | trainer | scorer | api
 Work with data:           streamrec publish FILE | replay PATH | train --once | recommend USER_ID
+                          | similar ITEM_ID
 Configuration comes from ``STREAMREC_*`` environment variables (see docs/configuration.md).
 """
 
@@ -489,6 +490,30 @@ def recommend(user_id: str, n: int, as_json: bool) -> None:
         return
     click.echo(f"user {user_id}: {recs.source}, model {recs.model_version or '-'}")
     for rank, (item, score) in enumerate(recs.items, 1):
+        click.echo(f"{rank:>4}. {item:<24} {score:.4f}")
+
+
+@cli.command()
+@click.argument("item_id")
+@click.option("--n", "n", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option("--category", "categories", multiple=True, help="Only items of this category (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def similar(item_id: str, n: int, categories: tuple[str, ...], as_json: bool) -> None:
+    """Print an item's similar items (the served model's nearest items; popular ones as fallback)."""
+    from .client import RecommendationClient
+    from .shared.redis_connection import redis_url
+
+    settings = _settings("similar", log_format="console")
+    redis_url(settings)  # a ConfigError saying how to set it, if unset
+    with RecommendationClient(settings=settings) as client:
+        found = client.similar(item_id, n=n, categories=list(categories) or None)
+    if found is None:
+        raise UserError(f"no similar items for {item_id!r} and no popular fallback yet in Redis")
+    if as_json:
+        click.echo(orjson.dumps(found.to_dict()).decode())
+        return
+    click.echo(f"item {found.item_id}: {found.source}, model {found.model_version or '-'}")
+    for rank, (item, score) in enumerate(found.items, 1):
         click.echo(f"{rank:>4}. {item:<24} {score:.4f}")
 
 

@@ -2,6 +2,11 @@
 
 - ``GET /users/{user_id}/recommendations?n=20`` — the user's top ``n`` (1 ≤ n ≤ ``api_max_n``);
   an unknown user gets the popular list (source ``fallback``); 404 if there is neither yet.
+- ``GET /items/{item_id}/similar?n=20&category=…`` — the item's nearest items in the served model
+  (source ``personal``), or co-occurring/popular items (``fallback``); 404 if there are none yet.
+- ``POST /recommendations`` ``{"items": [...], "n", "category", "exclude"}`` — an anonymous
+  session's recommendations, scored on demand with the served ONNX model (services/api/sessions.py);
+  popular items (``fallback``) without a model or a known item; 503 if there are none either.
 - ``GET /healthz`` — the process is alive. ``GET /readyz`` — Redis answers.
 - ``GET /metrics`` — Prometheus: requests by endpoint and status, and their latency.
 
@@ -23,8 +28,15 @@ import uvicorn
 from fastapi import FastAPI, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
 
-from ..client import DEFAULT_N, AsyncRecommendationClient, RecommendationClient, resolve_user_id
+from ..client import (
+    DEFAULT_N,
+    AsyncRecommendationClient,
+    RecommendationClient,
+    resolve_item_id,
+    resolve_user_id,
+)
 from ..shared.logs import get_logger
 from ..shared.redaction import redacted_url
 from ..shared.redis_connection import is_permanent, redis_url
@@ -98,6 +110,56 @@ def create_app(settings: Settings) -> FastAPI:
                     "detail": f"no recommendations for user {user!r} and no popular items yet: "
                     "is the scorer running and have events been published?"
                 },
+            )
+        return recs.to_dict()
+
+    @app.get("/items/{item_id}/similar")
+    async def similar(
+        item_id: Annotated[str, Path(description="The item id as sent in events.")],
+        n: Annotated[
+            int, Query(ge=1, le=settings.api_max_n, description="How many items (best first).")
+        ] = min(DEFAULT_N, settings.api_max_n),
+        category: Annotated[
+            list[str] | None, Query(description="Only items of these categories (repeatable).")
+        ] = None,
+    ) -> Any:
+        """The item's nearest items in the served model (co-occurring or popular items as fallback)."""
+        try:
+            item = resolve_item_id(item_id)
+        except ValueError as exc:
+            return JSONResponse(status_code=422, content={"detail": str(exc)})
+        found = await client.similar(item, n=n, categories=category)
+        if found is None:
+            return JSONResponse(
+                status_code=404,
+                content={
+                    "detail": f"no similar items for item {item!r} and no popular items yet: "
+                    "is the scorer running and have events been published?"
+                },
+            )
+        return found.to_dict()
+
+    class SessionRequest(BaseModel):
+        """An anonymous session: its recent items, oldest first."""
+
+        items: list[str] = Field(max_length=1000, description="Recent item ids, oldest first.")
+        n: int = Field(min(DEFAULT_N, settings.api_max_n), ge=1, le=settings.api_max_n)
+        category: list[str] | str | None = Field(None, description="Only items of these categories.")
+        exclude: list[str] = Field(default_factory=list, max_length=1000, description="Never these items.")
+
+    @app.post("/recommendations")
+    async def session_recommendations(body: SessionRequest) -> Any:
+        """Recommendations for an anonymous session, scored now with the served model."""
+        try:
+            recs = await client.recommend_session(
+                body.items, n=body.n, categories=body.category, exclude=body.exclude
+            )
+        except ValueError as exc:  # an item id that can never be one
+            return JSONResponse(status_code=422, content={"detail": str(exc)})
+        if recs is None:
+            return JSONResponse(
+                status_code=503,
+                content={"detail": "no model to score the session and no popular items yet"},
             )
         return recs.to_dict()
 
