@@ -25,6 +25,12 @@ from streamrec.trainer.evaluation.protocol import (
 )
 from streamrec.trainer.evaluation.report import format_table
 from streamrec.trainer.evaluation.runner import EvaluationError, evaluate, evaluate_model
+from streamrec.trainer.evaluation.similar import (
+    cooccurrence_similarity,
+    embedding_similarity,
+    previous_items,
+    similar_metrics,
+)
 
 DATASETS = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 ML_LATEST_SMALL = DATASETS / "ml-latest-small" / "ratings.csv"
@@ -257,6 +263,8 @@ def test_evaluate_returns_the_report_and_plots(tmp_path: Path) -> None:
     assert plot.stat().st_size > 0
     table = format_table(result)
     assert "mf *" in table and "mostpop" in table
+    assert [row["name"] for row in result["similar"]] == ["mf", "item-knn cosine"]
+    assert "similar items" in table and "item-knn cosine" in table
     with pytest.raises(EvaluationError, match="unknown model"):
         evaluate(path, ["nope"], tiny_settings(tmp_path), None)
 
@@ -269,3 +277,22 @@ def test_the_default_model_learns_order_where_popularity_cannot(tmp_path: Path) 
     mostpop, default = result["models"]
     assert default["default"] and default["name"] == "sasrec"
     assert default["ndcg@10"] > 0.8 > mostpop["ndcg@10"] + 0.5
+
+
+def test_similar_items_rank_the_test_item_among_the_previous_items_neighbours() -> None:
+    # Users walk i0 -> i1 -> i2 (validation i1, test i2) or i3 -> i4 -> i5 (validation i4, test i5).
+    rows = [
+        (f"u{user}", f"i{start + step}", float(step)) for user, start in ((0, 0), (1, 3)) for step in range(3)
+    ]
+    split = split_interactions(frame(rows))
+    test = split.test()
+    assert previous_items(test).tolist() == [1, 4]
+    # Item 2 is item 1's nearest; item 5 is item 4's second nearest (after 3).
+    vectors = np.array([[0.9, 0.1], [1.0, 0.0], [1.0, 0.01], [0.0, 1.0], [0.1, 1.0], [1.0, 1.0]])
+    metrics = similar_metrics(embedding_similarity(vectors), test)
+    assert metrics["mrr"] == pytest.approx((1 / 1 + 1 / 2) / 2)
+    assert metrics["hr@10"] == 1.0
+    # Item-kNN: items seen by the same users are the nearest; the previous item is never its own.
+    knn = cooccurrence_similarity(test.fitting)(np.array([1]))
+    assert knn[0, 0] == pytest.approx(1.0) and knn[0, 3] == 0.0
+    assert similar_metrics(cooccurrence_similarity(test.fitting), test)["hr@10"] == 1.0

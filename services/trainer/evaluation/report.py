@@ -35,6 +35,13 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append("  ".join([row[0].ljust(widths[0]), *numbers, row[-1]]).rstrip())
         if index == 0:
             lines.append("  ".join("-" * width for width in widths))
+    if result.get("similar"):
+        lines += ["", "similar items (test item among the previous item's nearest; HR@10 NDCG@10 MRR):"]
+        width = max(len(row["name"]) for row in result["similar"])
+        lines += [
+            f"{row['name'].ljust(width)}  {_number(row['hr@10'])}  {_number(row['ndcg@10'])}  {_number(row['mrr'])}"
+            for row in result["similar"]
+        ]
     return "\n".join(lines)
 
 

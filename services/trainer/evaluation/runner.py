@@ -21,6 +21,7 @@ from .baselines import EASE, ItemKNN, MostPop
 from .models import TrainerModel
 from .protocol import METRIC_NAMES, Split, evaluate_phase, split_interactions
 from .recommender import Recommender
+from .similar import cooccurrence_similarity, embedding_similarity, similar_metrics
 
 log = get_logger(__name__)
 
@@ -47,7 +48,10 @@ def evaluate(
     "ndcg@20", "hr@20", "mrr", "train_seconds", "params"}, …], "tuning": {name: {"params",
     "validation", "seconds", "curve"}}}``: test metrics per model; ``default`` marks
     ``settings.model``; ``train_seconds`` is the final fit on train + validation (tuning time is in
-    ``tuning``). With ``plot``, also writes the chart of :func:`.report.plot_result` there.
+    ``tuning``). ``similar``: ``[{"name", "hr@10", "ndcg@10", "mrr"}, …]``, the test item among the
+    previous item's similar items, for each model with item embeddings and for item-kNN (see
+    :mod:`.similar`; empty if no model has embeddings). With ``plot``, also writes the chart of
+    :func:`.report.plot_result` there.
     """
     names = list(MODELS) if models is None else models
     unknown = [name for name in names if name not in MODELS]
@@ -65,11 +69,22 @@ def evaluate(
         "items": split.n_items,
         "models": [],
         "tuning": {},
+        "similar": [],
     }
     for name in names:
-        entry, tuning = evaluate_model(MODELS[name](settings), split, is_default=name == settings.model)
+        model = MODELS[name](settings)
+        entry, tuning = evaluate_model(model, split, is_default=name == settings.model)
         result["models"].append(entry)
         result["tuning"][name] = tuning
+        if isinstance(model, TrainerModel) and model.model is not None:
+            # The embeddings of the model fitted for the test phase, row i = protocol item i.
+            similarity = embedding_similarity(model.model.item_embeddings())
+            result["similar"].append({"name": name, **similar_metrics(similarity, split.test())})
+    if result["similar"]:
+        test = split.test()
+        result["similar"].append(
+            {"name": "item-knn cosine", **similar_metrics(cooccurrence_similarity(test.fitting), test)}
+        )
     if plot is not None:
         from .report import plot_result  # matplotlib only when a plot is asked for
 
