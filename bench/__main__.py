@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import broker, freshness, ingest, ingest_profile, memory, read_path, scoring, training
+from . import broker, freshness, ingest, ingest_profile, memory, read_path, scoring, sessions, training
 from .harness import FRAGMENTS, PAGE, render_page, render_section, write
 
 BENCHMARKS = {
@@ -22,6 +22,7 @@ BENCHMARKS = {
     "training": training.run,
     "memory": memory.run,
     "broker": broker.run,
+    "sessions": sessions.run,
 }
 
 

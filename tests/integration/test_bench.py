@@ -32,6 +32,7 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         "Training (figure 5)",
         "Memory at scale (figure 6)",
         "Embedded broker: request cost vs record batches (context)",
+        "Anonymous session latency (figure 10)",
     )
     for title in titles:
         assert f"## {title}" in result.stdout

@@ -1,0 +1,157 @@
+"""Session latency: one anonymous session of 20 items scored on demand, in-process and over HTTP.
+
+The model is the default one (SASRec, default sizes) over 10,000 items, exported by the trainer's
+own export path and promoted in a registry; a real redis-server (the embedded one) names it as
+the served version and holds the popular list. Each run times ``REQUESTS`` sequential requests of
+each kind, every one a different random session of ``SESSION_ITEMS`` items:
+``RecommendationClient.recommend_session`` (the ONNX model in the calling process) and
+``POST /recommendations`` on ``streamrec api`` (uvicorn, one worker) through an httpx keep-alive
+client, against the raw ``GET`` of a cached list in the same run. Figures are the p50 and p99 of a
+run (median of the runs' values).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from streamrec.client import RecommendationClient
+from streamrec.embedded import start_redis
+from streamrec.processes import free_port, spawn, wait_for_port
+from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.redis_connection import connect
+from streamrec.shared.registry import ModelManifest, ModelRegistry, new_version
+from streamrec.shared.settings import Settings
+from streamrec.trainer.export import export_model
+from streamrec.trainer.model import build_model
+
+from .harness import RUNS, Figure, Section, percentile
+from .read_path import _latencies
+
+N_ITEMS = 10_000
+SESSION_ITEMS = 20
+USER = "bench-user"
+
+
+def publish_default_model(registry: ModelRegistry, settings: Settings, n_items: int) -> tuple[str, list[str]]:
+    """Export an untrained default-size model of ``n_items`` items into ``registry`` and promote it."""
+    model = build_model(settings, n_items).eval()
+    vocabulary = [f"i{i}" for i in range(1, n_items + 1)]
+    sample = np.random.default_rng(0).integers(1, n_items + 1, size=(4, settings.max_seq_len))
+    staging = registry.new_staging_dir()
+    exported = export_model(model, vocabulary, staging, sample, sample)
+    manifest = ModelManifest(
+        version=new_version(),
+        created_at=time.time(),
+        model_type=settings.model,
+        parent_version=None,
+        n_items=n_items,
+        max_seq_len=model.max_seq_len,
+        top_k=model.top_k,
+        opset=exported.opset,
+        files=exported.files,
+        signature=exported.signature,
+        metrics={},
+        data={},
+    )
+    registry.publish(staging, manifest)
+    registry.promote(manifest.version, "benchmark")
+    return manifest.version, vocabulary
+
+
+def run(quick: bool) -> list[Section]:
+    """The session section: p50/p99 of recommend_session and POST /recommendations vs raw GET."""
+    requests = 200 if quick else 3000
+    runs = 1 if quick else RUNS
+    n_items = 1_000 if quick else N_ITEMS
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        redis_process, url = start_redis(run_dir)
+        api = None
+        try:
+            settings = Settings(
+                redis_url=url, api_port=free_port(), model_dir=run_dir / "models", log_level="WARNING"
+            )
+            version, vocabulary = publish_default_model(ModelRegistry(settings.model_dir), settings, n_items)  # type: ignore[arg-type]
+            keys = RedisKeys(settings.redis_prefix)
+            store = connect(settings, socket_timeout=None, connect_timeout=None)
+            store.set(keys.model, version)
+            popular = [(item, 1.0 - i / 1000) for i, item in enumerate(vocabulary[:100])]
+            store.set(keys.popular, CachedList(popular, None, time.time(), "fallback").encode())
+            items = [(item, 1.0 - i / 100) for i, item in enumerate(vocabulary[: settings.top_n])]
+            store.set(keys.recs(USER), CachedList(items, version, time.time(), "personal").encode())
+
+            rng = np.random.default_rng(1)
+            sessions = [
+                [vocabulary[i] for i in rng.choice(n_items, SESSION_ITEMS, replace=False)]
+                for _ in range(requests)
+            ]
+            client = RecommendationClient(settings=settings)
+            first = client.recommend_session(sessions[0])  # loads the model
+            assert first is not None and first.source == "personal", first
+            env = {**os.environ, **settings.as_env()}
+            api = spawn("api", [sys.executable, "-m", "streamrec", "api"], run_dir / "api.log", env)
+            wait_for_port(settings.api_host, settings.api_port, 60, api)
+            http = httpx.Client(base_url=f"http://{settings.api_host}:{settings.api_port}", timeout=60)
+            answer = http.post("/recommendations", json={"items": sessions[0]})
+            assert answer.status_code == 200 and answer.json()["source"] == "personal", answer.text
+
+            def each(call: object) -> object:
+                """A read that scores the next session each time (a fresh pass over them)."""
+                pending = iter(sessions)
+                return lambda: call(next(pending))  # type: ignore[operator]
+
+            samples: dict[str, list[list[float]]] = {"raw": [], "client": [], "http": []}
+            for _ in range(runs):
+                _latencies(each(client.recommend_session), 100)  # warm-up
+                _latencies(each(lambda s: http.post("/recommendations", json={"items": s})), 100)
+                samples["raw"].append(_latencies(lambda: store.get(keys.recs(USER)), requests))
+                samples["client"].append(_latencies(each(client.recommend_session), requests))
+                samples["http"].append(
+                    _latencies(each(lambda s: http.post("/recommendations", json={"items": s})), requests)
+                )
+            http.close()
+            client.close()
+        finally:
+            if api is not None:
+                api.stop()
+            redis_process.stop()
+
+    def ms(kind: str, q: float) -> list[float]:
+        return [percentile(run, q) * 1000 for run in samples[kind]]
+
+    labels = {"client": "recommend_session()", "http": "HTTP POST /recommendations"}
+    figures = [
+        Figure(
+            f"{labels[kind]}, {SESSION_ITEMS} items, {n_items:,} items p{q}",
+            "ms",
+            ms(kind, q),
+            "raw GET",
+            ms("raw", q),
+            target="p99 ≤ 20 ms" if q == 99 else "",
+        )
+        for kind in ("client", "http")
+        for q in (50, 99)
+    ]
+    return [
+        Section(
+            "Anonymous session latency (figure 10)",
+            "python -m bench --only sessions" + (" --quick" if quick else ""),
+            figures,
+            description=(
+                f"{requests:,} sequential requests per kind and run, each a different random session of "
+                f"{SESSION_ITEMS} items, scored with the default model (SASRec, default sizes, untrained "
+                f"weights: the cost does not depend on them) over {n_items:,} items: in-process "
+                "`RecommendationClient.recommend_session(items)` (onnxruntime, 1 thread, plus the Redis "
+                "reads of the read filters), and `POST /recommendations` on `streamrec api` (uvicorn, one "
+                "worker, inference on the event loop) through an httpx keep-alive client over loopback. "
+                "Baseline: the raw `GET` of a cached top-50 list in the same run."
+            ),
+        )
+    ]
