@@ -129,7 +129,7 @@ def run(quick: bool) -> list[Section]:
     labels = {"client": "recommend_session()", "http": "HTTP POST /recommendations"}
     figures = [
         Figure(
-            f"{labels[kind]}, {SESSION_ITEMS} items, {n_items:,} items p{q}",
+            f"{labels[kind]}, session of {SESSION_ITEMS}, {n_items:,}-item catalogue, p{q}",
             "ms",
             ms(kind, q),
             "raw GET",

@@ -281,10 +281,17 @@ def volume_problems(services: Mapping[str, Mapping[str, Any]], declared: Mapping
         command = service["command"][0]
         if command in ("ingest", "trainer") and env[f"{ENV_PREFIX}DATA_DIR"] not in mounts:
             problems.append(f"{name}: its state ({ENV_PREFIX}DATA_DIR) is not on a volume")
-        if command in ("trainer", "scorer"):
+        if command in ("trainer", "scorer", "api"):  # the api scores anonymous sessions
             model_volumes[name] = mounts.get(env[f"{ENV_PREFIX}MODEL_DIR"], "(none)")
+            if command != "trainer" and not any(
+                str(spec).startswith(f"{model_volumes[name]}:") and str(spec).endswith(":ro")
+                for spec in service.get("volumes", [])
+            ):
+                problems.append(
+                    f"{name}: the model registry must be mounted read-only (only the trainer writes)"
+                )
     if len(set(model_volumes.values())) != 1 or "(none)" in model_volumes.values():
-        problems.append(f"trainer and scorer must share the model registry volume: {model_volumes}")
+        problems.append(f"trainer, scorer and api must share the model registry volume: {model_volumes}")
     return problems
 
 
@@ -518,12 +525,23 @@ def test_endpoint_and_volume_checks_find_mismatches():
             "environment": {"STREAMREC_DATA_DIR": "/data", "STREAMREC_MODEL_DIR": "/models"},
             "volumes": ["other:/models"],
         },
+        "api": {
+            "build": ".",
+            "command": ["api"],
+            "environment": {"STREAMREC_MODEL_DIR": "/models"},
+            "volumes": ["models:/models"],
+        },
     }
     problems = " | ".join(ops_port_problems(services, {"scrape_configs": []}))
     for expected in ("unreachable from outside", "asks port ['9200']", "does not scrape scorer:9100"):
         assert expected in problems
     problems = " | ".join(volume_problems(services, {"models": None}))
-    for expected in ("'other' is not declared", "trainer: its state", "must share the model registry"):
+    for expected in (
+        "'other' is not declared",
+        "trainer: its state",
+        "must share the model registry",
+        "api: the model registry must be mounted read-only",
+    ):
         assert expected in problems
 
 
