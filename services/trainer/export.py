@@ -87,7 +87,9 @@ def export_model(
     model.eval()
     graph = _export_onnx(model, model_path)
     (out_dir / VOCAB_FILE).write_bytes(orjson.dumps(vocabulary))
-    np.save(out_dir / ITEM_EMBEDDINGS_FILE, model.item_embeddings(), allow_pickle=False)
+    embeddings = model.item_embeddings()
+    if embeddings is not None:  # the scorer's similar items; a version without it is still served
+        np.save(out_dir / ITEM_EMBEDDINGS_FILE, embeddings, allow_pickle=False)
 
     signature = onnx_signature(model_path)
     contract = expected_signature(model.max_seq_len, model.top_k)
@@ -100,7 +102,8 @@ def export_model(
         check_parity(model, model_path, sample_histories[:, -width:], sample_exclude)
 
     opset = next(entry.version for entry in graph.opset_import if entry.domain == "")
-    files = {name: sha256_file(out_dir / name) for name in (MODEL_FILE, VOCAB_FILE, ITEM_EMBEDDINGS_FILE)}
+    names = [MODEL_FILE, VOCAB_FILE, *([ITEM_EMBEDDINGS_FILE] if embeddings is not None else [])]
+    files = {name: sha256_file(out_dir / name) for name in names}
     log.info(
         "model exported",
         extra={"opset": opset, "onnx_bytes": model_path.stat().st_size, "parity_rows": len(sample_histories)},

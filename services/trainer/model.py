@@ -49,10 +49,14 @@ class SequenceRecommender(nn.Module):
         """Scores of every item index: LongTensor [B, L] -> FloatTensor [B, n_items + 1]."""
         raise NotImplementedError
 
-    def item_embeddings(self) -> np.ndarray:
+    def item_embeddings(self) -> np.ndarray | None:
         """The item vectors the output scores use, float32 [n_items, dim] (row i - 1 = item index i):
-        what the registry's item_embeddings.npy holds, for similar items."""
-        return self.item_emb.weight[PADDING_INDEX + 1 :].detach().to(torch.float32).cpu().numpy()
+        what the registry's item_embeddings.npy holds, for similar items. None for a model without
+        an item table (hand-written test models)."""
+        table = getattr(self, "item_emb", None)
+        if table is None:
+            return None
+        return table.weight[PADDING_INDEX + 1 :].detach().to(torch.float32).cpu().numpy()
 
     def start_from(self, item_vectors: torch.Tensor) -> None:
         """Replace the initial item embeddings by ``item_vectors`` [n_items + 1, dim] (a warm start)."""

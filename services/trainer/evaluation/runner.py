@@ -76,9 +76,9 @@ def evaluate(
         entry, tuning = evaluate_model(model, split, is_default=name == settings.model)
         result["models"].append(entry)
         result["tuning"][name] = tuning
-        if isinstance(model, TrainerModel) and model.model is not None:
-            # The embeddings of the model fitted for the test phase, row i = protocol item i.
-            similarity = embedding_similarity(model.model.item_embeddings())
+        vectors = model.model.item_embeddings() if isinstance(model, TrainerModel) and model.model else None
+        if vectors is not None:  # the test-phase model's embeddings, row i = protocol item i
+            similarity = embedding_similarity(vectors)
             result["similar"].append({"name": name, **similar_metrics(similarity, split.test())})
     if result["similar"]:
         test = split.test()
