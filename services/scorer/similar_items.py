@@ -4,8 +4,9 @@ Two sources, one key per item (a :class:`~streamrec.shared.contracts.CachedList`
 
 - ``personal`` — the served model's item embeddings (``item_embeddings.npy`` of its version):
   the ``k`` items of highest cosine similarity, itself excluded, with the model version. When a
-  model is swapped in, :class:`SimilarListWriter` computes them in chunks of
-  :data:`CHUNK_ITEMS` items between real-time batches and overwrites each item's list in place,
+  model is swapped in, :class:`SimilarListWriter` computes them in chunks of at most
+  :data:`CHUNK_ITEMS` items (and :data:`CHUNK_FLOATS` similarities) between real-time batches,
+  so a step pauses the event path for milliseconds, and overwrites each item's list in place,
   so readers see the old model's list until the new one replaces it (no gap). When the last
   chunk is written, ``RedisKeys.similar_model`` names the version.
 - ``fallback`` — for items the served model does not know (new in the catalogue, or no model
@@ -30,7 +31,8 @@ from ..shared.registry import ModelIntegrityError, ModelRegistry
 
 log = get_logger(__name__)
 
-CHUNK_ITEMS = 256  # items whose neighbours one step computes and writes ([chunk, n_items] floats)
+CHUNK_ITEMS = 256  # items whose neighbours one step computes and writes, at most
+CHUNK_FLOATS = 1 << 20  # similarities one step holds ([chunk, n_items]: 4 MB, a few ms of work)
 WINDOW = 3  # co-occurrence: the latest item and the items at most this many positions before it
 COOCCURRENCE_ITEMS = 20_000  # unknown items whose neighbours are counted (least recent evicted)
 COOCCURRENCE_NEIGHBOURS = 200  # counts kept per item (pruned to the most frequent beyond that)
@@ -108,9 +110,12 @@ class SimilarListWriter:
         """True once every item's list was handed out."""
         return self.next_row >= len(self.vocabulary)
 
-    def step(self, now: float, chunk: int = CHUNK_ITEMS) -> dict[str, bytes]:
-        """The next ``chunk`` items' values: item id -> encoded CachedList (source "personal")."""
-        rows = slice(self.next_row, min(self.next_row + chunk, len(self.vocabulary)))
+    def step(self, now: float, chunk: int | None = None) -> dict[str, bytes]:
+        """The next ``chunk`` items' values (default: see :data:`CHUNK_FLOATS`): item id -> encoded
+        CachedList (source "personal")."""
+        n_items = len(self.vocabulary)
+        chunk = chunk or max(1, min(CHUNK_ITEMS, CHUNK_FLOATS // n_items))
+        rows = slice(self.next_row, min(self.next_row + chunk, n_items))
         self.next_row = rows.stop
         items, scores = nearest_items(self._unit, rows, self.k)
         values = self._encode(items, scores, self.version, now)
