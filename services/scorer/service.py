@@ -68,7 +68,9 @@ from .model_runtime import ServedModel
 
 log = get_logger(__name__)
 
-IDLE_POLL_SECONDS = 0.25  # longest block waiting for traffic; bounds the reaction time to control messages (a hidden item)
+IDLE_POLL_SECONDS = (
+    0.25  # longest block waiting for traffic; bounds the reaction time to control messages (a hidden item)
+)
 COMMIT_SECONDS = 1.0  # offsets of written batches are committed at most this often (and on revoke, stop)
 PROMOTED_CHECK_SECONDS = 10.0  # re-read the registry's PROMOTED this often (covers lost announcements)
 PROGRESS_LOG_SECONDS = 60.0
