@@ -190,7 +190,7 @@ class RecommendationClient:
             read = _Read(user, wanted, self._view, self._redis.get(self.keys.recs(user)))
             if read.complete:
                 return read.result()
-            return read.result(self._redis.mget(wanted.fill_keys(self.keys)))
+            return read.result(self._get_all(wanted.fill_keys(self.keys)))
 
     def filter_items(
         self,
@@ -211,6 +211,15 @@ class RecommendationClient:
         with self._explained:
             self._refresh_catalog()
         return list(self._view.catalog.categories_of(item_id))
+
+    def _get_all(self, keys: list[str]) -> list[bytes | None]:
+        """GET of each key in one round trip (a pipeline, not MGET: readers need only +get)."""
+        if len(keys) == 1:
+            return [self._redis.get(keys[0])]
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return pipe.execute()
 
     def _refresh_catalog(self) -> None:
         """Re-read the serving catalog if its version changed (checked at most every half second)."""
@@ -271,7 +280,7 @@ class AsyncRecommendationClient:
             read = _Read(user, wanted, self._view, await self._redis.get(self.keys.recs(user)))
             if read.complete:
                 return read.result()
-            return read.result(await self._redis.mget(wanted.fill_keys(self.keys)))
+            return read.result(await self._get_all(wanted.fill_keys(self.keys)))
 
     async def filter_items(
         self,
@@ -291,6 +300,14 @@ class AsyncRecommendationClient:
         with self._explained:
             await self._refresh_catalog()
         return list(self._view.catalog.categories_of(item_id))
+
+    async def _get_all(self, keys: list[str]) -> list[bytes | None]:
+        if len(keys) == 1:
+            return [await self._redis.get(keys[0])]
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return await pipe.execute()
 
     async def _refresh_catalog(self) -> None:
         view = self._view
