@@ -21,6 +21,7 @@ readers keep a copy and filter every list they return with it.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -149,15 +150,21 @@ class ServingCatalog:
         self._expires: dict[str, float] = {}
         self._categories: dict[str, tuple[str, ...]] = {}
         self._names: dict[str, str] = {}
+        # unavailable()'s answer, valid until the next expiry or change: readers ask on every read.
+        self._unavailable: frozenset[str] = frozenset()
+        self._valid_until = -math.inf
+        self._computed_at = math.inf
 
     def clear(self) -> None:
         """Forget every entry."""
         self.offset = -1
         for entries in (self._hidden, self._expires, self._categories, self._names):
             entries.clear()
+        self._valid_until = -math.inf
 
     def apply(self, item_id: str, record: ItemRecord | None) -> None:
         """Set one item's entry (None: remove it, the item is unrestricted again)."""
+        self._valid_until = -math.inf
         self._hidden.discard(item_id)
         self._expires.pop(item_id, None)
         self._categories.pop(item_id, None)
@@ -177,14 +184,17 @@ class ServingCatalog:
         expires = self._expires.get(item_id)
         return expires is None or now < expires
 
-    def unavailable(self, now: float | None = None) -> set[str]:
-        """Every item that may not be recommended at ``now`` (hidden or expired)."""
+    def unavailable(self, now: float | None = None) -> frozenset[str]:
+        """Every item that may not be recommended at ``now`` (hidden or expired): the same object
+        until an entry changes or the next expiry passes (callers may cache what they derive from it)."""
         now = time.time() if now is None else now
-        return self._hidden | {item for item, at in self._expires.items() if at <= now}
-
-    def next_expiry(self, now: float) -> float | None:
-        """The earliest expiry after ``now`` (when ``unavailable`` changes next), or None."""
-        return min((at for at in self._expires.values() if at > now), default=None)
+        if now >= self._valid_until or now < self._computed_at:
+            self._unavailable = frozenset(
+                self._hidden.union(i for i, at in self._expires.items() if at <= now)
+            )
+            self._valid_until = min((at for at in self._expires.values() if at > now), default=math.inf)
+            self._computed_at = now
+        return self._unavailable
 
     def categories_of(self, item_id: str) -> tuple[str, ...]:
         """The item's categories (empty if it has none or no entry)."""

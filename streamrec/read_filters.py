@@ -83,6 +83,8 @@ class ReadFilter:
         """A filter from a caller's arguments (ids normalised like ingest's); ValueError if invalid."""
         if n < 1:
             raise ValueError(f"n must be at least 1, got {n}")
+        if not categories and not exclude:
+            return cls(n)
         return cls(n, _names(categories, "category"), _names(exclude, "item id"))
 
     def select(
@@ -98,12 +100,16 @@ class ReadFilter:
         limit = self.n if limit is None else limit
         if limit <= 0:
             return []
+        unavailable = catalog.unavailable(now)
+        if not (self.categories or self.exclude or taken):  # a plain read: one pass, no set to build
+            return [row for row in items if row[0] not in unavailable][:limit]
         skip = set(self.exclude).union(taken)
+        categories, categories_of = self.categories, catalog.categories_of
         chosen: list[tuple[str, float]] = []
         for item, score in items:
-            if item in skip or not catalog.available(item, now):
+            if item in skip or item in unavailable:
                 continue
-            if self.categories and self.categories.isdisjoint(catalog.categories_of(item)):
+            if categories and categories.isdisjoint(categories_of(item)):
                 continue
             chosen.append((item, score))
             if len(chosen) == limit:

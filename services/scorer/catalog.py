@@ -9,7 +9,6 @@ the readers see the new catalog, without re-scoring anyone.
 
 from __future__ import annotations
 
-import math
 import time
 
 from ..shared.catalog import ServingCatalog
@@ -17,29 +16,22 @@ from ..shared.contracts import CatalogChange
 
 
 class ScorerCatalog:
-    """The serving catalog and the set of items unavailable now, recomputed only when it changes."""
+    """The serving catalog, and when it last changed (to know when Redis needs it again)."""
 
     def __init__(self, catalog: ServingCatalog | None = None) -> None:
         self.catalog = catalog or ServingCatalog()
-        self.changed_at = time.monotonic()  # when the catalog last changed (dirty for Redis if newer)
-        self._unavailable: frozenset[str] = frozenset()
-        self._valid_until = -math.inf  # epoch s: when the next expiry makes the cached set stale
+        self.changed_at = time.monotonic()  # dirty for Redis if newer than the last write
 
     def apply(self, change: CatalogChange, offset: int) -> None:
         """Apply the change read at ``offset`` of the catalog topic."""
         self.catalog.apply(change.item_id, change.record)
         self.catalog.offset = offset
         self.changed_at = time.monotonic()
-        self._valid_until = -math.inf
 
     def unavailable(self, now: float | None = None) -> frozenset[str]:
         """Items that may not be served at ``now`` (hidden or expired); the same object until it changes."""
-        now = time.time() if now is None else now
-        if now >= self._valid_until:
-            self._unavailable = frozenset(self.catalog.unavailable(now))
-            self._valid_until = self.catalog.next_expiry(now) or math.inf
-        return self._unavailable
+        return self.catalog.unavailable(now)
 
     def available(self, item_id: str, now: float) -> bool:
         """Whether ``item_id`` may be served at ``now``."""
-        return item_id not in self.unavailable(now)
+        return item_id not in self.catalog.unavailable(now)

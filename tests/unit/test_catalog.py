@@ -77,7 +77,8 @@ def test_the_serving_catalog_knows_availability_and_categories_and_round_trips()
     assert catalog.available("b", 99.0) and not catalog.available("b", 100.0)
     assert catalog.available("unknown", 0.0) and catalog.categories_of("unknown") == ()
     assert catalog.unavailable(50.0) == {"a"} and catalog.unavailable(100.0) == {"a", "b"}
-    assert catalog.next_expiry(50.0) == 100.0 and catalog.next_expiry(100.0) is None
+    assert catalog.unavailable(60.0) is catalog.unavailable(99.0)  # cached until the next expiry
+    assert catalog.unavailable(10.0) == {"a"}  # and computed again for an earlier time
     assert catalog.items_in(frozenset({"sale"})) == {"c"}
 
     copy = ServingCatalog.decode(catalog.encode())
