@@ -105,7 +105,9 @@ def run(quick: bool) -> list[Section]:
                     lambda: all(client._redis.exists(client.keys.recs(u)) for u in users[-10:]),
                     "users' lists",
                 )
-                producer = Producer(client_config(settings, {"linger.ms": 0, "acks": "all"}))
+                producer = Producer(
+                    client_config(settings, {"linger.ms": 0, "acks": "all", "log.connection.close": False})
+                )
                 timings = [_trial(settings, producer, client, users) for _ in range(trials)]
         finally:
             stack.stop()
