@@ -141,7 +141,7 @@ def run(quick: bool) -> list[Section]:
     ]
     return [
         Section(
-            "Anonymous session latency (figure 10)",
+            "Anonymous session latency (figure 11)",
             "python -m bench --only sessions" + (" --quick" if quick else ""),
             figures,
             description=(

@@ -8,29 +8,35 @@
     recs = client.get("user-42", n=10)       # one GET; popular items if the user is unknown
     if recs is not None:
         print(recs.source, recs.items)        # [("sku-9", 3.1), ...], best first
+    shoes = client.get("user-42", n=10, categories=["shoes"], exclude=["sku-9"])
     similar = client.similar("sku-9", n=5)   # the item's nearest items (see RedisKeys.similar)
     session = client.recommend_session(["sku-9", "sku-3"], n=10)  # scored in-process (ONNX)
 
 :class:`AsyncRecommendationClient` is the same for asyncio (the HTTP API uses it). Both read what
-the scorer writes (the key layout and JSON format are in ``streamrec.shared.contracts``).
+the scorer writes (the key layout and JSON format are in ``streamrec.shared.contracts``), and
+return no item the catalog hides or that expired (``streamrec/read_filters.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
-from .shared.contracts import CachedList, RedisKeys, Source
+from .read_filters import CatalogView, ReadFilter
+from .shared.contracts import CachedList, RedisKeys
 from .shared.events import normalise_id
 from .shared.redis_connection import connect, connect_async, explained
 from .shared.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
-    from .api.sessions import SessionScorer
+    from .api.sessions import RankedSession, SessionScorer
 
 DEFAULT_N = 20
+ReadSource = Literal["personal", "fallback", "mixed"]
+Categories = Iterable[str | int] | str | None  # one category, several, or none (every category)
 # A read path should fail fast rather than hang a caller while Redis is unreachable.
 SOCKET_TIMEOUT_SECONDS = 5.0
 
@@ -43,7 +49,9 @@ class Recommendations:
     items: list[tuple[str, float]]  # (item_id, score), best first
     model_version: str | None
     generated_at: float  # epoch seconds when the scorer computed the list
-    source: Source  # "personal" (the user's own list) or "fallback" (popular items)
+    # "personal" (the user's own list), "fallback" (popular items), or "mixed": the user's own
+    # items, then popular ones, because a filter left fewer than n of the user's own.
+    source: ReadSource
 
     @classmethod
     def from_cached(cls, user_id: str, cached: CachedList, n: int | None = None) -> Recommendations:
@@ -58,8 +66,13 @@ class Recommendations:
 
     def to_dict(self) -> dict[str, Any]:
         """The public JSON shape: user_id, items [{item_id, score}], model_version, generated_at, source."""
-        cached = CachedList(self.items, self.model_version, self.generated_at, self.source)
-        return cached.to_response(self.user_id)
+        return {
+            "user_id": self.user_id,
+            "items": [{"item_id": item, "score": score} for item, score in self.items],
+            "model_version": self.model_version,
+            "generated_at": self.generated_at,
+            "source": self.source,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,13 +84,14 @@ class SimilarItems:
     items: list[tuple[str, float]]  # (item_id, score), best first
     model_version: str | None
     generated_at: float
-    source: Source
+    source: ReadSource
 
     def to_dict(self) -> dict[str, Any]:
         """The public JSON shape: item_id, items [{item_id, score}], model_version, generated_at, source."""
-        response = CachedList(self.items, self.model_version, self.generated_at, self.source).to_response("")
-        del response["user_id"]
-        return {"item_id": self.item_id, **response}
+        return {
+            "item_id": self.item_id,
+            **_response(self.items, self.model_version, self.generated_at, self.source),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +101,22 @@ class SessionRecommendations:
     items: list[tuple[str, float]]  # (item_id, score), best first
     model_version: str | None
     generated_at: float
-    source: Source  # "personal" (the model's) or "fallback" (popular items)
+    source: ReadSource  # "personal" (the model's), "fallback" (popular items) or "mixed" (both)
 
     def to_dict(self) -> dict[str, Any]:
         """The public JSON shape: items [{item_id, score}], model_version, generated_at, source."""
-        response = CachedList(self.items, self.model_version, self.generated_at, self.source).to_response("")
-        del response["user_id"]
-        return response
+        return _response(self.items, self.model_version, self.generated_at, self.source)
+
+
+def _response(
+    items: list[tuple[str, float]], model_version: str | None, generated_at: float, source: ReadSource
+) -> dict[str, Any]:
+    return {
+        "items": [{"item_id": item, "score": score} for item, score in items],
+        "model_version": model_version,
+        "generated_at": generated_at,
+        "source": source,
+    }
 
 
 def resolve_user_id(user_id: str | int) -> str:
@@ -110,7 +133,7 @@ def resolve_user_id(user_id: str | int) -> str:
 
 
 def decode(user_id: str, raw: bytes | None, n: int, *, fallback: bool) -> Recommendations | None:
-    """Turn a stored value into Recommendations (``fallback``: it is the popular list)."""
+    """Turn a stored value into Recommendations (``fallback``: it is the popular list), unfiltered."""
     if raw is None:
         return None
     recs = Recommendations.from_cached(user_id, CachedList.decode(raw), n)
@@ -129,25 +152,85 @@ def resolve_item_id(item_id: str | int) -> str:
     return normalised
 
 
-def _categories(categories: str | Iterable[str] | None) -> list[str] | None:
-    """None (no filter) or the list of categories an item may be in."""
-    if categories is None:
-        return None
-    return [categories] if isinstance(categories, str) else list(categories)
-
-
-def _popular_keys(keys: RedisKeys, categories: list[str]) -> list[str]:
+def _popular_keys(keys: RedisKeys, categories: Iterable[str]) -> list[str]:
     """The fallback of an item without similar items, in order: the popular items of its categories,
     then the global popular list."""
     return [*(keys.popular_in(category) for category in categories), keys.popular]
 
 
-def _session_request(
-    items: Iterable[str | int], exclude: Iterable[str | int] | None, categories: str | Iterable[str] | None
-) -> tuple[list[str], list[str], list[str] | None]:
-    """(history, items never to return, category filter) of a session request, ids normalised."""
+class _SessionRead:
+    """One session's answer between its Redis round trips (shared by the blocking and async clients):
+    the model's ranking filtered, filled from popular lists when short (source "mixed"), or popular
+    items alone without a ranking (source "fallback")."""
+
+    def __init__(self, wanted: ReadFilter, view: CatalogView, ranked: RankedSession | None) -> None:
+        self.wanted, self.view, self.ranked = wanted, view, ranked
+        self.now = time.time()
+        self.chosen = wanted.select(ranked.items if ranked else [], view.catalog, self.now)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the model's ranking gave ``n`` items (no fill needed)."""
+        return len(self.chosen) == self.wanted.n
+
+    def result(self, fill_values: list[bytes | None] | None = None) -> SessionRecommendations | None:
+        """The answer; None without a ranking and without popular items."""
+        popular = [CachedList.decode(raw) for raw in fill_values or () if raw is not None]
+        items = self.chosen
+        if popular:
+            items = self.wanted.fill(items, [lst.items for lst in popular], self.view.catalog, self.now)
+        ranked = self.ranked
+        if ranked is None or not self.chosen:
+            if popular:
+                return SessionRecommendations(items, None, popular[0].generated_at, "fallback")
+            return (
+                None
+                if ranked is None
+                else SessionRecommendations([], ranked.model_version, self.now, "personal")
+            )
+        source: ReadSource = "mixed" if len(items) > len(self.chosen) else "personal"
+        return SessionRecommendations(items, ranked.model_version, ranked.generated_at, source)
+
+
+def _session_filter(
+    items: Iterable[str | int], n: int, categories: Categories, exclude: Iterable[str | int] | None
+) -> tuple[list[str], ReadFilter]:
+    """(history, filter) of a session request: its items never come back; ids normalised."""
     history = [resolve_item_id(item) for item in items]
-    return history, [*history, *(resolve_item_id(item) for item in exclude or ())], _categories(categories)
+    return history, ReadFilter.of(n, categories, [*history, *(exclude or ())])
+
+
+class _Read:
+    """One filtered read, between its Redis round trips (shared by the blocking and async clients)."""
+
+    def __init__(self, user: str, wanted: ReadFilter, view: CatalogView, raw: bytes | None) -> None:
+        self.user, self.wanted, self.view = user, wanted, view
+        self.now = time.time()
+        self.cached = None if raw is None else CachedList.decode(raw)
+        own = [] if self.cached is None else self.cached.items
+        self.chosen = wanted.select(own, view.catalog, self.now)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the user's own list gave ``n`` items (no fill needed)."""
+        return len(self.chosen) == self.wanted.n
+
+    def result(self, fill_values: list[bytes | None] | None = None) -> Recommendations | None:
+        """The answer, filled from the popular lists read (``fill_values``) if it is short; None if
+        there is nothing to answer with (no list for the user, no popular list yet)."""
+        popular = [CachedList.decode(raw) for raw in fill_values or () if raw is not None]
+        items = self.chosen
+        if popular:
+            items = self.wanted.fill(items, [lst.items for lst in popular], self.view.catalog, self.now)
+        own = self.cached
+        if own is None:
+            if not popular:
+                return None
+            return Recommendations(self.user, items, None, popular[0].generated_at, "fallback")
+        source: ReadSource = own.source
+        if len(items) > len(self.chosen):  # filled: the popular items follow the user's own
+            source = "mixed" if self.chosen and own.source == "personal" else "fallback"
+        return Recommendations(self.user, items, own.model_version, own.generated_at, source)
 
 
 def _check_n(n: int) -> None:
@@ -187,6 +270,7 @@ class RecommendationClient:
         self._settings = settings
         self._session_scorer: SessionScorer | None = None  # loaded by the first recommend_session
         self._explained = explained(self._url)  # stateless: one instance for every call
+        self._view = CatalogView()
         self._redis = connect(
             settings,
             url=self._url,
@@ -194,18 +278,64 @@ class RecommendationClient:
             connect_timeout=SOCKET_TIMEOUT_SECONDS,
         )
 
-    def get(self, user_id: str | int, n: int = DEFAULT_N) -> Recommendations | None:
+    def get(
+        self,
+        user_id: str | int,
+        n: int = DEFAULT_N,
+        categories: Categories = None,
+        exclude: Iterable[str | int] | None = None,
+    ) -> Recommendations | None:
         """The user's top ``n``; the popular list (source "fallback") if the user has none; else None.
 
-        Raises ValueError for an invalid user id or n < 1, and redis.RedisError if Redis fails.
+        Hidden and expired items are never returned. With ``categories``, only items in one of
+        them; ``exclude``: item ids never to return. When the user's list holds fewer than ``n``
+        such items, the rest come from the popular items of those categories (source "mixed").
+
+        Raises ValueError for an invalid user id, category or n < 1, and redis.RedisError if Redis fails.
         """
-        _check_n(n)
+        wanted = ReadFilter.of(n, categories, exclude)
         user = resolve_user_id(user_id)
         with self._explained:
-            personal = decode(user, self._redis.get(self.keys.recs(user)), n, fallback=False)
-            if personal is not None:
-                return personal
-            return decode(user, self._redis.get(self.keys.popular), n, fallback=True)
+            self._refresh_catalog()
+            read = _Read(user, wanted, self._view, self._redis.get(self.keys.recs(user)))
+            if read.complete:
+                return read.result()
+            return read.result(self._get_all(wanted.fill_keys(self.keys)))
+
+    def filter_items(
+        self,
+        items: list[tuple[str, float]],
+        n: int,
+        categories: Categories = None,
+        exclude: Iterable[str | int] | None = None,
+    ) -> list[tuple[str, float]]:
+        """The first ``n`` of ``items`` a read may return: not hidden or expired, in one of
+        ``categories`` (if given), not in ``exclude``."""
+        wanted = ReadFilter.of(n, categories, exclude)
+        with self._explained:
+            self._refresh_catalog()
+        return wanted.select(items, self._view.catalog, time.time())
+
+    def categories_of(self, item_id: str) -> list[str]:
+        """The item's categories in the catalog (empty if it has none)."""
+        with self._explained:
+            self._refresh_catalog()
+        return list(self._view.catalog.categories_of(item_id))
+
+    def _get_all(self, keys: list[str]) -> list[bytes | None]:
+        """GET of each key in one round trip (a pipeline, not MGET: readers need only +get)."""
+        if len(keys) == 1:
+            return [self._redis.get(keys[0])]
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return pipe.execute()
+
+    def _refresh_catalog(self) -> None:
+        """Re-read the serving catalog if its version changed (checked at most every half second)."""
+        view = self._view
+        if view.due() and view.checked(version := self._redis.get(self.keys.catalog_version)):
+            view.load(version, self._redis.get(self.keys.catalog))
 
     def model_version(self) -> str | None:
         """The model version the scorer serves, or None before the first model."""
@@ -214,63 +344,57 @@ class RecommendationClient:
         return None if raw is None else raw.decode()
 
     def similar(
-        self, item_id: str | int, n: int = DEFAULT_N, categories: str | Iterable[str] | None = None
+        self, item_id: str | int, n: int = DEFAULT_N, categories: Categories = None
     ) -> SimilarItems | None:
-        """The item's ``n`` nearest items in the served model (hidden items left out; only items of
-        ``categories`` if given). An item without a list of its own, or none left after filtering,
-        gets the popular items of its categories, then the global popular list (source "fallback");
-        None if there is nothing at all.
+        """The item's ``n`` nearest items in the served model (hidden and expired items left out; only
+        items of ``categories`` if given). An item without a list of its own, or none left after
+        filtering, gets the popular items of its categories, then the global popular list (source
+        "fallback"); None if there is nothing at all.
 
-        Raises ValueError for an invalid item id or n < 1, and redis.RedisError if Redis fails.
+        Raises ValueError for an invalid item id, category or n < 1, and redis.RedisError if Redis fails.
         """
-        _check_n(n)
-        item, wanted = resolve_item_id(item_id), _categories(categories)
+        item = resolve_item_id(item_id)
+        wanted = ReadFilter.of(n, categories, [item])
         with self._explained:
+            self._refresh_catalog()
+            catalog, now = self._view.catalog, time.time()
             raw = self._redis.get(self.keys.similar(item))
             if raw is not None:
-                cached = CachedList.decode(raw)
-                if items := self.filter_items(cached.items, n, categories=wanted, exclude=[item]):
-                    return SimilarItems(item, items, cached.model_version, cached.generated_at, cached.source)
-            for key in _popular_keys(self.keys, self.categories_of(item)):
-                raw = self._redis.get(key)
-                if raw is not None:
-                    cached = CachedList.decode(raw)
-                    if items := self.filter_items(cached.items, n, categories=wanted, exclude=[item]):
-                        return SimilarItems(item, items, None, cached.generated_at, "fallback")
+                own = CachedList.decode(raw)
+                if items := wanted.select(own.items, catalog, now):
+                    return SimilarItems(item, items, own.model_version, own.generated_at, own.source)
+            for raw in self._get_all(_popular_keys(self.keys, catalog.categories_of(item))):
+                popular = None if raw is None else CachedList.decode(raw)
+                if popular is not None and (items := wanted.select(popular.items, catalog, now)):
+                    return SimilarItems(item, items, None, popular.generated_at, "fallback")
         return None
 
     def recommend_session(
         self,
         items: Iterable[str | int],
         n: int = DEFAULT_N,
-        categories: str | Iterable[str] | None = None,
+        categories: Categories = None,
         exclude: Iterable[str | int] | None = None,
     ) -> SessionRecommendations | None:
         """Recommendations for an anonymous session: ``items`` are its recent items, oldest first.
 
         Scored in this process with the served ONNX model, loaded lazily from ``settings.model_dir``
         and swapped when another version is served (:class:`~streamrec.api.sessions.SessionScorer`).
-        The session's items and ``exclude`` never come back; only items of ``categories`` if given.
-        With no model or no item the model knows: the popular items (source "fallback"); None if
-        there are none either. Raises ValueError for an invalid id or n < 1.
+        Filtered like :meth:`get`: the session's items and ``exclude`` never come back, hidden and
+        expired items neither, only items of ``categories`` if given, a short list filled with
+        popular items (source "mixed"). With no model or no item the model knows: the popular items
+        (source "fallback"); None if there are none either. Raises ValueError for an invalid id or n < 1.
         """
-        _check_n(n)
-        history, dropped, wanted = _session_request(items, exclude, categories)
+        history, wanted = _session_filter(items, n, categories, exclude)
         sessions = self._sessions()
         with self._explained:
             if sessions.due():
                 sessions.refresh(self.model_version(), wait=sessions.model is None)
-            ranked = sessions.rank(history)
-            if ranked is not None and (
-                kept := self.filter_items(ranked.items, n, categories=wanted, exclude=dropped)
-            ):
-                return SessionRecommendations(kept, ranked.model_version, ranked.generated_at, "personal")
-            raw = self._redis.get(self.keys.popular)
-            if raw is None:
-                return None
-            cached = CachedList.decode(raw)
-            kept = self.filter_items(cached.items, n, categories=wanted, exclude=dropped)
-            return SessionRecommendations(kept, None, cached.generated_at, "fallback")
+            self._refresh_catalog()
+            read = _SessionRead(wanted, self._view, sessions.rank(history))
+            if read.complete:
+                return read.result()
+            return read.result(self._get_all(wanted.fill_keys(self.keys)))
 
     def _sessions(self) -> SessionScorer:
         if self._session_scorer is None:
@@ -278,22 +402,6 @@ class RecommendationClient:
 
             self._session_scorer = SessionScorer(self._settings)
         return self._session_scorer
-
-    # HOOK(catalog): the team lead's catalog filter replaces these two stubs at the merge with main.
-    def filter_items(
-        self,
-        items: list[tuple[str, float]],
-        n: int,
-        categories: list[str] | None = None,
-        exclude: Iterable[str] | None = None,
-    ) -> list[tuple[str, float]]:
-        """At most ``n`` of ``items`` without ``exclude`` (stub until the catalog lands)."""
-        dropped = set(exclude or ())
-        return [(item, score) for item, score in items if item not in dropped][:n]
-
-    def categories_of(self, item_id: str) -> list[str]:
-        """The item's categories (stub until the catalog lands)."""
-        return []
 
     def ping(self) -> bool:
         """True if Redis answers (raises redis.RedisError if it does not)."""
@@ -321,6 +429,7 @@ class AsyncRecommendationClient:
         self._settings = settings
         self._session_scorer: SessionScorer | None = None  # loaded by the first recommend_session
         self._explained = explained(self._url)  # stateless: one instance for every call
+        self._view = CatalogView()
         self._redis = connect_async(
             settings,
             url=self._url,
@@ -328,15 +437,54 @@ class AsyncRecommendationClient:
             connect_timeout=SOCKET_TIMEOUT_SECONDS,
         )
 
-    async def get(self, user_id: str | int, n: int = DEFAULT_N) -> Recommendations | None:
-        """The user's top ``n``; the popular list (source "fallback") if the user has none; else None."""
-        _check_n(n)
+    async def get(
+        self,
+        user_id: str | int,
+        n: int = DEFAULT_N,
+        categories: Categories = None,
+        exclude: Iterable[str | int] | None = None,
+    ) -> Recommendations | None:
+        """The user's top ``n``, filtered and filled like :meth:`RecommendationClient.get`."""
+        wanted = ReadFilter.of(n, categories, exclude)
         user = resolve_user_id(user_id)
         with self._explained:
-            personal = decode(user, await self._redis.get(self.keys.recs(user)), n, fallback=False)
-            if personal is not None:
-                return personal
-            return decode(user, await self._redis.get(self.keys.popular), n, fallback=True)
+            await self._refresh_catalog()
+            read = _Read(user, wanted, self._view, await self._redis.get(self.keys.recs(user)))
+            if read.complete:
+                return read.result()
+            return read.result(await self._get_all(wanted.fill_keys(self.keys)))
+
+    async def filter_items(
+        self,
+        items: list[tuple[str, float]],
+        n: int,
+        categories: Categories = None,
+        exclude: Iterable[str | int] | None = None,
+    ) -> list[tuple[str, float]]:
+        """See :meth:`RecommendationClient.filter_items`."""
+        wanted = ReadFilter.of(n, categories, exclude)
+        with self._explained:
+            await self._refresh_catalog()
+        return wanted.select(items, self._view.catalog, time.time())
+
+    async def categories_of(self, item_id: str) -> list[str]:
+        """The item's categories in the catalog (empty if it has none)."""
+        with self._explained:
+            await self._refresh_catalog()
+        return list(self._view.catalog.categories_of(item_id))
+
+    async def _get_all(self, keys: list[str]) -> list[bytes | None]:
+        if len(keys) == 1:
+            return [await self._redis.get(keys[0])]
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return await pipe.execute()
+
+    async def _refresh_catalog(self) -> None:
+        view = self._view
+        if view.due() and view.checked(version := await self._redis.get(self.keys.catalog_version)):
+            view.load(version, await self._redis.get(self.keys.catalog))
 
     async def model_version(self) -> str | None:
         """The model version the scorer serves, or None before the first model."""
@@ -345,38 +493,37 @@ class AsyncRecommendationClient:
         return None if raw is None else raw.decode()
 
     async def similar(
-        self, item_id: str | int, n: int = DEFAULT_N, categories: str | Iterable[str] | None = None
+        self, item_id: str | int, n: int = DEFAULT_N, categories: Categories = None
     ) -> SimilarItems | None:
         """The item's ``n`` nearest items (see :meth:`RecommendationClient.similar`)."""
-        _check_n(n)
-        item, wanted = resolve_item_id(item_id), _categories(categories)
+        item = resolve_item_id(item_id)
+        wanted = ReadFilter.of(n, categories, [item])
         with self._explained:
+            await self._refresh_catalog()
+            catalog, now = self._view.catalog, time.time()
             raw = await self._redis.get(self.keys.similar(item))
             if raw is not None:
-                cached = CachedList.decode(raw)
-                if items := await self.filter_items(cached.items, n, categories=wanted, exclude=[item]):
-                    return SimilarItems(item, items, cached.model_version, cached.generated_at, cached.source)
-            for key in _popular_keys(self.keys, await self.categories_of(item)):
-                raw = await self._redis.get(key)
-                if raw is not None:
-                    cached = CachedList.decode(raw)
-                    if items := await self.filter_items(cached.items, n, categories=wanted, exclude=[item]):
-                        return SimilarItems(item, items, None, cached.generated_at, "fallback")
+                own = CachedList.decode(raw)
+                if items := wanted.select(own.items, catalog, now):
+                    return SimilarItems(item, items, own.model_version, own.generated_at, own.source)
+            for raw in await self._get_all(_popular_keys(self.keys, catalog.categories_of(item))):
+                popular = None if raw is None else CachedList.decode(raw)
+                if popular is not None and (items := wanted.select(popular.items, catalog, now)):
+                    return SimilarItems(item, items, None, popular.generated_at, "fallback")
         return None
 
     async def recommend_session(
         self,
         items: Iterable[str | int],
         n: int = DEFAULT_N,
-        categories: str | Iterable[str] | None = None,
+        categories: Categories = None,
         exclude: Iterable[str | int] | None = None,
     ) -> SessionRecommendations | None:
         """Recommendations for an anonymous session (see :meth:`RecommendationClient.recommend_session`).
 
-        The inference runs on the calling thread (a millisecond or two: cheaper than a thread hop);
-        a new model is loaded in a background thread, the first one in a worker thread awaited."""
-        _check_n(n)
-        history, dropped, wanted = _session_request(items, exclude, categories)
+        The inference runs on the calling thread (a millisecond: it measured faster than a hop to a
+        worker thread); a new model is loaded in a background thread, the first one awaited."""
+        history, wanted = _session_filter(items, n, categories, exclude)
         if self._session_scorer is None:
             from .api.sessions import SessionScorer  # onnxruntime only for the callers that score
 
@@ -389,33 +536,11 @@ class AsyncRecommendationClient:
                     await asyncio.to_thread(sessions.refresh, served, True)
                 else:
                     sessions.refresh(served)
-            ranked = sessions.rank(history)
-            if ranked is not None and (
-                kept := await self.filter_items(ranked.items, n, categories=wanted, exclude=dropped)
-            ):
-                return SessionRecommendations(kept, ranked.model_version, ranked.generated_at, "personal")
-            raw = await self._redis.get(self.keys.popular)
-            if raw is None:
-                return None
-            cached = CachedList.decode(raw)
-            kept = await self.filter_items(cached.items, n, categories=wanted, exclude=dropped)
-            return SessionRecommendations(kept, None, cached.generated_at, "fallback")
-
-    # HOOK(catalog): the team lead's catalog filter replaces these two stubs at the merge with main.
-    async def filter_items(
-        self,
-        items: list[tuple[str, float]],
-        n: int,
-        categories: list[str] | None = None,
-        exclude: Iterable[str] | None = None,
-    ) -> list[tuple[str, float]]:
-        """At most ``n`` of ``items`` without ``exclude`` (stub until the catalog lands)."""
-        dropped = set(exclude or ())
-        return [(item, score) for item, score in items if item not in dropped][:n]
-
-    async def categories_of(self, item_id: str) -> list[str]:
-        """The item's categories (stub until the catalog lands)."""
-        return []
+            await self._refresh_catalog()
+            read = _SessionRead(wanted, self._view, sessions.rank(history))
+            if read.complete:
+                return read.result()
+            return read.result(await self._get_all(wanted.fill_keys(self.keys)))
 
     async def ping(self) -> bool:
         """True if Redis answers (raises redis.RedisError if it does not)."""

@@ -1,7 +1,9 @@
 """The read-only HTTP API: a user's cached recommendations, straight from Redis.
 
-- ``GET /users/{user_id}/recommendations?n=20`` — the user's top ``n`` (1 ≤ n ≤ ``api_max_n``);
-  an unknown user gets the popular list (source ``fallback``); 404 if there is neither yet.
+- ``GET /users/{user_id}/recommendations?n=20&category=shoes&exclude=sku-9`` — the user's top
+  ``n`` (1 ≤ n ≤ ``api_max_n``), never a hidden or expired item; ``category`` and ``exclude`` are
+  repeatable; an unknown user gets the popular list (source ``fallback``), a filtered list that is
+  short is filled with popular items (source ``mixed``); 404 if there is nothing yet.
 - ``GET /items/{item_id}/similar?n=20&category=…`` — the item's nearest items in the served model
   (source ``personal``), or co-occurring/popular items (``fallback``); 404 if there are none yet.
 - ``POST /recommendations`` ``{"items": [...], "n", "category", "exclude"}`` — an anonymous
@@ -37,6 +39,7 @@ from ..client import (
     resolve_item_id,
     resolve_user_id,
 )
+from ..read_filters import ReadFilter
 from ..shared.logs import get_logger
 from ..shared.redaction import redacted_url
 from ..shared.redis_connection import is_permanent, redis_url
@@ -96,13 +99,20 @@ def create_app(settings: Settings) -> FastAPI:
         n: Annotated[
             int, Query(ge=1, le=settings.api_max_n, description="How many items (best first).")
         ] = min(DEFAULT_N, settings.api_max_n),
+        category: Annotated[
+            list[str] | None, Query(description="Only items of this category (repeatable: any of them).")
+        ] = None,
+        exclude: Annotated[list[str] | None, Query(description="Never this item (repeatable).")] = None,
     ) -> Any:
-        """The user's top ``n`` recommendations (popular items, source "fallback", if unknown)."""
+        """The user's top ``n`` recommendations (popular items, source "fallback", if unknown),
+        never a hidden or expired item; filtered by ``category`` and ``exclude``, and filled with
+        popular items of those categories if the user's own list is short (source "mixed")."""
         try:
             user = resolve_user_id(user_id)
+            ReadFilter.of(n, category, exclude)  # a 422 for a bad category or item id
         except ValueError as exc:
             return JSONResponse(status_code=422, content={"detail": str(exc)})
-        recs = await client.get(user, n=n)
+        recs = await client.get(user, n=n, categories=category, exclude=exclude)
         if recs is None:
             return JSONResponse(
                 status_code=404,
@@ -126,6 +136,7 @@ def create_app(settings: Settings) -> FastAPI:
         """The item's nearest items in the served model (co-occurring or popular items as fallback)."""
         try:
             item = resolve_item_id(item_id)
+            ReadFilter.of(n, category)  # a 422 for a bad category
         except ValueError as exc:
             return JSONResponse(status_code=422, content={"detail": str(exc)})
         found = await client.similar(item, n=n, categories=category)
@@ -154,7 +165,7 @@ def create_app(settings: Settings) -> FastAPI:
             recs = await client.recommend_session(
                 body.items, n=body.n, categories=body.category, exclude=body.exclude
             )
-        except ValueError as exc:  # an item id that can never be one
+        except ValueError as exc:  # an item id or category that can never be one
             return JSONResponse(status_code=422, content={"detail": str(exc)})
         if recs is None:
             return JSONResponse(

@@ -20,4 +20,4 @@ def test_every_table_partition_gets_the_configured_memory_budget(tmp_path: Path)
             options.write_buffer_size * options.max_write_buffer_number,
         )
     mib = 1024 * 1024
-    assert budgets == {"user_state": (4 * mib, 4 * mib), "item_popularity": (4 * mib, 4 * mib)}
+    assert budgets == {name: (4 * mib, 4 * mib) for name in ("user_state", "item_popularity", "item_catalog")}
