@@ -7,12 +7,14 @@ import shutil
 import threading
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import httpx
 import numpy as np
 import orjson
 import pytest
 import redis
+from test_catalog import publish_items
 
 from streamrec.client import AsyncRecommendationClient, RecommendationClient
 from streamrec.publisher import Publisher
@@ -158,6 +160,66 @@ def test_a_session_is_scored_with_the_served_model_in_the_api_and_the_client(
     for bad in ({"n": 3}, {"items": "not-a-list"}, {"items": session, "n": 0}, {"items": [""]}):
         response = httpx.post(api_url(live, "/recommendations"), json=bad, timeout=10)
         assert response.status_code == 422, (bad, response.text)
+
+
+def test_similar_items_and_sessions_go_through_the_read_filters(
+    trained_stack: TrainedStack, tmp_path: Path
+) -> None:
+    live, version = trained_stack.live, trained_stack.version
+    wait_for(lambda: similar_lists_written(live, version), 120, f"similar lists of {version}")
+    vocabulary = ModelRegistry(live.settings.model_dir).vocabulary(version)
+    item = vocabulary[5]
+    nearest = expected_neighbours(live, version, item, 6)
+    session = [vocabulary[8], vocabulary[9]]
+    top = [entry["item_id"] for entry in post_session(live, {"items": session, "n": 3})["items"]]
+    hidden, shoe = nearest[0], nearest[3]
+    publish_items(
+        live,
+        tmp_path,
+        [
+            {"item_id": hidden, "hidden": True},
+            {"item_id": top[0], "hidden": True},
+            {"item_id": shoe, "categories": ["shoes"]},
+        ],
+    )
+    try:
+        with RecommendationClient(settings=live.settings) as client:
+            wait_for(
+                lambda: (found := client.similar(item, n=5)) and hidden not in dict(found.items),
+                30,
+                f"hidden item {hidden} to leave {item}'s similar items",
+            )
+            assert [other for other, _ in client.similar(item, n=5).items] == nearest[1:6]  # type: ignore[union-attr]
+            shoes = client.similar(item, n=5, categories="shoes")
+            assert shoes is not None and [other for other, _ in shoes.items] == [shoe]
+            assert shoes.source == "personal"
+            wait_for(
+                lambda: top[0] not in dict(client.recommend_session(session, n=3).items),  # type: ignore[union-attr]
+                30,
+                f"hidden item {top[0]} to leave the session's list",
+            )
+        response = httpx.get(
+            api_url(live, f"/items/{item}/similar"), params={"n": 5, "category": "shoes"}, timeout=10
+        )
+        assert [entry["item_id"] for entry in response.json()["items"]] == [shoe]
+
+        def session_ids() -> list[str]:
+            return [entry["item_id"] for entry in post_session(live, {"items": session, "n": 3})["items"]]
+
+        ids = wait_for(
+            lambda: top[0] not in (ids := session_ids()) and ids, 30, "the api to drop the hidden item"
+        )
+        assert ids[:2] == top[1:3]  # type: ignore[index]  # the rest moved up
+        shoes_only = post_session(live, {"items": session, "n": 3, "category": "shoes"})
+        assert {entry["item_id"] for entry in shoes_only["items"]} <= {shoe}
+    finally:
+        publish_items(live, tmp_path, [{"item_id": hidden}, {"item_id": top[0]}, {"item_id": shoe}])
+
+
+def post_session(live: LiveStack, body: dict) -> dict:
+    response = httpx.post(api_url(live, "/recommendations"), json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    return response.json()
 
 
 @pytest.mark.changes_model
