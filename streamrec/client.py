@@ -180,14 +180,10 @@ class _SessionRead:
         if popular:
             items = self.wanted.fill(items, [lst.items for lst in popular], self.view.catalog, self.now)
         ranked = self.ranked
-        if ranked is None or not self.chosen:
-            if popular:
-                return SessionRecommendations(items, None, popular[0].generated_at, "fallback")
-            return (
-                None
-                if ranked is None
-                else SessionRecommendations([], ranked.model_version, self.now, "personal")
-            )
+        if (ranked is None or not self.chosen) and popular:
+            return SessionRecommendations(items, None, popular[0].generated_at, "fallback")
+        if ranked is None:
+            return None
         source: ReadSource = "mixed" if len(items) > len(self.chosen) else "personal"
         return SessionRecommendations(items, ranked.model_version, ranked.generated_at, source)
 
