@@ -79,7 +79,7 @@ def nearest_items(unit: np.ndarray, rows: slice, k: int) -> tuple[np.ndarray, np
     cosine = block @ unit.T  # [B, n_items]
     own = np.arange(len(block))
     cosine[own, start + own] = -np.inf
-    top = np.argpartition(-cosine, k - 1, axis=1)[:, :k]
+    top = np.argpartition(cosine, n_items - k, axis=1)[:, n_items - k :]  # the k largest, unordered
     top_scores = np.take_along_axis(cosine, top, axis=1)
     order = np.argsort(-top_scores, axis=1, kind="stable")
     items = np.take_along_axis(top, order, axis=1)
