@@ -11,13 +11,14 @@ import time
 from collections.abc import Iterator
 
 import httpx
+import orjson
 import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.processes import free_port
-from streamrec.shared.contracts import RedisKeys, decode_feature_batch
+from streamrec.shared.contracts import CachedList, RedisKeys, decode_feature_batch
 from streamrec.shared.registry import ModelRegistry
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
@@ -110,3 +111,22 @@ def test_two_ingest_workers_and_two_scorers_count_every_event_once(
     wait_for(all_served, 120, "every user to get recommendations from the trained model")
     for name in ("scorer-1", "scorer-2"):
         assert metric_total(ports[name], "streamrec_scorer_lists_total") > 0, f"{name} wrote nothing"
+
+    # Similar items: one scorer (the owner of partition 0) writes every item's list, once.
+    wait_for(
+        lambda: (raw := scaled_stack.redis.get(scaled_stack.keys.similar_model)) and raw.decode() == version,
+        120,
+        f"the similar lists of {version}",
+    )
+    vocabulary = ModelRegistry(scaled_stack.settings.model_dir).vocabulary(version)
+    stored = scaled_stack.redis.mget([scaled_stack.keys.similar(item) for item in vocabulary])
+    assert all(CachedList.decode(raw).model_version == version for raw in stored)  # type: ignore[arg-type]
+
+    def wrote_them(name: str) -> bool:
+        lines = (scaled_stack.stack.run_dir / f"{name}.log").read_text().splitlines()
+        entries = [orjson.loads(line) for line in lines if line.startswith("{")]
+        return any(
+            e.get("msg") == "similar items written" and e.get("model_version") == version for e in entries
+        )
+
+    assert [name for name in ("scorer-1", "scorer-2") if wrote_them(name)] in (["scorer-1"], ["scorer-2"])
