@@ -531,14 +531,33 @@ def recommend(
 @click.option("--models", help="Comma-separated models (default: all, e.g. mostpop,itemknn,ease,mf,sasrec).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG chart here.")
-def evaluate(dataset: Path, models: str | None, as_json: bool, plot: Path | None) -> None:
-    """Offline evaluation (../shared/EVALUATION.md protocol): temporal leave-last-out, full ranking."""
+@click.option(
+    "--task",
+    type=click.Choice(["ranking", "rating"]),
+    default="ranking",
+    show_default=True,
+    help="ranking: top-N, temporal leave-last-out; rating: the seed's 80/20 rating prediction (RMSE, MAE).",
+)
+def evaluate(dataset: Path, models: str | None, as_json: bool, plot: Path | None, task: str) -> None:
+    """Offline evaluation (docs/evaluation.md): ranking (temporal leave-last-out, full ranking), or
+    rating prediction on the seed's random 80/20 split against scikit-surprise's SVD."""
     from .trainer.evaluation.report import format_table
     from .trainer.evaluation.runner import EvaluationError
     from .trainer.evaluation.runner import evaluate as run_evaluation
 
     # Progress (model, epoch, validation metric) as readable lines on stderr; results on stdout.
     settings = _settings("evaluate", log_format="console")
+    if task == "rating":
+        from .trainer.evaluation.rating import evaluate_ratings, format_rating_table, plot_ratings
+
+        try:
+            rating = evaluate_ratings(dataset)
+        except (ValueError, RuntimeError) as exc:  # no ratings in the file, no scikit-surprise
+            raise UserError(str(exc)) from None
+        if plot is not None:
+            plot_ratings([rating], plot)
+        click.echo(orjson.dumps(rating).decode() if as_json else format_rating_table(rating))
+        return
     names = [name.strip() for name in models.split(",")] if models else None
     try:
         result = run_evaluation(dataset, names, settings, plot)
