@@ -416,6 +416,29 @@ def _announce_or_explain(settings: Settings, manifest: Any) -> None:
 
 
 @cli.group()
+def users() -> None:
+    """Users: erase one (STREAMREC_KAFKA_BOOTSTRAP)."""
+
+
+@users.command("forget")
+@click.argument("user_id")
+def users_forget(user_id: str) -> None:
+    """Erase USER_ID everywhere: ingest state, trainer log, Redis, scorer memory (README, "Erasing a user")."""
+    from .erasure import forget_user
+
+    settings = _settings("users", log_format="console")
+    if settings.kafka_bootstrap is None:
+        raise ConfigError(
+            "STREAMREC_KAFKA_BOOTSTRAP is not set: point it at your Kafka (see `streamrec dev`)"
+        )
+    try:
+        request = forget_user(user_id, settings)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"forget request for user {request.user_id!r} sent to {settings.topic_control}")
+
+
+@cli.group()
 def topics() -> None:
     """Kafka topic administration."""
 
