@@ -7,9 +7,10 @@
     forget_user("42")   # returns once Kafka acknowledged the request
 
 The request (``ForgetUser`` in ``streamrec.shared.contracts``) goes to every partition of the
-control topic, keyed by the user id: ingest deletes the user's state on each partition it owns
-(a user keyed by a producer with another partitioner lives on another partition than murmur2's),
-drops the user's late events, and tells the scorer and the trainer on the user-features topic.
+control topic, keyed by the user id: a user keyed by a producer with another partitioner than
+murmur2 lives on another partition than its home, so each partition's ingest looks for the user.
+There ingest deletes the user's state, drops the user's late events, and tells the scorer and the
+trainer on that partition of the user-features topic (docs/architecture.md, "Erasing a user").
 ``streamrec users forget`` and ``DELETE /users/{user_id}`` of the HTTP API send it the same way.
 """
 

@@ -10,7 +10,7 @@ Data flow (agents, in order)::
                                                                        └─► streamrec.item-events
                                                                              (popularity deltas, ~1/s)
     streamrec.control ─► forget_users [tables user_state, erasure_markers] ─► streamrec.user-features
-                                                                             (FeatureBatch.forgotten)
+      (every partition)                                                      (FeatureBatch.forgotten)
     streamrec.item-events ─► count_popularity [table item_popularity] ─► (timer) streamrec.popular-items
 
 Faust's cost is per message, so the input reaches ``build_features`` as *runs*: every record one
@@ -413,15 +413,22 @@ def create_app(settings: Settings) -> faust.App:
             )
             return
         lock = partition_locks.get(partition) or partition_locks.setdefault(partition, asyncio.Lock())
+        user = request.user_id
         async with lock:
             control_events[partition] = event
-            write_back.forget(partition, request.user_id)
-            with as_current_event(event):  # the table writes go to this partition's changelogs
-                del user_state[request.user_id]
-                key, marker = markers.mark(partition, request.user_id, request.requested_at, time.time())
+            with as_current_event(event):  # table reads and writes: this partition's
+                known = write_back.get(partition, user) is not None
+                write_back.forget(partition, user)
+                if known:
+                    del user_state[user]  # a tombstone in the changelog
+                # On every partition: the user's late events may come through any of them.
+                key, marker = markers.mark(partition, user, request.requested_at, time.time())
                 erasure_markers[key] = {"partition": partition, **marker.to_dict()}
-            batch = FeatureBatch([], [], time.time(), forgotten=[request.user_id])
-            await user_features.send(value=batch.to_json(), partition=partition)
+            # Readers erase what came from this partition before it: only where the user was (and
+            # at home, whatever they hold), so that it never overtakes a new history elsewhere.
+            if known or partition == partition_for(user, settings.partitions):
+                batch = FeatureBatch([], [], time.time(), forgotten=[user])
+                await user_features.send(value=batch.to_json(), partition=partition)
         counters.forgotten += 1
         # The marker's hash, not the id: the log must not keep what was erased.
         log.info("user forgotten", extra={"partition": partition, "user_hash": key[:16]})
