@@ -403,6 +403,15 @@ def models_rollback(reason: str) -> None:
     click.echo(f"rolled back from {previous} to {manifest.version}")
 
 
+@models.command("prune")
+@click.option("--keep", type=click.IntRange(min=1), required=True, help="Newest versions to keep.")
+def models_prune(keep: int) -> None:
+    """Delete all but the KEEP newest versions now (never the served one nor its rollback target)."""
+    settings = _settings("models", log_format="console")
+    deleted = _registry(settings).prune(keep)
+    click.echo(f"deleted {len(deleted)} versions{': ' + ', '.join(deleted) if deleted else ''}")
+
+
 def _announce_or_explain(settings: Settings, manifest: Any) -> None:
     """Tell scorers at once over Kafka; without Kafka they see PROMOTED change within seconds."""
     from .trainer.service import announce
