@@ -94,7 +94,7 @@ POPULARITY_FLUSH_SECONDS = 1.0  # popularity deltas go out this often (and befor
 WRITE_BACK_SECONDS = 0.5
 PRODUCER_MAX_BATCH_BYTES = 900 * 1024  # below the 1 MB a Kafka broker accepts per batch by default
 COUNTERS_LOG_SECONDS = 30.0
-ERASURE_EXPIRY_SECONDS = 60.0  # expired erasure markers are deleted this often
+ERASURE_EXPIRY_SECONDS = 60.0  # expired erasure markers are deleted this often (or each hold, if shorter)
 ERASURE_TABLE_MEMORY_MB = 4  # the markers are few and small: the smallest RocksDB budget
 # Written in the worker's data directory after a clean stop, removed at start: its absence at start
 # means the last run crashed (kill -9, OOM, power loss), and the local tables cannot be trusted.
@@ -439,7 +439,7 @@ def create_app(settings: Settings) -> faust.App:
         async for event in stream.events():
             await forget_user(event)
 
-    @app.timer(ERASURE_EXPIRY_SECONDS, name="expire_erasure_markers")
+    @app.timer(min(ERASURE_EXPIRY_SECONDS, settings.erasure_hold_seconds), name="expire_erasure_markers")
     async def expire_erasure_markers() -> None:
         """Delete the markers whose hold is over (a tombstone each, under an event of their partition)."""
         now = time.time()

@@ -296,7 +296,7 @@ class EventLog:
             # secure_delete zeroed the deleted rows in the database; the WAL still holds the pages
             # as they were until a checkpoint: truncating it leaves no copy of them on disk.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            log.info("erased users' events deleted", extra={"users": len(erasures or ()), "events": removed})
+            log.info("erased users' events deleted", extra={"users": len(erasures), "events": removed})
         self._offsets.update(next_offsets)
         self._commit_to_kafka(next_offsets)
 

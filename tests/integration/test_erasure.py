@@ -8,21 +8,28 @@ request that arrives afterwards is dropped; a later one starts a new history.
 
 from __future__ import annotations
 
+import os
+import signal
 import sqlite3
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import orjson
 import pytest
+import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from streamrec.erasure import forget_user
+from streamrec.ingest.erasure import user_hash
 from streamrec.publisher import Publisher
-from streamrec.shared.contracts import INGEST_GROUP, decode_feature_batch
+from streamrec.shared.contracts import INGEST_GROUP, RedisKeys, decode_feature_batch
 from streamrec.shared.kafka_config import client_config
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
+from streamrec.stack import Stack
 
 from support import LiveStack, TrainedStack, metric_total, wait_for
 
@@ -232,3 +239,79 @@ def test_forget_via_http_needs_the_admin_token(live_stack: LiveStack) -> None:
     assert body["topic"] == live.settings.topic_control
     wait_for(lambda: not redis_traces(live, user), 60, "the user's list to be deleted from Redis")
     assert httpx.get(f"{base}/users/{user}/recommendations").json()["source"] == "fallback"
+
+
+# --- the hold, on a stack of its own (a short hold, and a crash of ingest) ------------------------
+
+HOLD_SECONDS = 60.0
+
+
+@pytest.fixture(scope="module")
+def short_hold(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
+    """Broker, Redis, ingest and scorer with a one-minute erasure hold (the session stack's is 24 h)."""
+    run_dir = tmp_path_factory.mktemp("erasure-hold")
+    settings = Settings(
+        data_dir=run_dir / "data",
+        partitions=2,
+        popular_publish_seconds=1.0,
+        erasure_hold_seconds=HOLD_SECONDS,
+    )
+    stack = Stack(settings, run_dir, ("ingest", "scorer")).start()
+    live = stack.settings
+    try:
+        yield LiveStack(stack, live, redis.Redis.from_url(live.redis_url or ""), RedisKeys(live.redis_prefix))
+    finally:
+        stack.stop()
+
+
+def wait_ready(live: LiveStack, name: str) -> None:
+    def ready() -> bool:
+        try:
+            return (
+                httpx.get(f"http://127.0.0.1:{live.stack.ops_ports[name]}/readyz", timeout=2).status_code
+                == 200
+            )
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, 120, f"{name} to be ready")
+
+
+def marker_records(settings: Settings, user: str) -> list[bytes | None]:
+    """The values of the user's marker in the erasure_markers changelog, in order."""
+    key = user_hash(user).encode()
+    return [value for _, k, value in read_topic(settings, MARKERS_CHANGELOG) if k is not None and key in k]
+
+
+def test_the_marker_survives_a_crash_and_expires_after_the_hold(short_hold: LiveStack) -> None:
+    live = short_hold
+    wait_ready(live, "ingest")
+    user = new_user()
+    publish(live, user, ["i1", "i2"], time.time() - 100)
+    wait_for(lambda: live.cached(user), 90, "the user's list")
+
+    request = forget_user(user, live.settings)  # the Python entry point
+    wait_for(lambda: not redis_traces(live, user), 60, "the user's list to be deleted")
+    wait_for(lambda: marker_records(live.settings, user), 30, "the marker in its changelog")
+
+    # kill -9: the restarted worker rebuilds its tables from the changelogs, the marker included.
+    child = live.stack.children["ingest"]
+    os.kill(child.pid, signal.SIGKILL)
+    child.popen.wait(10)
+    live.stack.supervise()
+    wait_ready(live, "ingest")
+    port = live.stack.ops_ports["ingest"]
+    publish(live, user, ["i3"], request.requested_at - 10)  # in flight: stamped before the request
+    wait_for(
+        lambda: metric_total(port, "streamrec_ingest_events_total", outcome="erased") >= 1,
+        60,
+        "the restarted ingest to drop the in-flight event",
+    )
+    assert not redis_traces(live, user)
+
+    # After the hold the marker is deleted (a tombstone), and the hold no longer applies.
+    wait_for(
+        lambda: marker_records(live.settings, user)[-1:] == [None], 4 * HOLD_SECONDS, "the marker to expire"
+    )
+    publish(live, user, ["i4"], request.requested_at - 5)
+    wait_for(lambda: live.cached(user), 60, "a list from an event after the hold")
