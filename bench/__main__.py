@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import broker, freshness, ingest, ingest_profile, memory, read_path, scoring, training
+from . import broker, catalog, freshness, ingest, ingest_profile, memory, read_path, scoring, training
 from .harness import FRAGMENTS, PAGE, render_page, render_section, write
 
 BENCHMARKS = {
@@ -18,6 +18,7 @@ BENCHMARKS = {
     "ingest_profile": ingest_profile.run,
     "freshness": freshness.run,
     "read_path": read_path.run,
+    "catalog": catalog.run,
     "scoring": scoring.run,
     "training": training.run,
     "memory": memory.run,

@@ -10,6 +10,8 @@ Data flow::
          │             │                    └──► streamrec.popular-items ──► scorer ──► Redis popular
          │             └──► interactions.dlq (invalid events + reason)
          │          streamrec.user-features ──► trainer ──► model registry ──► streamrec.models ──► scorer
+    items ──► ingest [table item_catalog] ──► streamrec.catalog ──► scorer ──► Redis catalog, popular:{category}
+                └──► items.dlq (invalid catalog messages + reason)
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
+from .catalog import ItemRecord
 from .events import Interaction
 from .settings import Settings
 
@@ -53,7 +56,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
 
     Per-user topics share ``settings.partitions`` so that a user's events, features and tables
     live on the same partition number. Item popularity and model announcements are global, so
-    they have one partition (one owner, total order).
+    they have one partition (one owner, total order); so has the item catalog.
     """
     p = settings.partitions
     return [
@@ -63,6 +66,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_item_events, 1),
         TopicSpec(settings.topic_popular_items, 1),
         TopicSpec(settings.topic_models, 1),
+        TopicSpec(settings.topic_items, 1),
+        TopicSpec(settings.topic_items_dlq, 1),
+        TopicSpec(settings.topic_catalog, 1),
         # Erasure requests: per user (keyed and partitioned like the interactions), so that the
         # ingest worker owning a user's events and state also reads the requests about that user.
         TopicSpec(settings.topic_control, p),
@@ -199,20 +205,66 @@ class ForgetUser:
 
 @dataclass(frozen=True, slots=True)
 class PopularItems:
-    """ingest -> scorer on ``topic_popular_items``: the most popular items, best first."""
+    """ingest -> scorer on ``topic_popular_items``: the most popular available items, best first.
+
+    ``categories`` holds the popular items of the categories whose list changed since the last
+    message (every category now and then), so one message need not carry them all: a reader
+    applies the categories of every message and the global list of the newest. JSON:
+    ``{"items": [[item_id, score], …], "categories": {category: [[item_id, score], …]}, "generated_at"}``
+    (no ``categories`` before the catalog existed).
+    """
 
     items: list[tuple[str, float]]
     generated_at: float = field(default_factory=time.time)
+    categories: dict[str, list[tuple[str, float]]] = field(default_factory=dict)
 
     def to_json(self) -> bytes:
         """Serialise for Kafka."""
-        return orjson.dumps({"items": self.items, "generated_at": self.generated_at})
+        return orjson.dumps(
+            {"items": self.items, "categories": self.categories, "generated_at": self.generated_at}
+        )
 
     @classmethod
     def from_json(cls, raw: bytes) -> PopularItems:
         """Deserialise from Kafka."""
         data = orjson.loads(raw)
-        return cls(items=[(str(i), float(s)) for i, s in data["items"]], generated_at=data["generated_at"])
+        return cls(
+            items=_ranked(data["items"]),
+            generated_at=data["generated_at"],
+            categories={str(c): _ranked(items) for c, items in data.get("categories", {}).items()},
+        )
+
+
+def _ranked(rows: list[list[Any]]) -> list[tuple[str, float]]:
+    return [(str(item), float(score)) for item, score in rows]
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogChange:
+    """ingest -> scorer on ``topic_catalog`` (key = item id): an item's validated catalog entry.
+
+    JSON: the entry as ``ItemRecord.to_dict`` (shared/catalog.py) without its properties
+    (serving does not read them), or ``{"item_id": …, "removed": true}`` when a tombstone
+    removed the item's entry.
+    """
+
+    item_id: str
+    record: ItemRecord | None  # None: the entry was removed
+
+    def to_json(self) -> bytes:
+        """Serialise for Kafka."""
+        if self.record is None:
+            return orjson.dumps({"item_id": self.item_id, "removed": True})
+        return orjson.dumps({**self.record.to_dict(), "properties": {}})
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> CatalogChange:
+        """Deserialise from Kafka (raises KeyError/TypeError/ValueError for a foreign message)."""
+        data = orjson.loads(raw)
+        if data.get("removed"):
+            return cls(str(data["item_id"]), None)
+        record = ItemRecord.from_dict(data)
+        return cls(record.item_id, record)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,7 +318,7 @@ class DeadLetter:
 # Redis key layout (written by the scorer, read by clients)
 # --------------------------------------------------------------------------------------------
 
-Source = Literal["personal", "fallback"]
+Source = Literal["personal", "fallback"]  # of a stored list; a read may also be "mixed"
 ValueFormat = Literal["binary", "json"]
 
 
@@ -281,6 +333,12 @@ class RedisKeys:
     - ``{prefix}:recs:{user_id}``  STRING, an encoded :class:`CachedList`: the user's top-N.
     - ``{prefix}:popular``        STRING, an encoded :class:`CachedList`: fallback for cold users.
     - ``{prefix}:model``          STRING, the model version the scorer currently serves.
+    - ``{prefix}:popular:{category}`` STRING, an encoded :class:`CachedList`: the category's
+      popular items (fills a read filtered by categories).
+    - ``{prefix}:catalog``        STRING, the serving catalog (``ServingCatalog.encode``,
+      shared/catalog.py): availability and categories of every item that has either.
+    - ``{prefix}:catalog:version`` STRING, the catalog topic offset ``catalog`` holds: readers
+      re-read ``catalog`` when it changes.
     """
 
     prefix: str = "streamrec"
@@ -298,6 +356,20 @@ class RedisKeys:
     def model(self) -> str:
         """Key holding the served model version."""
         return f"{self.prefix}:model"
+
+    def popular_in(self, category: str) -> str:
+        """Key of one category's popular items."""
+        return f"{self.prefix}:popular:{category}"
+
+    @property
+    def catalog(self) -> str:
+        """Key of the serving catalog."""
+        return f"{self.prefix}:catalog"
+
+    @property
+    def catalog_version(self) -> str:
+        """Key of the serving catalog's version (the catalog topic offset it holds)."""
+        return f"{self.prefix}:catalog:version"
 
 
 # The binary format of a cached list, version 1 (little-endian).

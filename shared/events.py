@@ -153,6 +153,14 @@ def parse_event(
     max_future_seconds: float = 86400.0,
 ) -> Interaction | Rejection:
     """Validate one raw message. Returns the normalised event or why it was rejected."""
+    data = decode_json_object(raw, max_bytes)
+    if isinstance(data, Rejection):
+        return data
+    return validate_event(data, now=now, max_future_seconds=max_future_seconds)
+
+
+def decode_json_object(raw: bytes | str, max_bytes: int) -> dict[str, Any] | Rejection:
+    """The JSON object of one raw message (at most ``max_bytes``), or why it is not one."""
     if len(raw) > max_bytes:
         return Rejection(RejectReason.OVERSIZED, f"{len(raw)} bytes > limit {max_bytes}")
     if isinstance(raw, bytes):
@@ -166,7 +174,20 @@ def parse_event(
         return Rejection(RejectReason.NOT_JSON, str(exc))
     if not isinstance(data, dict):
         return Rejection(RejectReason.NOT_OBJECT, f"expected a JSON object, got {type(data).__name__}")
-    return validate_event(data, now=now, max_future_seconds=max_future_seconds)
+    return data
+
+
+def epoch_seconds(value: float | datetime) -> float | Rejection:
+    """A wire timestamp (epoch seconds, or an ISO-8601 time with a zone) as epoch seconds."""
+    if isinstance(value, datetime):
+        if value.tzinfo is None:
+            return Rejection(RejectReason.BAD_TIMESTAMP, "ISO-8601 timestamp needs a time zone")
+        timestamp = value.timestamp()
+    else:
+        timestamp = float(value)
+    if not math.isfinite(timestamp) or timestamp < 0:
+        return Rejection(RejectReason.BAD_TIMESTAMP, f"timestamp {timestamp!r} is not a valid time")
+    return timestamp
 
 
 def validate_event(
@@ -186,16 +207,9 @@ def validate_event(
         return Rejection(RejectReason.BAD_ID, f"{which} is empty, too long or has control characters")
 
     arrival = time.time() if now is None else now
-    if event.timestamp is None:
-        timestamp = arrival
-    elif isinstance(event.timestamp, datetime):
-        if event.timestamp.tzinfo is None:
-            return Rejection(RejectReason.BAD_TIMESTAMP, "ISO-8601 timestamp needs a time zone")
-        timestamp = event.timestamp.timestamp()
-    else:
-        timestamp = float(event.timestamp)
-    if not math.isfinite(timestamp) or timestamp < 0:
-        return Rejection(RejectReason.BAD_TIMESTAMP, f"timestamp {timestamp!r} is not a valid time")
+    timestamp = arrival if event.timestamp is None else epoch_seconds(event.timestamp)
+    if isinstance(timestamp, Rejection):
+        return timestamp
     if timestamp > arrival + max_future_seconds:
         return Rejection(RejectReason.BAD_TIMESTAMP, f"timestamp {timestamp} is in the future")
 

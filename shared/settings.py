@@ -85,6 +85,11 @@ class Settings(BaseSettings):
         "streamrec.popular-items", description="ingest -> scorer: current most popular items."
     )
     topic_models: str = Field("streamrec.models", description="trainer -> scorer: new model announced.")
+    topic_items: str = Field("items", description="Input topic of the item catalog (key = item id).")
+    topic_items_dlq: str = Field("items.dlq", description="Dead letters: invalid catalog messages + reason.")
+    topic_catalog: str = Field(
+        "streamrec.catalog", description="ingest -> scorer: validated catalog changes."
+    )
     topic_control: str = Field(
         "streamrec.control", description="API, CLI -> ingest: requests to erase a user (per-user partitions)."
     )

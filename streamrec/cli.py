@@ -501,11 +501,37 @@ def replay(path: Path, speed: float, limit: int | None) -> None:
     click.echo(f"replayed {sent} events from {path} to {settings.topic_interactions}")
 
 
+@cli.group()
+def items() -> None:
+    """The item catalog: hidden items, categories, expiry (topic STREAMREC_TOPIC_ITEMS)."""
+
+
+@items.command("publish")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def items_publish(path: Path) -> None:
+    """Publish catalog entries from a JSONL file, one item per line (validated first; a bad line
+    publishes nothing): {"item_id": "sku-9", "hidden": false, "categories": ["shoes"], "expires_at": …}."""
+    from .publisher import read_item_file
+
+    settings = _settings("publish", log_format="console")
+    entries = read_item_file(path)
+    with _publisher(settings) as publisher:
+        for entry in entries:
+            publisher.publish_item(entry)
+    click.echo(f"published {len(entries)} items to {settings.topic_items}")
+
+
 @cli.command()
 @click.argument("user_id")
 @click.option("--n", "n", default=20, show_default=True, type=click.IntRange(1, 10_000))
+@click.option(
+    "--category", "categories", multiple=True, help="Only items of this category (repeatable: any of them)."
+)
+@click.option("--exclude", multiple=True, help="Never this item (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def recommend(user_id: str, n: int, as_json: bool) -> None:
+def recommend(
+    user_id: str, n: int, categories: tuple[str, ...], exclude: tuple[str, ...], as_json: bool
+) -> None:
     """Print a user's recommendations (one Redis lookup; popular items for unknown users)."""
     from .client import RecommendationClient
     from .shared.redis_connection import redis_url
@@ -513,7 +539,10 @@ def recommend(user_id: str, n: int, as_json: bool) -> None:
     settings = _settings("recommend", log_format="console")
     redis_url(settings)  # a ConfigError saying how to set it, if unset
     with RecommendationClient(settings=settings) as client:
-        recs = client.get(user_id, n=n)
+        try:
+            recs = client.get(user_id, n=n, categories=categories, exclude=exclude)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
     if recs is None:
         raise UserError(f"no recommendations for {user_id!r} and no popular fallback yet in Redis")
     if as_json:

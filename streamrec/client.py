@@ -8,22 +8,29 @@
     recs = client.get("user-42", n=10)       # one GET; popular items if the user is unknown
     if recs is not None:
         print(recs.source, recs.items)        # [("sku-9", 3.1), ...], best first
+    shoes = client.get("user-42", n=10, categories=["shoes"], exclude=["sku-9"])
 
 :class:`AsyncRecommendationClient` is the same for asyncio (the HTTP API uses it). Both read what
-the scorer writes (the key layout and JSON format are in ``streamrec.shared.contracts``).
+the scorer writes (the key layout and JSON format are in ``streamrec.shared.contracts``), and
+return no item the catalog hides or that expired (``streamrec/read_filters.py``).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
-from .shared.contracts import CachedList, RedisKeys, Source
+from .read_filters import CatalogView, ReadFilter
+from .shared.contracts import CachedList, RedisKeys
 from .shared.events import normalise_id
 from .shared.redis_connection import connect, connect_async, explained
 from .shared.settings import ConfigError, Settings, load_settings
 
 DEFAULT_N = 20
+ReadSource = Literal["personal", "fallback", "mixed"]
+Categories = Iterable[str | int] | str | None  # one category, several, or none (every category)
 # A read path should fail fast rather than hang a caller while Redis is unreachable.
 SOCKET_TIMEOUT_SECONDS = 5.0
 
@@ -36,7 +43,9 @@ class Recommendations:
     items: list[tuple[str, float]]  # (item_id, score), best first
     model_version: str | None
     generated_at: float  # epoch seconds when the scorer computed the list
-    source: Source  # "personal" (the user's own list) or "fallback" (popular items)
+    # "personal" (the user's own list), "fallback" (popular items), or "mixed": the user's own
+    # items, then popular ones, because a filter left fewer than n of the user's own.
+    source: ReadSource
 
     @classmethod
     def from_cached(cls, user_id: str, cached: CachedList, n: int | None = None) -> Recommendations:
@@ -51,8 +60,13 @@ class Recommendations:
 
     def to_dict(self) -> dict[str, Any]:
         """The public JSON shape: user_id, items [{item_id, score}], model_version, generated_at, source."""
-        cached = CachedList(self.items, self.model_version, self.generated_at, self.source)
-        return cached.to_response(self.user_id)
+        return {
+            "user_id": self.user_id,
+            "items": [{"item_id": item, "score": score} for item, score in self.items],
+            "model_version": self.model_version,
+            "generated_at": self.generated_at,
+            "source": self.source,
+        }
 
 
 def resolve_user_id(user_id: str | int) -> str:
@@ -69,13 +83,46 @@ def resolve_user_id(user_id: str | int) -> str:
 
 
 def decode(user_id: str, raw: bytes | None, n: int, *, fallback: bool) -> Recommendations | None:
-    """Turn a stored value into Recommendations (``fallback``: it is the popular list)."""
+    """Turn a stored value into Recommendations (``fallback``: it is the popular list), unfiltered."""
     if raw is None:
         return None
     recs = Recommendations.from_cached(user_id, CachedList.decode(raw), n)
     if fallback and recs.source != "fallback":
         recs = Recommendations(recs.user_id, recs.items, recs.model_version, recs.generated_at, "fallback")
     return recs
+
+
+class _Read:
+    """One filtered read, between its Redis round trips (shared by the blocking and async clients)."""
+
+    def __init__(self, user: str, wanted: ReadFilter, view: CatalogView, raw: bytes | None) -> None:
+        self.user, self.wanted, self.view = user, wanted, view
+        self.now = time.time()
+        self.cached = None if raw is None else CachedList.decode(raw)
+        own = [] if self.cached is None else self.cached.items
+        self.chosen = wanted.select(own, view.catalog, self.now)
+
+    @property
+    def complete(self) -> bool:
+        """Whether the user's own list gave ``n`` items (no fill needed)."""
+        return len(self.chosen) == self.wanted.n
+
+    def result(self, fill_values: list[bytes | None] | None = None) -> Recommendations | None:
+        """The answer, filled from the popular lists read (``fill_values``) if it is short; None if
+        there is nothing to answer with (no list for the user, no popular list yet)."""
+        popular = [CachedList.decode(raw) for raw in fill_values or () if raw is not None]
+        items = self.chosen
+        if popular:
+            items = self.wanted.fill(items, [lst.items for lst in popular], self.view.catalog, self.now)
+        own = self.cached
+        if own is None:
+            if not popular:
+                return None
+            return Recommendations(self.user, items, None, popular[0].generated_at, "fallback")
+        source: ReadSource = own.source
+        if len(items) > len(self.chosen):  # filled: the popular items follow the user's own
+            source = "mixed" if self.chosen and own.source == "personal" else "fallback"
+        return Recommendations(self.user, items, own.model_version, own.generated_at, source)
 
 
 def _check_n(n: int) -> None:
@@ -113,6 +160,7 @@ class RecommendationClient:
     ) -> None:
         settings, self._url, self.keys = _connection_target(redis_url, prefix, settings)
         self._explained = explained(self._url)  # stateless: one instance for every call
+        self._view = CatalogView()
         self._redis = connect(
             settings,
             url=self._url,
@@ -120,18 +168,64 @@ class RecommendationClient:
             connect_timeout=SOCKET_TIMEOUT_SECONDS,
         )
 
-    def get(self, user_id: str | int, n: int = DEFAULT_N) -> Recommendations | None:
+    def get(
+        self,
+        user_id: str | int,
+        n: int = DEFAULT_N,
+        categories: Categories = None,
+        exclude: Iterable[str | int] | None = None,
+    ) -> Recommendations | None:
         """The user's top ``n``; the popular list (source "fallback") if the user has none; else None.
 
-        Raises ValueError for an invalid user id or n < 1, and redis.RedisError if Redis fails.
+        Hidden and expired items are never returned. With ``categories``, only items in one of
+        them; ``exclude``: item ids never to return. When the user's list holds fewer than ``n``
+        such items, the rest come from the popular items of those categories (source "mixed").
+
+        Raises ValueError for an invalid user id, category or n < 1, and redis.RedisError if Redis fails.
         """
-        _check_n(n)
+        wanted = ReadFilter.of(n, categories, exclude)
         user = resolve_user_id(user_id)
         with self._explained:
-            personal = decode(user, self._redis.get(self.keys.recs(user)), n, fallback=False)
-            if personal is not None:
-                return personal
-            return decode(user, self._redis.get(self.keys.popular), n, fallback=True)
+            self._refresh_catalog()
+            read = _Read(user, wanted, self._view, self._redis.get(self.keys.recs(user)))
+            if read.complete:
+                return read.result()
+            return read.result(self._get_all(wanted.fill_keys(self.keys)))
+
+    def filter_items(
+        self,
+        items: list[tuple[str, float]],
+        n: int,
+        categories: Categories = None,
+        exclude: Iterable[str | int] | None = None,
+    ) -> list[tuple[str, float]]:
+        """The first ``n`` of ``items`` a read may return: not hidden or expired, in one of
+        ``categories`` (if given), not in ``exclude``."""
+        wanted = ReadFilter.of(n, categories, exclude)
+        with self._explained:
+            self._refresh_catalog()
+        return wanted.select(items, self._view.catalog, time.time())
+
+    def categories_of(self, item_id: str) -> list[str]:
+        """The item's categories in the catalog (empty if it has none)."""
+        with self._explained:
+            self._refresh_catalog()
+        return list(self._view.catalog.categories_of(item_id))
+
+    def _get_all(self, keys: list[str]) -> list[bytes | None]:
+        """GET of each key in one round trip (a pipeline, not MGET: readers need only +get)."""
+        if len(keys) == 1:
+            return [self._redis.get(keys[0])]
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return pipe.execute()
+
+    def _refresh_catalog(self) -> None:
+        """Re-read the serving catalog if its version changed (checked at most every half second)."""
+        view = self._view
+        if view.due() and view.checked(version := self._redis.get(self.keys.catalog_version)):
+            view.load(version, self._redis.get(self.keys.catalog))
 
     def model_version(self) -> str | None:
         """The model version the scorer serves, or None before the first model."""
@@ -163,6 +257,7 @@ class AsyncRecommendationClient:
     ) -> None:
         settings, self._url, self.keys = _connection_target(redis_url, prefix, settings)
         self._explained = explained(self._url)  # stateless: one instance for every call
+        self._view = CatalogView()
         self._redis = connect_async(
             settings,
             url=self._url,
@@ -170,15 +265,54 @@ class AsyncRecommendationClient:
             connect_timeout=SOCKET_TIMEOUT_SECONDS,
         )
 
-    async def get(self, user_id: str | int, n: int = DEFAULT_N) -> Recommendations | None:
-        """The user's top ``n``; the popular list (source "fallback") if the user has none; else None."""
-        _check_n(n)
+    async def get(
+        self,
+        user_id: str | int,
+        n: int = DEFAULT_N,
+        categories: Categories = None,
+        exclude: Iterable[str | int] | None = None,
+    ) -> Recommendations | None:
+        """The user's top ``n``, filtered and filled like :meth:`RecommendationClient.get`."""
+        wanted = ReadFilter.of(n, categories, exclude)
         user = resolve_user_id(user_id)
         with self._explained:
-            personal = decode(user, await self._redis.get(self.keys.recs(user)), n, fallback=False)
-            if personal is not None:
-                return personal
-            return decode(user, await self._redis.get(self.keys.popular), n, fallback=True)
+            await self._refresh_catalog()
+            read = _Read(user, wanted, self._view, await self._redis.get(self.keys.recs(user)))
+            if read.complete:
+                return read.result()
+            return read.result(await self._get_all(wanted.fill_keys(self.keys)))
+
+    async def filter_items(
+        self,
+        items: list[tuple[str, float]],
+        n: int,
+        categories: Categories = None,
+        exclude: Iterable[str | int] | None = None,
+    ) -> list[tuple[str, float]]:
+        """See :meth:`RecommendationClient.filter_items`."""
+        wanted = ReadFilter.of(n, categories, exclude)
+        with self._explained:
+            await self._refresh_catalog()
+        return wanted.select(items, self._view.catalog, time.time())
+
+    async def categories_of(self, item_id: str) -> list[str]:
+        """The item's categories in the catalog (empty if it has none)."""
+        with self._explained:
+            await self._refresh_catalog()
+        return list(self._view.catalog.categories_of(item_id))
+
+    async def _get_all(self, keys: list[str]) -> list[bytes | None]:
+        if len(keys) == 1:
+            return [await self._redis.get(keys[0])]
+        pipe = self._redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.get(key)
+        return await pipe.execute()
+
+    async def _refresh_catalog(self) -> None:
+        view = self._view
+        if view.due() and view.checked(version := await self._redis.get(self.keys.catalog_version)):
+            view.load(version, await self._redis.get(self.keys.catalog))
 
     async def model_version(self) -> str | None:
         """The model version the scorer serves, or None before the first model."""

@@ -18,6 +18,7 @@ import orjson
 import pandas as pd
 from tqdm import tqdm
 
+from .shared.catalog import validate_item
 from .shared.datasets import in_time_order, load_interactions
 from .shared.events import Rejection, validate_event
 from .shared.kafka_config import client_config
@@ -76,12 +77,9 @@ class Publisher:
         if not settings.kafka_bootstrap:
             raise PublishError("no Kafka to publish to: pass bootstrap or set STREAMREC_KAFKA_BOOTSTRAP")
         self.bootstrap = settings.kafka_bootstrap
-        self.topic = topic or settings.topic_interactions
-        # Fail now, in one line, rather than after the delivery timeout.
-        if self.topic not in existing_topics(settings, timeout=connect_timeout):
-            raise PublishError(
-                f"topic {self.topic!r} does not exist on {self.bootstrap}: run `streamrec topics create`"
-            )
+        self._settings, self._connect_timeout = settings, connect_timeout
+        self.topic = self._existing(topic or settings.topic_interactions)
+        self._items_topic: str | None = None  # checked at the first publish_item
         self.max_future_seconds = settings.max_future_seconds
         self._producer = Producer(
             client_config(
@@ -125,11 +123,34 @@ class Publisher:
         value, key = encode_event(event, max_future_seconds=self.max_future_seconds)
         self.publish_raw(value, key=key)
 
-    def publish_raw(self, value: bytes, key: str | bytes | None = None) -> None:
-        """Send bytes as they are, unvalidated (tests use it to send garbage on purpose)."""
+    def publish_item(self, item: Mapping[str, Any]) -> None:
+        """Validate and send one catalog entry (``{"item_id", "hidden", "categories", "expires_at",
+        "properties"}``, see shared/catalog.py) to the items topic, keyed by its item id."""
+        checked = validate_item(dict(item))
+        if isinstance(checked, Rejection):
+            raise InvalidEvent(f"{checked.reason.value}: {checked.detail}")
+        if self._items_topic is None:
+            self._items_topic = self._existing(self._settings.topic_items)
+        self.publish_raw(orjson.dumps(dict(item)), key=checked.item_id, topic=self._items_topic)
+
+    def _existing(self, topic: str) -> str:
+        # Fail now, in one line, rather than after the delivery timeout.
+        if topic not in existing_topics(self._settings, timeout=self._connect_timeout):
+            raise PublishError(
+                f"topic {topic!r} does not exist on {self.bootstrap}: run `streamrec topics create`"
+            )
+        return topic
+
+    def publish_raw(
+        self, value: bytes | None, key: str | bytes | None = None, topic: str | None = None
+    ) -> None:
+        """Send bytes as they are, unvalidated (tests use it to send garbage on purpose), to the
+        interactions topic or ``topic``."""
         while True:
             try:
-                self._producer.produce(self.topic, value=value, key=key, on_delivery=self._on_delivery)
+                self._producer.produce(
+                    topic or self.topic, value=value, key=key, on_delivery=self._on_delivery
+                )
                 break
             except BufferError:  # local queue full: let deliveries drain, then retry
                 self._producer.poll(0.1)
@@ -182,12 +203,7 @@ def read_event_file(path: Path) -> list[dict[str, Any]]:
     The whole file is validated before anything is sent, so a malformed file publishes nothing.
     Raises InvalidEvent naming the first bad line.
     """
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidEvent(f"{path}: no such file") from None
-    except UnicodeDecodeError:
-        raise InvalidEvent(f"{path}: not a UTF-8 text file") from None
+    text = _read_text(path)
     if path.suffix.lower() == ".csv":
         rows: Iterable[tuple[int, dict[str, Any]]] = (
             (number, _csv_row(row)) for number, row in enumerate(csv.DictReader(text.splitlines()), 2)
@@ -203,6 +219,32 @@ def read_event_file(path: Path) -> list[dict[str, Any]]:
     if not events:
         raise InvalidEvent(f"{path}: no events in the file")
     return events
+
+
+def read_item_file(path: Path) -> list[dict[str, Any]]:
+    """Read catalog entries from JSONL (one object per line), all validated before anything is sent.
+
+    Raises InvalidEvent naming the first bad line.
+    """
+    text = _read_text(path)
+    items = []
+    for number, item in _jsonl_rows(path, text):
+        checked = validate_item(item)
+        if isinstance(checked, Rejection):
+            raise InvalidEvent(f"{path}:{number}: {checked.reason.value}: {checked.detail}")
+        items.append(item)
+    if not items:
+        raise InvalidEvent(f"{path}: no items in the file")
+    return items
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise InvalidEvent(f"{path}: no such file") from None
+    except UnicodeDecodeError:
+        raise InvalidEvent(f"{path}: not a UTF-8 text file") from None
 
 
 def _jsonl_rows(path: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:

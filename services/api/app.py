@@ -1,7 +1,9 @@
 """The HTTP API: a user's cached recommendations, straight from Redis, and erasing a user.
 
-- ``GET /users/{user_id}/recommendations?n=20`` — the user's top ``n`` (1 ≤ n ≤ ``api_max_n``);
-  an unknown user gets the popular list (source ``fallback``); 404 if there is neither yet.
+- ``GET /users/{user_id}/recommendations?n=20&category=shoes&exclude=sku-9`` — the user's top
+  ``n`` (1 ≤ n ≤ ``api_max_n``), never a hidden or expired item; ``category`` and ``exclude`` are
+  repeatable; an unknown user gets the popular list (source ``fallback``), a filtered list that is
+  short is filled with popular items (source ``mixed``); 404 if there is nothing yet.
 - ``DELETE /users/{user_id}`` — erase the user (``streamrec users forget``): 202 once Kafka took
   the request; needs ``Authorization: Bearer <STREAMREC_API_ADMIN_TOKEN>`` (401 without, 503 while
   no token is configured). Only this endpoint needs Kafka, connected at its first request.
@@ -30,6 +32,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from ..client import DEFAULT_N, AsyncRecommendationClient, RecommendationClient, resolve_user_id
 from ..erasure import ForgetRequests
 from ..publisher import PublishError
+from ..read_filters import ReadFilter
 from ..shared.logs import get_logger
 from ..shared.redaction import redacted_url
 from ..shared.redis_connection import is_permanent, redis_url
@@ -92,13 +95,20 @@ def create_app(settings: Settings) -> FastAPI:
         n: Annotated[
             int, Query(ge=1, le=settings.api_max_n, description="How many items (best first).")
         ] = min(DEFAULT_N, settings.api_max_n),
+        category: Annotated[
+            list[str] | None, Query(description="Only items of this category (repeatable: any of them).")
+        ] = None,
+        exclude: Annotated[list[str] | None, Query(description="Never this item (repeatable).")] = None,
     ) -> Any:
-        """The user's top ``n`` recommendations (popular items, source "fallback", if unknown)."""
+        """The user's top ``n`` recommendations (popular items, source "fallback", if unknown),
+        never a hidden or expired item; filtered by ``category`` and ``exclude``, and filled with
+        popular items of those categories if the user's own list is short (source "mixed")."""
         try:
             user = resolve_user_id(user_id)
+            ReadFilter.of(n, category, exclude)  # a 422 for a bad category or item id
         except ValueError as exc:
             return JSONResponse(status_code=422, content={"detail": str(exc)})
-        recs = await client.get(user, n=n)
+        recs = await client.get(user, n=n, categories=category, exclude=exclude)
         if recs is None:
             return JSONResponse(
                 status_code=404,

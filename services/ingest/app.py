@@ -42,16 +42,18 @@ import orjson
 import prometheus_client as prom
 from faust.types import TP
 
+from ..shared.catalog import ItemRecord, ServingCatalog, parse_item
 from ..shared.contracts import (
     INGEST_GROUP,
     INGEST_REKEYED_TOPIC,
+    CatalogChange,
     DeadLetter,
     FeatureBatch,
     ForgetUser,
     PopularItems,
     UserSnapshot,
 )
-from ..shared.events import Interaction, Rejection, parse_event
+from ..shared.events import Interaction, Rejection, RejectReason, normalise_id, parse_event
 from ..shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
 from ..shared.kafka_config import faust_credentials, require_bootstrap
 from ..shared.logs import get_logger
@@ -68,6 +70,7 @@ from .bundles import (
     popularity_rows,
     read_deltas,
 )
+from .catalog import CategoryPopularity, chunks
 from .erasure import ErasureMarkers
 from .features import (
     ItemPopularity,
@@ -94,6 +97,9 @@ POPULARITY_FLUSH_SECONDS = 1.0  # popularity deltas go out this often (and befor
 WRITE_BACK_SECONDS = 0.5
 PRODUCER_MAX_BATCH_BYTES = 900 * 1024  # below the 1 MB a Kafka broker accepts per batch by default
 COUNTERS_LOG_SECONDS = 30.0
+# Every category's popular list is published this often, changed or not: a scorer that started
+# since (it reads only the newest popular-items message) gets them all.
+POPULAR_CATEGORIES_REFRESH_SECONDS = 60.0
 ERASURE_EXPIRY_SECONDS = 60.0  # expired erasure markers are deleted this often (or each hold, if shorter)
 ERASURE_TABLE_MEMORY_MB = 4  # the markers are few and small: the smallest RocksDB budget
 # Written in the worker's data directory after a clean stop, removed at start: its absence at start
@@ -110,6 +116,9 @@ EVENTS = prom.Counter(
 )  # outcome: valid, invalid (dead-lettered), accepted (in the features), duplicate (dropped)
 INVALID_EVENTS = prom.Counter(
     "streamrec_ingest_invalid_events_total", "Dead-lettered events, by reason.", ["reason"]
+)
+INVALID_CATALOG = prom.Counter(
+    "streamrec_ingest_invalid_catalog_total", "Dead-lettered catalog messages, by reason.", ["reason"]
 )
 FEATURE_UPDATE_SECONDS = prom.Histogram(
     "streamrec_ingest_feature_update_seconds",
@@ -139,6 +148,8 @@ class IngestCounters:
     item_events: int = 0
     popularity_deltas: int = 0
     popular_published: int = 0
+    catalog_changes: int = 0
+    catalog_rejected: int = 0
     erased: int = 0  # events of forgotten users dropped
     forgotten: int = 0  # forget requests applied (one per partition and request)
 
@@ -153,6 +164,8 @@ class IngestCounters:
             "item_events": self.item_events,
             "popularity_deltas": self.popularity_deltas,
             "popular_published": self.popular_published,
+            "catalog_changes": self.catalog_changes,
+            "catalog_rejected": self.catalog_rejected,
             "erased": self.erased,
             "forgotten": self.forgotten,
         }
@@ -250,6 +263,9 @@ def create_app(settings: Settings) -> faust.App:
         settings.topic_item_events, partitions=1, key_serializer="raw", value_serializer="json"
     )
     popular_items = app.topic(settings.topic_popular_items, key_serializer="raw", value_serializer="raw")
+    items_in = app.topic(settings.topic_items, key_serializer="raw", value_serializer="raw")
+    items_dlq = app.topic(settings.topic_items_dlq, key_serializer="raw", value_serializer="raw")
+    catalog_out = app.topic(settings.topic_catalog, key_serializer="raw", value_serializer="raw")
 
     user_state = app.Table(
         "user_state", key_type=str, options=table_store_options(settings.ingest_table_memory_mb)
@@ -274,11 +290,8 @@ def create_app(settings: Settings) -> faust.App:
     clear_owed: set[int] = set()  # partitions whose stored pending popularity must be emptied
     half_life = settings.popularity_half_life_hours
 
-    async def send_dead_letter(record: faust.types.Message, raw: bytes, reason: str, detail: str) -> None:
-        counters.rejected[reason] += 1
-        EVENTS_INVALID.inc()
-        INVALID_EVENTS.labels(reason).inc()
-        letter = DeadLetter(
+    def dead_letter(record: faust.types.Message, raw: bytes, reason: str, detail: str) -> bytes:
+        return DeadLetter(
             reason=reason,
             detail=detail,
             payload=raw[:DEAD_LETTER_PAYLOAD_BYTES].decode("utf-8", errors="replace"),
@@ -286,8 +299,13 @@ def create_app(settings: Settings) -> faust.App:
             source_partition=record.partition,
             source_offset=record.offset,
             rejected_at=time.time(),
-        )
-        await dead_letters.send(key=record.key, value=letter.to_json())
+        ).to_json()
+
+    async def send_dead_letter(record: faust.types.Message, raw: bytes, reason: str, detail: str) -> None:
+        counters.rejected[reason] += 1
+        EVENTS_INVALID.inc()
+        INVALID_EVENTS.labels(reason).inc()
+        await dead_letters.send(key=record.key, value=dead_letter(record, raw, reason, detail))
 
     def validate(record: faust.types.Message) -> Interaction | tuple[str, str]:
         """The record's event, or the reason and detail of its dead letter."""
@@ -526,8 +544,10 @@ def create_app(settings: Settings) -> faust.App:
         options=table_store_options(settings.ingest_table_memory_mb),
     )
     ranking = PopularityRanking(settings.top_n + settings.history_len, settings.popularity_half_life_hours)
+    by_category = CategoryPopularity(settings.top_n, settings.popularity_half_life_hours)
     item_partition = TP(settings.topic_item_events, 0)
     last_published: list[tuple[str, float]] = []
+    categories_published_at = [0.0]  # when every category's list was last published
 
     def owns_item_partition() -> bool:
         return item_partition in app.assignor.assigned_actives()
@@ -554,16 +574,22 @@ def create_app(settings: Settings) -> faust.App:
             for item_id, popularity in changed.items():
                 item_popularity[item_id] = popularity.to_dict()
                 ranking.update(item_id, popularity)
+                by_category.update(item_id, popularity, catalog.categories_of(item_id))
 
     @item_popularity.on_recover
     async def rebuild_ranking() -> None:
-        """After every rebalance: rebuild the in-memory ranking from the table if we own it."""
+        """After every rebalance: rebuild the in-memory rankings from the tables if we own them."""
         ranking.clear()
+        by_category.clear()
         last_published.clear()
+        categories_published_at[0] = 0.0
         if not owns_item_partition():
             return
+        rebuild_catalog()
         for item_id, stored in item_popularity.items():
-            ranking.update(item_id, ItemPopularity.from_dict(stored))
+            popularity = ItemPopularity.from_dict(stored)
+            ranking.update(item_id, popularity)
+            by_category.update(item_id, popularity, catalog.categories_of(item_id))
         log.info("popularity ranking rebuilt", extra={"candidates": len(ranking.keys)})
 
     @app.timer(settings.popular_publish_seconds, name="publish_popular_items")
@@ -571,12 +597,77 @@ def create_app(settings: Settings) -> faust.App:
         """Publish the top items when this worker owns the item partition and the list changed."""
         if app.rebalancing or not owns_item_partition():
             return
-        top = ranking.top()
-        if not top or top == last_published:
+        now = time.time()
+        top = [(item, score) for item, score in ranking.top() if catalog.available(item, now)]
+        everything = now - categories_published_at[0] >= POPULAR_CATEGORIES_REFRESH_SECONDS
+        lists = by_category.lists_to_publish(catalog, now, ranking.latest_event_time, everything)
+        if everything:
+            categories_published_at[0] = now
+        if not lists and (not top or top == last_published):
             return
-        await popular_items.send(key=b"popular", value=PopularItems(items=top).to_json())
+        for part in chunks(lists) or [{}]:
+            message = PopularItems(items=top, generated_at=now, categories=part)
+            await popular_items.send(key=b"popular", value=message.to_json())
+            counters.popular_published += 1
         last_published[:] = top
-        counters.popular_published += 1
+
+    # --- item catalog: one partition, one owner (the same worker as item popularity) --------------
+
+    item_catalog = app.Table(
+        "item_catalog",
+        key_type=str,
+        partitions=1,
+        options=table_store_options(settings.ingest_table_memory_mb),
+    )
+    catalog = ServingCatalog()  # availability and categories of item_catalog, for the popular lists
+
+    def rebuild_catalog() -> None:
+        """The in-memory catalog from the table (called by rebuild_ranking: every table is
+        recovered before any table's recovery callbacks run)."""
+        catalog.clear()
+        for item_id, stored in item_catalog.items():
+            catalog.apply(item_id, ItemRecord.from_dict(stored))
+
+    @app.agent(items_in, name="apply_catalog")
+    async def apply_catalog(stream: faust.StreamT[Any]) -> None:
+        """Validate each catalog message, keep it in ``item_catalog`` and announce it to the scorers;
+        invalid ones go to the catalog's dead-letter topic with the reason."""
+        async for event in stream.events():
+            record = event.message
+            change = catalog_change(record)
+            if isinstance(change, Rejection):
+                counters.catalog_rejected += 1
+                INVALID_CATALOG.labels(str(change.reason)).inc()
+                raw = record.value or b""
+                await items_dlq.send(
+                    key=record.key, value=dead_letter(record, raw, change.reason, change.detail)
+                )
+                continue
+            if change.record is None:
+                item_catalog.pop(change.item_id, None)
+            else:
+                item_catalog[change.item_id] = change.record.to_dict()
+            catalog.apply(change.item_id, change.record)
+            if change.record is not None and (stored := item_popularity.get(change.item_id)) is not None:
+                by_category.update(change.item_id, ItemPopularity.from_dict(stored), change.record.categories)
+            counters.catalog_changes += 1
+            await catalog_out.send(key=change.item_id.encode(), value=change.to_json())
+
+    def catalog_change(record: faust.types.Message) -> CatalogChange | Rejection:
+        """The change a catalog message makes, or why it is refused. A tombstone (no value) removes
+        the entry of the item its key names."""
+        if record.value is None:
+            key = record.key.decode("utf-8", errors="replace") if record.key else None
+            item_id = None if key is None else normalise_id(key)
+            if item_id is None:
+                return Rejection(RejectReason.BAD_ID, "a tombstone (no value) needs the item id as its key")
+            return CatalogChange(item_id, None)
+        try:
+            parsed = parse_item(record.value, max_bytes=settings.max_event_bytes)
+        except Exception as exc:  # a bug must not stop the stream: park the message, keep going
+            log.exception("catalog message could not be validated", extra={"offset": record.offset})
+            return Rejection(RejectReason.INVALID_FIELD, f"unexpected error: {exc!r}")
+        return parsed if isinstance(parsed, Rejection) else CatalogChange(parsed.item_id, parsed)
 
     # --- observability ---------------------------------------------------------------------------
 

@@ -206,11 +206,13 @@ class PopularityRanking:
         self.keys.clear()
         self.latest_event_time = 0.0
 
-    def top(self) -> list[tuple[str, float]]:
-        """Best first: ``(item_id, score as of the latest event time)``; ties by item id."""
+    def top(self, as_of: float | None = None) -> list[tuple[str, float]]:
+        """Best first: ``(item_id, score as of the latest event time)``, or as of ``as_of`` (to
+        compare the scores of several rankings); ties by item id."""
         scale = self.half_life_hours * SECONDS_PER_HOUR
+        at = self.latest_event_time if as_of is None else as_of
         best = sorted(self.keys.items(), key=lambda kv: (-kv[1], kv[0]))[: self.size]
-        return [(item, 2.0 ** (key - self.latest_event_time / scale)) for item, key in best]
+        return [(item, 2.0 ** (key - at / scale)) for item, key in best]
 
 
 def _by_value(item: tuple[str, float]) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Iterable
 
 import numpy as np
 import onnxruntime as ort
@@ -119,49 +120,68 @@ class ServedModel:
         index_of = self.index_of
         return [index_of[item] for item in history if item in index_of]
 
-    def encode(self, histories: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    def indices(self, items: Iterable[str]) -> np.ndarray:
+        """The model's indices of those ``items`` it knows (int64), e.g. to block them for everyone."""
+        index_of = self.index_of
+        return np.array(sorted({index_of[item] for item in items if item in index_of}), dtype=np.int64)
+
+    def encode(
+        self, histories: list[list[str]], blocked: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The model inputs for a batch: (history [B, W], exclude [B, E]), both int64.
 
         ``history`` holds each user's last ``max_seq_len`` known items, left-padded with 0 so the
         most recent item is last; W is the longest of them (the model's cost grows with W), or
-        ``max_seq_len`` for a fixed-width model. ``exclude`` holds every known item of the full history.
+        ``max_seq_len`` for a fixed-width model. ``exclude`` holds every known item of the full
+        history, and the indices ``blocked`` for every user (items that may not be served).
         """
         known = [self.known_items(history) for history in histories]
         recent = [items[-self.max_seq_len :] for items in known]
         excluded = [sorted(set(items)) for items in known]
         # At least one column: a 0-width tensor is legal ONNX but not worth testing every exporter on.
         width = self.fixed_history_width or max([1, *map(len, recent)])
+        own = max(map(len, excluded), default=0)
+        n_blocked = 0 if blocked is None else len(blocked)
         model_input = np.full((len(histories), width), PADDING_INDEX, dtype=np.int64)
-        exclude = np.full((len(histories), max([1, *map(len, excluded)])), PADDING_INDEX, dtype=np.int64)
+        exclude = np.full((len(histories), max(1, own + n_blocked)), PADDING_INDEX, dtype=np.int64)
         for row, items in enumerate(recent):
             if items:
                 model_input[row, width - len(items) :] = items
             exclude[row, : len(excluded[row])] = excluded[row]
+        if n_blocked:
+            exclude[:, own:] = blocked  # a repeated index excludes nothing more: no need to dedupe
         return model_input, exclude
 
-    def rank(self, histories: list[list[str]], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def rank(
+        self, histories: list[list[str]], k: int, blocked: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The graph's top ``k`` per history as arrays: (scores float32 [B, k'], items int64 [B, k']),
-        best first, with k' = min(k, top_k). Masked entries (score -inf) may end a row: see
-        :meth:`recommend`, and :class:`RankedListEncoder`, which both drop them."""
+        best first, with k' = min(k, top_k), never an index of ``blocked``. Masked entries (score
+        -inf) may end a row: see :meth:`recommend`, and :class:`RankedListEncoder`, which both drop them."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        model_input, exclude = self.encode(histories)
+        model_input, exclude = self.encode(histories, blocked)
         scores, items = self._session.run(
             [ONNX_OUTPUT_SCORES, ONNX_OUTPUT_ITEMS],
             {ONNX_INPUT_HISTORY: model_input, ONNX_INPUT_EXCLUDE: exclude},
         )
         return scores[:, :k], items[:, :k]
 
-    def recommend_encoded(self, histories: list[list[str]], k: int, generated_at: float) -> list[bytes]:
+    def recommend_encoded(
+        self, histories: list[list[str]], k: int, generated_at: float, blocked: np.ndarray | None = None
+    ) -> list[bytes]:
         """Each history's top ``k`` as the Redis value of a personal list (the binary format), in bulk:
         what ``CachedList(recommend(...)[i], version, generated_at, "personal").encode()`` gives."""
         if not histories:
             return []
-        scores, items = self.rank(histories, k)
+        scores, items = self.rank(histories, k, blocked)
         return self.list_encoder.encode(items, scores, self.version, generated_at)
 
-    def recommend(self, histories: list[list[str]], k: int) -> list[list[tuple[str, float]]]:
-        """Top ``k`` (item id, score) per history, best first, never an item of that history.
+    def recommend(
+        self, histories: list[list[str]], k: int, blocked: np.ndarray | None = None
+    ) -> list[list[tuple[str, float]]]:
+        """Top ``k`` (item id, score) per history, best first, never an item of that history or of
+        ``blocked`` (model indices, see :meth:`indices`).
 
         ``k`` is capped by the model's ``top_k``; fewer items come back when the history excludes
         so much of the catalogue that only masked (-inf) scores remain.
@@ -170,7 +190,7 @@ class ServedModel:
             raise ValueError(f"k must be at least 1, got {k}")
         if not histories:
             return []
-        scores, items = self.rank(histories, k)
+        scores, items = self.rank(histories, k, blocked)
         vocabulary = self.vocabulary
         n_items = len(vocabulary)
         results: list[list[tuple[str, float]]] = []

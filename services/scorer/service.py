@@ -38,14 +38,17 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import TypeVar
 
+import numpy as np
 import orjson
 import redis
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
+from ..shared.catalog import ServingCatalog
 from ..shared.contracts import (
     SCORER_GROUP,
     CachedList,
+    CatalogChange,
     FeatureBatchDecodeError,
     ModelAnnouncement,
     PopularItems,
@@ -60,14 +63,18 @@ from ..shared.redis_connection import connect, explain, is_permanent
 from ..shared.registry import ModelIntegrityError, ModelRegistry
 from ..shared.settings import ConfigError, Settings
 from ..topics import existing_topics
+from .catalog import ScorerCatalog
 from .model_runtime import ServedModel
 
 log = get_logger(__name__)
 
-IDLE_POLL_SECONDS = 0.5  # longest block waiting for traffic; bounds the reaction time to control messages
+IDLE_POLL_SECONDS = (
+    0.25  # longest block waiting for traffic; bounds the reaction time to control messages (a hidden item)
+)
 COMMIT_SECONDS = 1.0  # offsets of written batches are committed at most this often (and on revoke, stop)
 PROMOTED_CHECK_SECONDS = 10.0  # re-read the registry's PROMOTED this often (covers lost announcements)
 PROGRESS_LOG_SECONDS = 60.0
+CATALOG_WRITE_SECONDS = 0.2  # a changed catalog is written to Redis at most this often
 STARTUP_FALLBACK_VERSIONS = 3  # earlier promoted versions tried at start-up when PROMOTED is refused
 RETRY_FIRST_DELAY_SECONDS = 0.2
 RETRY_MAX_DELAY_SECONDS = 5.0
@@ -173,6 +180,10 @@ class ScorerService:
 
         self.model: ServedModel | None = None
         self.popular: PopularItems | None = None
+        self.popular_by_category: dict[str, list[tuple[str, float]]] = {}
+        self.catalog = ScorerCatalog()
+        self._catalog_written_at = 0.0  # monotonic; the catalog is dirty if it changed since
+        self._blocked: tuple[str, frozenset[str], np.ndarray] | None = None  # model version, items, indices
         self.recent = RecentUsers(settings.scorer_recent_users)
         self.rescore_queue: OrderedDict[str, None] = OrderedDict()
         self.refused_versions: set[str] = set()
@@ -211,6 +222,7 @@ class ScorerService:
         """Check the servers, load the registry's PROMOTED model and connect the consumers."""
         self._check_topics()
         self._retry("connect to Redis", self.redis.ping)
+        self._load_catalog()
         self._reconcile_with_registry()
         self.control = self._control_consumer()
         self.users = Consumer(
@@ -256,6 +268,7 @@ class ScorerService:
                 if self.owed_offsets and time.monotonic() - self.committed_at >= COMMIT_SECONDS:
                     self._commit_owed()  # also when traffic stopped: the last batches get committed
                 self._rescore_step()
+                self._write_catalog_if_due()
             except Stopped:
                 log.warning("stopping with Redis unreachable: the uncommitted batch will be re-delivered")
                 break
@@ -284,6 +297,7 @@ class ScorerService:
             self.settings.topic_user_features,
             self.settings.topic_popular_items,
             self.settings.topic_models,
+            self.settings.topic_catalog,
         ]
         missing = [name for name in needed if name not in topics]
         if missing:
@@ -311,8 +325,32 @@ class ScorerService:
         popular.offset = high - 1 if high > low else OFFSET_BEGINNING
         # Models: the registry's PROMOTED was read just before; follow announcements from here on.
         models = TopicPartition(self.settings.topic_models, 0, OFFSET_END)
-        consumer.assign([popular, models])
+        # The catalog: from the first change the one in Redis does not hold.
+        offset = self.catalog.catalog.offset
+        catalog = TopicPartition(
+            self.settings.topic_catalog, 0, offset + 1 if offset >= 0 else OFFSET_BEGINNING
+        )
+        consumer.assign([popular, models, catalog])
         return consumer
+
+    def _load_catalog(self) -> None:
+        """Start from the serving catalog in Redis (written by whichever scorer wrote last)."""
+        raw = self._retry("read the serving catalog", lambda: self.redis.get(self.keys.catalog))
+        if raw is None:
+            return
+        try:
+            self.catalog = ScorerCatalog(ServingCatalog.decode(raw))
+        except ValueError as exc:  # rebuilt from the topic's beginning, and rewritten
+            log.error(
+                "unreadable serving catalog in Redis: reading the catalog topic again",
+                extra={"error": str(exc)},
+            )
+            return
+        self._catalog_written_at = time.monotonic()
+        log.info(
+            "serving catalog loaded",
+            extra={"items": len(self.catalog.catalog), "offset": self.catalog.catalog.offset},
+        )
 
     def _reconcile_with_registry(self) -> None:
         promoted = self.promoted_seen = self.registry.promoted_version()
@@ -443,6 +481,7 @@ class ScorerService:
         now = time.time()
         top_n, value_format = self.settings.top_n, self.settings.recs_format
         model = self.model
+        blocked = None if model is None else self._blocked_indices(model, now)
         values: dict[str, bytes] = {}
         personal: list[str] = []
         for user, history in histories.items():
@@ -456,9 +495,9 @@ class ScorerService:
         if model is not None and personal:
             inputs = [histories[user] for user in personal]
             if value_format == "binary":  # encoded from the graph's arrays, without a list per item
-                encoded = model.recommend_encoded(inputs, top_n, now)
+                encoded = model.recommend_encoded(inputs, top_n, now, blocked)
             else:
-                ranked = model.recommend(inputs, k=top_n)
+                ranked = model.recommend(inputs, k=top_n, blocked=blocked)
                 encoded = [
                     CachedList(items, model.version, now, "personal").encode(value_format) for items in ranked
                 ]
@@ -469,9 +508,19 @@ class ScorerService:
 
     def _popular_without(self, history: list[str], now: float) -> CachedList:
         assert self.popular is not None
-        seen = set(history)
+        seen = set(history) | self.catalog.unavailable(now)
         items = [(item, score) for item, score in self.popular.items if item not in seen]
         return CachedList(items[: self.settings.top_n], None, now, "fallback")
+
+    def _blocked_indices(self, model: ServedModel, now: float) -> np.ndarray | None:
+        """The model's indices of the items unavailable now (None if there are none), cached."""
+        unavailable = self.catalog.unavailable(now)
+        if not unavailable:
+            return None
+        cached = self._blocked
+        if cached is None or cached[0] != model.version or cached[1] is not unavailable:
+            cached = self._blocked = (model.version, unavailable, model.indices(unavailable))
+        return cached[2] if len(cached[2]) else None
 
     # --- Redis -------------------------------------------------------------------------------
 
@@ -552,26 +601,88 @@ class ScorerService:
         assert self.control is not None
         popular: PopularItems | None = None
         announced: ModelAnnouncement | None = None
-        for message in self.control.consume(100, timeout=0):
+        categories: dict[str, list[tuple[str, float]]] = {}
+        catalog_changed = False
+        for message in self.control.consume(500, timeout=0):
             if error := message.error():
                 log.warning("Kafka control consumer error", extra={"error": error.str()})
                 continue
+            topic = message.topic()
             try:
-                if message.topic() == self.settings.topic_popular_items:
+                if topic == self.settings.topic_catalog:
+                    self.catalog.apply(CatalogChange.from_json(message.value()), message.offset())
+                    catalog_changed = True
+                elif topic == self.settings.topic_popular_items:
                     popular = PopularItems.from_json(message.value())
+                    categories.update(popular.categories)  # every message's categories count
                 else:
                     announced = ModelAnnouncement.from_json(message.value())
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
-                log.error("skipping unreadable message", extra={"topic": message.topic(), "error": str(exc)})
+                log.error("skipping unreadable message", extra={"topic": topic, "error": str(exc)})
+        if categories:
+            self.popular_by_category.update(categories)
+            self._write_popular_categories(categories)
+        if catalog_changed:
+            self._write_catalog_if_due()
+            if self.popular is not None and popular is None:
+                self._set_popular(self.popular)  # without the items that became unavailable
+            if not categories:
+                self._write_popular_categories(self.popular_by_category)
         if popular is not None:
             self._set_popular(popular)
         if announced is not None:
             self._switch_model(announced.version, reason="announcement")
 
+    def _write_popular_categories(self, lists: dict[str, list[tuple[str, float]]]) -> None:
+        """SET each category's popular list, without the items unavailable now (no TTL, like popular)."""
+        now = time.time()
+        values = {
+            self.keys.popular_in(category): CachedList(
+                [(item, score) for item, score in items if self.catalog.available(item, now)][
+                    : self.settings.top_n
+                ],
+                None,
+                now,
+                "fallback",
+            ).encode(self.settings.recs_format)
+            for category, items in lists.items()
+        }
+
+        def write() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            for key, value in values.items():
+                pipe.set(key, value)
+            pipe.execute()
+
+        if values:
+            self._retry(f"write {len(values)} category popular lists", write)
+
+    def _write_catalog_if_due(self) -> None:
+        """Write the serving catalog to Redis if it changed (at most every CATALOG_WRITE_SECONDS),
+        when this scorer owns partition 0 of the user features: one writer, and readers see the
+        catalog, then its version."""
+        now = time.monotonic()
+        if self.catalog.changed_at <= self._catalog_written_at or 0 not in self.assigned_partitions:
+            return
+        if now - self._catalog_written_at < CATALOG_WRITE_SECONDS:
+            return
+        value, version = self.catalog.catalog.encode(), str(self.catalog.catalog.offset)
+
+        def write() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(self.keys.catalog, value)
+            pipe.set(self.keys.catalog_version, version)
+            pipe.execute()
+
+        self._retry("write the serving catalog", write)
+        self._catalog_written_at = now
+
     def _set_popular(self, popular: PopularItems) -> None:
         first = self.popular is None
         self.popular = popular
-        cached = CachedList(popular.items[: self.settings.top_n], None, popular.generated_at, "fallback")
+        now = time.time()
+        available = [(item, score) for item, score in popular.items if self.catalog.available(item, now)]
+        cached = CachedList(available[: self.settings.top_n], None, popular.generated_at, "fallback")
         # No TTL: the fallback must outlive a pause of ingest; it is replaced on every publish.
         value = cached.encode(self.settings.recs_format)
         self._retry("write the popular list", lambda: self.redis.set(self.keys.popular, value))

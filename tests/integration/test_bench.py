@@ -28,6 +28,7 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         "Broker cost per event (figure 8)",
         "End-to-end drain (figure 9)",
         "Read latency (figure 3)",
+        "Hiding an item (figure 10)",
         "Scoring throughput (figure 4)",
         "Training (figure 5)",
         "Memory at scale (figure 6)",
@@ -45,6 +46,8 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         in result.stdout
     )
     assert "| publish → list in Redis, p99 |" in result.stdout
+    assert "| client get(), category filter p99 |" in result.stdout
+    assert "| hidden item gone from every read, p99 |" in result.stdout
     assert "| ListOffsets, 200 one-message batches |" in result.stdout
     assert "| events without an update | 0 events |" in result.stdout
     # Plots are drawn in quick mode too, into a temporary folder.
