@@ -283,6 +283,13 @@ def create_app(settings: Settings) -> faust.App:
     # A partition's runs and forget requests take turns: a forget must not land between a run's
     # held states and the features it sends (the erased user would come back with them).
     partition_locks: dict[int, asyncio.Lock] = {}
+
+    def partition_lock(partition: int) -> asyncio.Lock:
+        lock = partition_locks.get(partition)
+        if lock is None:
+            lock = partition_locks[partition] = asyncio.Lock()
+        return lock
+
     # Per partition, the popularity of the events accepted since the last flush; every commit sends
     # it first. Versions before the write-back kept it in user_state under a reserved key, so it is
     # still recovered from there, and the key is emptied at the next commit.
@@ -323,9 +330,7 @@ def create_app(settings: Settings) -> faust.App:
 
     async def fold_run(event_of_run: faust.types.EventT, rekeyed: bool) -> None:
         """Fold a run (see :func:`fold_run_unlocked`), never while a forget request of its partition runs."""
-        partition = event_of_run.message.partition
-        lock = partition_locks.get(partition) or partition_locks.setdefault(partition, asyncio.Lock())
-        async with lock:
+        async with partition_lock(event_of_run.message.partition):
             await fold_run_unlocked(event_of_run, rekeyed)
 
     async def fold_run_unlocked(event_of_run: faust.types.EventT, rekeyed: bool) -> None:
@@ -430,9 +435,8 @@ def create_app(settings: Settings) -> faust.App:
                 "skipping an unreadable control message", extra={"partition": partition, "error": str(exc)}
             )
             return
-        lock = partition_locks.get(partition) or partition_locks.setdefault(partition, asyncio.Lock())
         user = request.user_id
-        async with lock:
+        async with partition_lock(partition):
             control_events[partition] = event
             with as_current_event(event):  # table reads and writes: this partition's
                 known = write_back.get(partition, user) is not None
