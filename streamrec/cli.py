@@ -403,6 +403,15 @@ def models_rollback(reason: str) -> None:
     click.echo(f"rolled back from {previous} to {manifest.version}")
 
 
+@models.command("prune")
+@click.option("--keep", type=click.IntRange(min=1), required=True, help="Newest versions to keep.")
+def models_prune(keep: int) -> None:
+    """Delete all but the KEEP newest versions now (never the served one nor its rollback target)."""
+    settings = _settings("models", log_format="console")
+    deleted = _registry(settings).prune(keep)
+    click.echo(f"deleted {len(deleted)} versions{': ' + ', '.join(deleted) if deleted else ''}")
+
+
 def _announce_or_explain(settings: Settings, manifest: Any) -> None:
     """Tell scorers at once over Kafka; without Kafka they see PROMOTED change within seconds."""
     from .trainer.service import announce
@@ -413,6 +422,29 @@ def _announce_or_explain(settings: Settings, manifest: Any) -> None:
         )
         return
     announce(settings, manifest)
+
+
+@cli.group()
+def users() -> None:
+    """Users: erase one (STREAMREC_KAFKA_BOOTSTRAP)."""
+
+
+@users.command("forget")
+@click.argument("user_id")
+def users_forget(user_id: str) -> None:
+    """Erase USER_ID everywhere: ingest state, trainer log, Redis, scorer memory (README, "Erasing a user")."""
+    from .erasure import forget_user
+
+    settings = _settings("users", log_format="console")
+    if settings.kafka_bootstrap is None:
+        raise ConfigError(
+            "STREAMREC_KAFKA_BOOTSTRAP is not set: point it at your Kafka (see `streamrec dev`)"
+        )
+    try:
+        request = forget_user(user_id, settings)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"forget request for user {request.user_id!r} sent to {settings.topic_control}")
 
 
 @cli.group()
