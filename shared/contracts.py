@@ -69,6 +69,9 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(settings.topic_items, 1),
         TopicSpec(settings.topic_items_dlq, 1),
         TopicSpec(settings.topic_catalog, 1),
+        # Erasure requests: per user (keyed and partitioned like the interactions), so that the
+        # ingest worker owning a user's events and state also reads the requests about that user.
+        TopicSpec(settings.topic_control, p),
     ]
 
 
@@ -108,16 +111,20 @@ class FeatureBatch:
     users: list[UserSnapshot]
     events: list[Interaction]
     updated_at: float
+    # Users erased on this partition (``streamrec users forget``): readers drop everything they
+    # hold of them, in message order. JSON key "forgotten", left out when empty.
+    forgotten: list[str] = field(default_factory=list)
 
     def to_json(self) -> bytes:
         """Serialise for Kafka."""
-        return orjson.dumps(
-            {
-                "users": [[user.user_id, user.history, user.event_count] for user in self.users],
-                "events": [event.to_dict() for event in self.events],
-                "updated_at": self.updated_at,
-            }
-        )
+        data: dict[str, Any] = {
+            "users": [[user.user_id, user.history, user.event_count] for user in self.users],
+            "events": [event.to_dict() for event in self.events],
+            "updated_at": self.updated_at,
+        }
+        if self.forgotten:
+            data["forgotten"] = self.forgotten
+        return orjson.dumps(data)
 
 
 class FeatureBatchDecodeError(ValueError):
@@ -144,6 +151,7 @@ def decode_feature_batch(raw: bytes | None) -> FeatureBatch:
                 ],
                 events=[Interaction.from_dict(event) for event in data["events"]],
                 updated_at=float(data["updated_at"]),
+                forgotten=[str(user) for user in data.get("forgotten", ())],
             )
         event = Interaction.from_dict(data["event"])  # the older one-event form
         return FeatureBatch(
@@ -153,6 +161,46 @@ def decode_feature_batch(raw: bytes | None) -> FeatureBatch:
         )
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise FeatureBatchDecodeError(f"not a user-features message: {exc!r}") from None
+
+
+FORGET_USER = "forget_user"
+
+
+@dataclass(frozen=True, slots=True)
+class ForgetUser:
+    """API, CLI -> ingest on ``topic_control``: erase every trace of a user.
+
+    Keyed by the (normalised) user id and sent to the user's home partition (the murmur2
+    partitioner, as ``services/ingest/bundles.py``'s ``partition_for``). JSON::
+
+        {"type": "forget_user", "user_id": "42", "requested_at": <epoch s>}
+
+    Events of the user with a timestamp up to ``requested_at`` that arrive later are dropped;
+    a later event starts a new history.
+    """
+
+    user_id: str
+    requested_at: float = field(default_factory=time.time)
+
+    def to_json(self) -> bytes:
+        """Serialise for Kafka."""
+        return orjson.dumps({"type": FORGET_USER, "user_id": self.user_id, "requested_at": self.requested_at})
+
+    @classmethod
+    def from_json(cls, raw: bytes | None) -> ForgetUser:
+        """Deserialise from Kafka; ValueError for anything but a forget request."""
+        try:
+            data = orjson.loads(raw or b"")
+            if data.get("type") != FORGET_USER:
+                raise ValueError(f"not a {FORGET_USER} message: type {data.get('type')!r}")
+            user_id, requested_at = data["user_id"], float(data["requested_at"])
+        except (orjson.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(f"not a control message: {exc!r}") from None
+        if not isinstance(user_id, str) or not user_id or not math.isfinite(requested_at):
+            raise ValueError(
+                f"invalid {FORGET_USER} message: user_id {user_id!r}, requested_at {requested_at}"
+            )
+        return cls(user_id=user_id, requested_at=requested_at)
 
 
 @dataclass(frozen=True, slots=True)

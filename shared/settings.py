@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     topic_catalog: str = Field(
         "streamrec.catalog", description="ingest -> scorer: validated catalog changes."
     )
+    topic_control: str = Field(
+        "streamrec.control", description="API, CLI -> ingest: requests to erase a user (per-user partitions)."
+    )
     partitions: int = Field(4, ge=1, description="Partitions of the per-user topics.")
     replication_factor: int = Field(1, ge=1, description="Replication of topics streamrec creates.")
     kafka_fetch_wait_ms: int = Field(
@@ -176,6 +179,12 @@ class Settings(BaseSettings):
         description="RocksDB memory of each ingest table partition (half block cache, half write "
         "buffers); ingest's table memory is about this × (partitions + 1).",
     )
+    erasure_hold_seconds: float = Field(
+        86_400.0,
+        gt=0,
+        description="After `streamrec users forget`, how long ingest drops the user's events stamped "
+        "before the request (still in flight); it keeps only a hash of the id meanwhile.",
+    )
 
     # --- model and training (trainer) -------------------------------------------------------
     model: Literal["mf", "sasrec"] = Field(
@@ -250,6 +259,11 @@ class Settings(BaseSettings):
     api_host: str = Field("127.0.0.1", description="HTTP API bind address.")
     api_port: int = Field(8000, ge=0, le=65535, description="HTTP API port.")
     api_max_n: int = Field(100, ge=1, description="Largest n the HTTP endpoint serves.")
+    api_admin_token: SecretStr | None = Field(
+        None,
+        description="Bearer token of the HTTP API's write endpoints (DELETE /users/{id}); unset = they "
+        "answer 503. Never logged or printed.",
+    )
 
     # --- operations -------------------------------------------------------------------------
     metrics_host: str = Field("127.0.0.1", description="Bind address of the metrics/health endpoints.")

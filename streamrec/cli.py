@@ -404,6 +404,15 @@ def models_rollback(reason: str) -> None:
     click.echo(f"rolled back from {previous} to {manifest.version}")
 
 
+@models.command("prune")
+@click.option("--keep", type=click.IntRange(min=1), required=True, help="Newest versions to keep.")
+def models_prune(keep: int) -> None:
+    """Delete all but the KEEP newest versions now (never the served one nor its rollback target)."""
+    settings = _settings("models", log_format="console")
+    deleted = _registry(settings).prune(keep)
+    click.echo(f"deleted {len(deleted)} versions{': ' + ', '.join(deleted) if deleted else ''}")
+
+
 def _announce_or_explain(settings: Settings, manifest: Any) -> None:
     """Tell scorers at once over Kafka; without Kafka they see PROMOTED change within seconds."""
     from .trainer.service import announce
@@ -414,6 +423,29 @@ def _announce_or_explain(settings: Settings, manifest: Any) -> None:
         )
         return
     announce(settings, manifest)
+
+
+@cli.group()
+def users() -> None:
+    """Users: erase one (STREAMREC_KAFKA_BOOTSTRAP)."""
+
+
+@users.command("forget")
+@click.argument("user_id")
+def users_forget(user_id: str) -> None:
+    """Erase USER_ID everywhere: ingest state, trainer log, Redis, scorer memory (README, "Erasing a user")."""
+    from .erasure import forget_user
+
+    settings = _settings("users", log_format="console")
+    if settings.kafka_bootstrap is None:
+        raise ConfigError(
+            "STREAMREC_KAFKA_BOOTSTRAP is not set: point it at your Kafka (see `streamrec dev`)"
+        )
+    try:
+        request = forget_user(user_id, settings)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    click.echo(f"forget request for user {request.user_id!r} sent to {settings.topic_control}")
 
 
 @cli.group()
@@ -556,14 +588,33 @@ def similar(item_id: str, n: int, categories: tuple[str, ...], as_json: bool) ->
 @click.option("--models", help="Comma-separated models (default: all, e.g. mostpop,itemknn,ease,mf,sasrec).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), help="Write a PNG chart here.")
-def evaluate(dataset: Path, models: str | None, as_json: bool, plot: Path | None) -> None:
-    """Offline evaluation (../shared/EVALUATION.md protocol): temporal leave-last-out, full ranking."""
+@click.option(
+    "--task",
+    type=click.Choice(["ranking", "rating"]),
+    default="ranking",
+    show_default=True,
+    help="ranking: top-N, temporal leave-last-out; rating: the seed's 80/20 rating prediction (RMSE, MAE).",
+)
+def evaluate(dataset: Path, models: str | None, as_json: bool, plot: Path | None, task: str) -> None:
+    """Offline evaluation (docs/evaluation.md): ranking (temporal leave-last-out, full ranking), or
+    rating prediction on the seed's random 80/20 split against scikit-surprise's SVD."""
     from .trainer.evaluation.report import format_table
     from .trainer.evaluation.runner import EvaluationError
     from .trainer.evaluation.runner import evaluate as run_evaluation
 
     # Progress (model, epoch, validation metric) as readable lines on stderr; results on stdout.
     settings = _settings("evaluate", log_format="console")
+    if task == "rating":
+        from .trainer.evaluation.rating import evaluate_ratings, format_rating_table, plot_ratings
+
+        try:
+            rating = evaluate_ratings(dataset)
+        except (ValueError, RuntimeError) as exc:  # no ratings in the file, no scikit-surprise
+            raise UserError(str(exc)) from None
+        if plot is not None:
+            plot_ratings([rating], plot)
+        click.echo(orjson.dumps(rating).decode() if as_json else format_rating_table(rating))
+        return
     names = [name.strip() for name in models.split(",")] if models else None
     try:
         result = run_evaluation(dataset, names, settings, plot)

@@ -39,6 +39,7 @@ def live_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
         embedding_dim=32,
         epochs=8,
         api_port=free_port(),
+        api_admin_token="test-admin-token",  # DELETE /users/{id} (tests/integration/test_erasure.py)
         log_level="INFO",
     )
     stack = Stack(settings, run_dir, ("ingest", "scorer", "api")).start()

@@ -1,9 +1,12 @@
-"""The read-only HTTP API: a user's cached recommendations, straight from Redis.
+"""The HTTP API: a user's cached recommendations, straight from Redis, and erasing a user.
 
 - ``GET /users/{user_id}/recommendations?n=20&category=shoes&exclude=sku-9`` — the user's top
   ``n`` (1 ≤ n ≤ ``api_max_n``), never a hidden or expired item; ``category`` and ``exclude`` are
   repeatable; an unknown user gets the popular list (source ``fallback``), a filtered list that is
   short is filled with popular items (source ``mixed``); 404 if there is nothing yet.
+- ``DELETE /users/{user_id}`` — erase the user (``streamrec users forget``): 202 once Kafka took
+  the request; needs ``Authorization: Bearer <STREAMREC_API_ADMIN_TOKEN>`` (401 without, 503 while
+  no token is configured). Only this endpoint needs Kafka, connected at its first request.
 - ``GET /items/{item_id}/similar?n=20&category=…`` — the item's nearest items in the served model
   (source ``personal``), or co-occurring/popular items (``fallback``); 404 if there are none yet.
 - ``POST /recommendations`` ``{"items": [...], "n", "category", "exclude"}`` — an anonymous
@@ -27,7 +30,7 @@ from typing import Annotated, Any
 
 import redis
 import uvicorn
-from fastapi import FastAPI, Path, Query, Request, Response
+from fastapi import FastAPI, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
@@ -39,11 +42,14 @@ from ..client import (
     resolve_item_id,
     resolve_user_id,
 )
+from ..erasure import ForgetRequests
+from ..publisher import PublishError
 from ..read_filters import ReadFilter
 from ..shared.logs import get_logger
 from ..shared.redaction import redacted_url
 from ..shared.redis_connection import is_permanent, redis_url
 from ..shared.settings import Settings
+from .admin import admin_refusal
 
 log = get_logger(__name__)
 
@@ -60,11 +66,13 @@ def create_app(settings: Settings) -> FastAPI:
     """The FastAPI application reading the Redis at ``settings.redis_url``."""
     redis_url(settings)  # a ConfigError saying how to set it, if unset
     client = AsyncRecommendationClient(settings=settings)
+    forget_requests = ForgetRequests(settings)  # Kafka only at the first DELETE
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         yield
         await client.close()
+        forget_requests.close()
 
     app = FastAPI(
         title="streamrec",
@@ -173,6 +181,33 @@ def create_app(settings: Settings) -> FastAPI:
                 content={"detail": "no model to score the session and no popular items yet"},
             )
         return recs.to_dict()
+
+    @app.delete("/users/{user_id}", status_code=202)
+    def forget_user(
+        user_id: Annotated[str, Path(description="The user id as sent in events.")],
+        authorization: Annotated[str | None, Header(description="Bearer <admin token>")] = None,
+    ) -> Any:
+        """Erase the user everywhere (README, "Erasing a user"); 202 once Kafka took the request."""
+        # A plain def: FastAPI runs it in a thread, so waiting for Kafka's ack blocks no read.
+        if refusal := admin_refusal(authorization, settings.api_admin_token):
+            status, detail = refusal
+            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+            return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
+        try:
+            request = forget_requests.send(user_id)
+        except ValueError as exc:
+            return JSONResponse(status_code=422, content={"detail": str(exc)})
+        except PublishError as exc:
+            log.warning("forget request not sent", extra={"error": str(exc)})
+            return JSONResponse(
+                status_code=503, content={"detail": "the control topic (Kafka) is unavailable"}
+            )
+        return {
+            "user_id": request.user_id,
+            "status": "accepted",
+            "requested_at": request.requested_at,
+            "topic": settings.topic_control,
+        }
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -9,6 +9,8 @@ Data flow (agents, in order)::
                                                                        │     (valid events not keyed by user)
                                                                        └─► streamrec.item-events
                                                                              (popularity deltas, ~1/s)
+    streamrec.control ─► forget_users [tables user_state, erasure_markers] ─► streamrec.user-features
+      (every partition)                                                      (FeatureBatch.forgotten)
     streamrec.item-events ─► count_popularity [table item_popularity] ─► (timer) streamrec.popular-items
 
 Faust's cost is per message, so the input reaches ``build_features`` as *runs*: every record one
@@ -17,12 +19,15 @@ into its users' states, and announced as one features message per partition. The
 are written to ``user_state`` once per commit, just before it (``write_back.py``), so a run's
 offsets are committed only once the states it changed are in the changelog. An event keyed by
 its user id is folded on the partition it arrived on; the others take one hop through the re-key
-topic (``bundles.py``, "the home rule").
+topic (``bundles.py``, "the home rule"). A forget request on the control topic deletes the
+user's state and holds a marker that drops the user's late events (``erasure.py``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import os
 import shutil
 import threading
@@ -44,6 +49,7 @@ from ..shared.contracts import (
     CatalogChange,
     DeadLetter,
     FeatureBatch,
+    ForgetUser,
     PopularItems,
     UserSnapshot,
 )
@@ -65,6 +71,7 @@ from .bundles import (
     read_deltas,
 )
 from .catalog import CategoryPopularity, chunks
+from .erasure import ErasureMarkers
 from .features import (
     ItemPopularity,
     PopularityRanking,
@@ -74,7 +81,7 @@ from .features import (
     merge_popularity,
 )
 from .transport import IngestApp, RecordRun
-from .write_back import StateWriteBack
+from .write_back import StateWriteBack, as_current_event
 
 log = get_logger(__name__)
 
@@ -93,6 +100,8 @@ COUNTERS_LOG_SECONDS = 30.0
 # Every category's popular list is published this often, changed or not: a scorer that started
 # since (it reads only the newest popular-items message) gets them all.
 POPULAR_CATEGORIES_REFRESH_SECONDS = 60.0
+ERASURE_EXPIRY_SECONDS = 60.0  # expired erasure markers are deleted this often (or each hold, if shorter)
+ERASURE_TABLE_MEMORY_MB = 4  # the markers are few and small: the smallest RocksDB budget
 # Written in the worker's data directory after a clean stop, removed at start: its absence at start
 # means the last run crashed (kill -9, OOM, power loss), and the local tables cannot be trusted.
 CLEAN_STOP_MARKER = "clean-stop"
@@ -125,6 +134,7 @@ EVENT_AGE_SECONDS = prom.Histogram(
 EVENTS_VALID, EVENTS_INVALID, EVENTS_ACCEPTED, EVENTS_DUPLICATE = (
     EVENTS.labels(outcome) for outcome in ("valid", "invalid", "accepted", "duplicate")
 )
+EVENTS_ERASED = EVENTS.labels("erased")  # events of a forgotten user stamped before the request: dropped
 
 
 @dataclass
@@ -140,6 +150,8 @@ class IngestCounters:
     popular_published: int = 0
     catalog_changes: int = 0
     catalog_rejected: int = 0
+    erased: int = 0  # events of forgotten users dropped
+    forgotten: int = 0  # forget requests applied (one per partition and request)
 
     def as_log_fields(self) -> dict[str, Any]:
         """Fields for a structured log line."""
@@ -154,6 +166,8 @@ class IngestCounters:
             "popular_published": self.popular_published,
             "catalog_changes": self.catalog_changes,
             "catalog_rejected": self.catalog_rejected,
+            "erased": self.erased,
+            "forgotten": self.forgotten,
         }
 
 
@@ -259,6 +273,23 @@ def create_app(settings: Settings) -> faust.App:
     # Changed user states wait here for the next commit: one changelog batch per partition and
     # commit, not per run (write_back.py).
     write_back = StateWriteBack(user_state)
+    # Forgotten users' markers (erasure.py): a hash of the id and the request's time, per partition.
+    control = app.topic(settings.topic_control, key_serializer="raw", value_serializer="raw")
+    erasure_markers = app.Table(
+        "erasure_markers", key_type=str, options=table_store_options(ERASURE_TABLE_MEMORY_MB)
+    )
+    markers = ErasureMarkers(settings.erasure_hold_seconds)
+    control_events: dict[int, faust.types.EventT] = {}  # the latest control message of each partition
+    # A partition's runs and forget requests take turns: a forget must not land between a run's
+    # held states and the features it sends (the erased user would come back with them).
+    partition_locks: dict[int, asyncio.Lock] = {}
+
+    def partition_lock(partition: int) -> asyncio.Lock:
+        lock = partition_locks.get(partition)
+        if lock is None:
+            lock = partition_locks[partition] = asyncio.Lock()
+        return lock
+
     # Per partition, the popularity of the events accepted since the last flush; every commit sends
     # it first. Versions before the write-back kept it in user_state under a reserved key, so it is
     # still recovered from there, and the key is emptied at the next commit.
@@ -298,6 +329,11 @@ def create_app(settings: Settings) -> faust.App:
         return result
 
     async def fold_run(event_of_run: faust.types.EventT, rekeyed: bool) -> None:
+        """Fold a run (see :func:`fold_run_unlocked`), never while a forget request of its partition runs."""
+        async with partition_lock(event_of_run.message.partition):
+            await fold_run_unlocked(event_of_run, rekeyed)
+
+    async def fold_run_unlocked(event_of_run: faust.types.EventT, rekeyed: bool) -> None:
         """Fold a run's events into its users' states (held until the commit) and announce them.
 
         Input runs are validated here and events not keyed by their user go to the re-key topic;
@@ -311,6 +347,7 @@ def create_app(settings: Settings) -> faust.App:
         touched: dict[str, None] = {}  # users with an accepted event, in first-touch order
         accepted: list[Interaction] = []
         away: list[Interaction] = []
+        cutoffs: dict[str, float] = {}  # this run's forgotten users: their events up to then are dropped
         refused: list[tuple[faust.types.Message, str, str]] = []
         valid = 0
         if write_back.held_seconds(run.partition) >= WRITE_BACK_SECONDS:
@@ -336,8 +373,14 @@ def create_app(settings: Settings) -> faust.App:
             valid += 1
             state = states.get(event.user_id)
             if state is None:
+                if (cutoff := markers.cutoff(run.partition, event.user_id)) is not None:
+                    cutoffs[event.user_id] = cutoff
                 stored = write_back.get(run.partition, event.user_id)
                 state = states[event.user_id] = UserState() if stored is None else stored
+            if cutoffs and event.timestamp <= cutoffs.get(event.user_id, -math.inf):
+                counters.erased += 1
+                EVENTS_ERASED.inc()
+                continue
             if not apply_event(state, event, settings):
                 counters.duplicates += 1
                 EVENTS_DUPLICATE.inc()
@@ -380,6 +423,68 @@ def create_app(settings: Settings) -> faust.App:
         """Fold each run of re-keyed events (valid, on their user's home partition)."""
         async for event in stream.events():
             await fold_run(event, rekeyed=True)
+
+    async def forget_user(event: faust.types.EventT) -> None:
+        """Erase a user on this control message's partition: held and stored state (the changelog
+        gets a tombstone), then tell the scorer and trainer, after any features already sent."""
+        partition = event.message.partition
+        try:
+            request = ForgetUser.from_json(event.message.value)
+        except ValueError as exc:
+            log.error(
+                "skipping an unreadable control message", extra={"partition": partition, "error": str(exc)}
+            )
+            return
+        user = request.user_id
+        async with partition_lock(partition):
+            control_events[partition] = event
+            with as_current_event(event):  # table reads and writes: this partition's
+                known = write_back.get(partition, user) is not None
+                write_back.forget(partition, user)
+                if known:
+                    del user_state[user]  # a tombstone in the changelog
+                # On every partition: the user's late events may come through any of them.
+                key, marker = markers.mark(partition, user, request.requested_at, time.time())
+                erasure_markers[key] = {"partition": partition, **marker.to_dict()}
+            # Readers erase what came from this partition before it: only where the user was (and
+            # at home, whatever they hold), so that it never overtakes a new history elsewhere.
+            if known or partition == partition_for(user, settings.partitions):
+                batch = FeatureBatch([], [], time.time(), forgotten=[user])
+                await user_features.send(value=batch.to_json(), partition=partition)
+        counters.forgotten += 1
+        # The marker's hash, not the id: the log must not keep what was erased.
+        log.info("user forgotten", extra={"partition": partition, "user_hash": key[:16]})
+
+    @app.agent(control, name="forget_users")
+    async def forget_users(stream: faust.StreamT[Any]) -> None:
+        """Apply each forget request (``streamrec users forget``, ``DELETE /users/{id}``)."""
+        async for event in stream.events():
+            await forget_user(event)
+
+    @app.timer(min(ERASURE_EXPIRY_SECONDS, settings.erasure_hold_seconds), name="expire_erasure_markers")
+    async def expire_erasure_markers() -> None:
+        """Delete the markers whose hold is over (a tombstone each, under an event of their partition)."""
+        now = time.time()
+        for partition in markers.partitions():
+            event = write_back.last_event(partition) or control_events.get(partition)
+            if event is None:
+                continue
+            with as_current_event(event):
+                for key in markers.expired(partition, now):
+                    del erasure_markers[key]
+
+    @erasure_markers.on_recover
+    async def load_erasure_markers() -> None:
+        """After every rebalance: mirror the markers of the partitions this worker owns now."""
+        markers.clear()
+        owned = owned_partitions()
+        for key, value in erasure_markers.items():
+            if int(value["partition"]) in owned:
+                markers.load(int(value["partition"]), key, value)
+        for partition in set(control_events) - owned:
+            del control_events[partition]
+        if len(markers):
+            log.info("erasure markers recovered", extra={"markers": len(markers)})
 
     def owned_partitions() -> set[int]:
         return {

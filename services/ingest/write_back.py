@@ -63,6 +63,16 @@ class StateWriteBack:
             self._held_since[partition] = time.monotonic()
         self._states.setdefault(partition, {}).update(states)
 
+    def forget(self, partition: int, user_id: str) -> None:
+        """Drop what is held of an erased user (``streamrec users forget``): it is never written."""
+        held = self._states.get(partition)
+        if held is not None:
+            held.pop(user_id, None)
+
+    def last_event(self, partition: int) -> EventT | None:
+        """The latest event seen on ``partition`` (table writes outside a stream go under it)."""
+        return self._events.get(partition)
+
     def held_seconds(self, partition: int) -> float:
         """How long the oldest state held for ``partition`` has waited (0 if none)."""
         since = self._held_since.get(partition)

@@ -162,6 +162,10 @@ class RecentUsers:
         """The remembered user, or None if never seen or evicted."""
         return self._users.get(user_id)
 
+    def forget(self, user_id: str) -> None:
+        """Drop an erased user (``streamrec users forget``): never re-scored again."""
+        self._users.pop(user_id, None)
+
     def most_recent_first(self) -> list[str]:
         """User ids, most recently seen first."""
         return list(reversed(self._users))
@@ -200,7 +204,7 @@ class ScorerService:
         self._next_progress_log = time.monotonic() + PROGRESS_LOG_SECONDS
         self._rescore_started = 0.0
         self._next_rescore_at = 0.0
-        self.counts = {"batches": 0, "messages": 0, "personal": 0, "fallback": 0, "rescored": 0}
+        self.counts = {"batches": 0, "messages": 0, "personal": 0, "fallback": 0, "rescored": 0, "erased": 0}
         # Offsets of batches already in Redis, committed together about once a second: a commit per
         # micro-batch was a broker round trip each, on the path of the next batch.
         self.owed_offsets: dict[tuple[str, int], int] = {}
@@ -410,6 +414,7 @@ class ScorerService:
         next_offsets: dict[tuple[str, int], int] = {}
         histories: dict[str, list[str]] = {}  # each user's latest, in the order users were seen
         updated_at: dict[str, float] = {}
+        erased: dict[str, None] = {}  # users forgotten in this batch: their lists are deleted first
         for message in messages:
             if error := message.error():
                 if error.fatal():
@@ -431,6 +436,16 @@ class ScorerService:
                 updated_at[user.user_id] = batch.updated_at
                 self.recent.remember(user.user_id, user.history, message.partition())
                 self.rescore_queue.pop(user.user_id, None)  # scored now, with the current model
+            # In message order: an earlier message's list of an erased user is not written, a
+            # later one (the user's new history) is, after the delete.
+            for user_id in batch.forgotten:
+                erased[user_id] = None
+                histories.pop(user_id, None)
+                updated_at.pop(user_id, None)
+                self.recent.forget(user_id)
+                self.rescore_queue.pop(user_id, None)
+        if erased:
+            self._delete_lists(list(erased))
         self._observe_cooccurrence(histories.values())
 
         # Users with histories of about the same length share an inference: its input is as wide
@@ -539,6 +554,13 @@ class ScorerService:
         for source, count in (("personal", scored.personal), ("fallback", scored.fallback)):
             if count:
                 LISTS_WRITTEN.labels(source, trigger).inc(count)
+
+    def _delete_lists(self, users: list[str]) -> None:
+        """DEL erased users' lists, retrying until it succeeds (or Stopped)."""
+        keys = [self.keys.recs(user) for user in users]
+        self._retry(f"delete {len(keys)} erased users' lists", lambda: self.redis.delete(*keys))
+        self.counts["erased"] += len(keys)
+        log.info("erased users' lists deleted", extra={"users": len(keys)})
 
     def _update_lag(self, next_offsets: dict[tuple[str, int], int]) -> None:
         """Lag after a batch: the largest cached high watermark minus next offset of its partitions."""

@@ -8,7 +8,9 @@ offsets (group ``streamrec-trainer``) are written too, but only for visibility (
 the database is the source of truth.
 
 Only the most recent ``keep_events`` events are kept (by default ``settings.train_window_events``,
-the training window); older ones are pruned in the same transactions.
+the training window); older ones are pruned in the same transactions. A message's ``forgotten``
+users (``streamrec users forget``) lose every event the log holds of them, in the transaction of
+that message's offsets, so a model trained afterwards never sees them.
 """
 
 from __future__ import annotations
@@ -127,6 +129,8 @@ class EventLog:
             return 0
         messages = self._consumer.consume(num_messages=max_messages, timeout=timeout)
         rows: list[tuple[Any, ...]] = []
+        # Erased users, in stream order: (rows appended before the erasure, user id).
+        erasures: list[tuple[int, str]] = []
         next_offsets: dict[int, int] = {}
         for message in messages:
             error = message.error()
@@ -137,7 +141,8 @@ class EventLog:
                 continue
             next_offsets[message.partition()] = message.offset() + 1
             try:
-                events = decode_feature_batch(message.value()).events
+                batch = decode_feature_batch(message.value())
+                events = batch.events
             except FeatureBatchDecodeError as exc:  # a bad message must not stall the log forever: skip it
                 log.warning(
                     "unreadable user-features message skipped",
@@ -148,8 +153,9 @@ class EventLog:
                 (event.user_id, event.item_id, event.event_type, event.timestamp, event.value)
                 for event in events
             )
+            erasures.extend((len(rows), user_id) for user_id in batch.forgotten)
         if next_offsets:
-            self._append(rows, next_offsets)
+            self._append(rows, next_offsets, erasures)
         return len(rows)
 
     def catch_up(self, timeout: float | None = 600.0, stop: threading.Event | None = None) -> int:
@@ -257,20 +263,40 @@ class EventLog:
 
     # --- internals ---------------------------------------------------------------------------
 
-    def _append(self, rows: list[tuple[Any, ...]], next_offsets: dict[int, int]) -> None:
-        """Write events and their offsets in one transaction, then tell Kafka (best effort)."""
+    def _append(
+        self,
+        rows: list[tuple[Any, ...]],
+        next_offsets: dict[int, int],
+        erasures: list[tuple[int, str]] | None = None,
+    ) -> None:
+        """Write events and their offsets in one transaction, then tell Kafka (best effort).
+
+        ``erasures`` (position in ``rows``, user id): forgotten users whose events up to that
+        point are deleted, in the same transaction (a later event of the user is kept: it is
+        the user's new history)."""
+        removed = 0
         with self._db:  # one transaction: commits on success, rolls back on error
-            self._db.executemany(
-                "INSERT INTO events (user_id, item_id, event_type, timestamp, value) VALUES (?, ?, ?, ?, ?)",
-                rows,
+            insert = (
+                "INSERT INTO events (user_id, item_id, event_type, timestamp, value) VALUES (?, ?, ?, ?, ?)"
             )
+            start = 0
+            for position, user_id in erasures or ():
+                self._db.executemany(insert, rows[start:position])
+                start = position
+                removed += self._db.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
+            self._db.executemany(insert, rows[start:])
             self._db.executemany(
                 "INSERT INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?) "
                 "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
                 [(self.topic, p, offset) for p, offset in next_offsets.items()],
             )
-            pruned = self._prune_if_needed(self._count + len(rows))
-        self._count += len(rows) - pruned
+            pruned = self._prune_if_needed(self._count + len(rows) - removed)
+        self._count += len(rows) - pruned - removed
+        if erasures:
+            # secure_delete zeroed the deleted rows in the database; the WAL still holds the pages
+            # as they were until a checkpoint: truncating it leaves no copy of them on disk.
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            log.info("erased users' events deleted", extra={"users": len(erasures), "events": removed})
         self._offsets.update(next_offsets)
         self._commit_to_kafka(next_offsets)
 
@@ -373,6 +399,9 @@ def _open_database(path: Path) -> sqlite3.Connection:
     # together (same transaction), so they are simply read again from Kafka.
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=NORMAL")
+    # Deleted rows are overwritten with zeros, not left in free pages: an erased user's events
+    # (``streamrec users forget``) must not stay readable in the file.
+    db.execute("PRAGMA secure_delete=ON")
     version = db.execute("PRAGMA user_version").fetchone()[0]
     if version not in (0, SCHEMA_VERSION):
         db.close()

@@ -168,3 +168,43 @@ def test_catch_up_reads_to_the_true_end_of_batched_partitions(settings: Settings
     with EventLog(settings, keep_events=20_000) as log:
         assert log.catch_up(timeout=30) == 20_000
         assert item_numbers(log) == list(range(20_000))
+
+
+def test_a_forgotten_user_loses_every_logged_event_but_keeps_later_ones(settings: Settings) -> None:
+    user = "forget-me-7f3a9c"
+    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+
+    def send(batch: FeatureBatch, partition: int) -> None:
+        producer.produce(settings.topic_user_features, value=batch.to_json(), partition=partition)
+
+    for n, partition in enumerate([0, 1, 0]):  # events of one user on two partitions (two partitioners)
+        event = Interaction(user, f"old{n}", "view", 1_700_000_000.0 + n)
+        send(FeatureBatch([UserSnapshot(user, [event.item_id], n + 1)], [event], 0.0), partition)
+    other = Interaction("someone-else", "kept", "view", 1_700_000_000.0)
+    send(FeatureBatch([UserSnapshot(other.user_id, ["kept"], 1)], [other], 0.0), 0)
+    for partition in (0, 1):  # ingest erases on each partition where the user was
+        send(FeatureBatch([], [], 0.0, forgotten=[user]), partition)
+    assert producer.flush(30) == 0
+    with EventLog(settings) as log:
+        log.catch_up(timeout=15)
+        assert list(log.window()["item_id"]) == ["kept"]
+        assert log.count() == 1
+        assert sum(log.offsets().values()) == 6
+    # Deleted rows are zeroed and the WAL truncated: the old events are not in the files either.
+    for path in (settings.data_dir / "trainer").glob("events.sqlite*"):
+        data = path.read_bytes()
+        assert user.encode() not in data and b"old0" not in data and b"old1" not in data, path.name
+
+    # The user's next event (after the erasure on its partition) is a new history: kept.
+    again = Interaction(user, "new", "view", 1_700_000_100.0)
+    send(FeatureBatch([], [], 0.0, forgotten=[user]), 0)  # an erasure before it in the same poll
+    send(FeatureBatch([UserSnapshot(user, ["new"], 1)], [again], 0.0), 0)
+    assert producer.flush(30) == 0
+    with EventLog(settings) as log:
+        log.catch_up(timeout=15)
+        window = log.window()
+        assert sorted(zip(window["user_id"], window["item_id"], strict=True)) == [
+            (user, "new"),
+            ("someone-else", "kept"),
+        ]
+        assert log.count() == 2
