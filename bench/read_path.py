@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -62,6 +63,18 @@ def _latencies(read: object, requests: int) -> list[float]:
     return timings
 
 
+def _interleaved(reads: dict[str, Callable[[], object]], requests: int) -> dict[str, list[float]]:
+    """``requests`` timings of each read, taken in turn (one of each, then again), so that a burst
+    of noise on the shared machine hits every kind alike and their ratios hold."""
+    timings: dict[str, list[float]] = {kind: [] for kind in reads}
+    for _ in range(requests):
+        for kind, read in reads.items():
+            started = time.perf_counter()
+            read()
+            timings[kind].append(time.perf_counter() - started)
+    return timings
+
+
 def run(quick: bool) -> list[Section]:
     """The read-path section: p50/p99 of client and HTTP reads vs raw GET."""
     requests = 200 if quick else 5000
@@ -95,18 +108,19 @@ def run(quick: bool) -> list[Section]:
             filled = client.get(USER, n=2 * share, categories=["c0"])
             assert filled is not None and filled.source == "mixed" and len(filled.items) == 2 * share
 
+            reads = {
+                "raw": lambda: store.get(keys.recs(USER)),
+                "client": lambda: client.get(USER, n=settings.top_n),
+                "filtered": lambda: client.get(USER, n=share, categories=["c0"]),
+                "filled": lambda: client.get(USER, n=2 * share, categories=["c0"]),
+            }
             samples: dict[str, list[list[float]]] = {kind: [] for kind in LABELS}
             for _ in range(runs):
-                _latencies(lambda: store.get(keys.recs(USER)), 100)  # warm-up
-                samples["raw"].append(_latencies(lambda: store.get(keys.recs(USER)), requests))
-                samples["client"].append(_latencies(lambda: client.get(USER, n=settings.top_n), requests))
-                samples["filtered"].append(
-                    _latencies(lambda: client.get(USER, n=share, categories=["c0"]), requests)
-                )
-                samples["filled"].append(
-                    _latencies(lambda: client.get(USER, n=2 * share, categories=["c0"]), requests)
-                )
-                samples["http"].append(_latencies(lambda: http.get(path), requests))
+                _interleaved(reads, 100)  # warm-up
+                for kind, timings in _interleaved(reads, requests).items():
+                    samples[kind].append(timings)
+                # Apart: a request wakes the api process, which would slow the reads that follow it.
+                samples["http"].append(_interleaved({"http": lambda: http.get(path)}, requests)["http"])
             http.close()
         finally:
             if api is not None:
@@ -145,7 +159,9 @@ def run(quick: bool) -> list[Section]:
             "python -m bench --only read_path" + (" --quick" if quick else ""),
             figures,
             description=(
-                f"{requests:,} sequential reads per kind and run over loopback: raw `GET` with redis-py, "
+                f"{requests:,} reads per kind and run over loopback, the Redis reads taken in turn (one of "
+                "each, then again: noise on the shared machine hits them alike), the HTTP requests after "
+                "them: raw `GET` with redis-py, "
                 "`RecommendationClient.get(user, n=50)` (GET + decode + the catalog's filter), the same "
                 f"with a category filter (`categories=['c0']`, n={share}: the list's items of that category), "
                 f"and with a fill (n={2 * share}: the rest from the category's popular list, one more "

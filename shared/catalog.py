@@ -150,6 +150,8 @@ class ServingCatalog:
         self._expires: dict[str, float] = {}
         self._categories: dict[str, tuple[str, ...]] = {}
         self._names: dict[str, str] = {}
+        self._members: dict[str, set[str]] = {}  # category -> its items
+        self._allowed: dict[frozenset[str], frozenset[str]] = {}  # in_any()'s answers, until a change
         # unavailable()'s answer, valid until the next expiry or change: readers ask on every read.
         self._unavailable: frozenset[str] = frozenset()
         self._valid_until = -math.inf
@@ -158,7 +160,14 @@ class ServingCatalog:
     def clear(self) -> None:
         """Forget every entry."""
         self.offset = -1
-        for entries in (self._hidden, self._expires, self._categories, self._names):
+        for entries in (
+            self._hidden,
+            self._expires,
+            self._categories,
+            self._names,
+            self._members,
+            self._allowed,
+        ):
             entries.clear()
         self._valid_until = -math.inf
 
@@ -167,7 +176,9 @@ class ServingCatalog:
         self._valid_until = -math.inf
         self._hidden.discard(item_id)
         self._expires.pop(item_id, None)
-        self._categories.pop(item_id, None)
+        for category in self._categories.pop(item_id, ()):
+            self._members[category].discard(item_id)
+        self._allowed.clear()
         if record is None:
             return
         if record.hidden:
@@ -176,6 +187,8 @@ class ServingCatalog:
             self._expires[item_id] = record.expires_at
         if record.categories:
             self._categories[item_id] = tuple(self._names.setdefault(c, c) for c in record.categories)
+            for category in self._categories[item_id]:
+                self._members.setdefault(category, set()).add(item_id)
 
     def available(self, item_id: str, now: float) -> bool:
         """Whether ``item_id`` may be recommended at ``now``."""
@@ -200,9 +213,16 @@ class ServingCatalog:
         """The item's categories (empty if it has none or no entry)."""
         return self._categories.get(item_id, ())
 
-    def items_in(self, categories: frozenset[str]) -> set[str]:
-        """Items in any of ``categories``."""
-        return {item for item, cats in self._categories.items() if not categories.isdisjoint(cats)}
+    def items_in(self, categories: frozenset[str]) -> frozenset[str]:
+        """Items in any of ``categories``: the same object until an entry changes (reads filter by
+        the same few category sets again and again)."""
+        allowed = self._allowed.get(categories)
+        if allowed is None:
+            if len(self._allowed) >= 256:
+                self._allowed.clear()
+            members = [self._members.get(category, ()) for category in categories]
+            allowed = self._allowed[categories] = frozenset().union(*members)
+        return allowed
 
     def __len__(self) -> int:
         return len(self._hidden | self._expires.keys() | self._categories.keys())

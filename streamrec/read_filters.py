@@ -104,12 +104,10 @@ class ReadFilter:
         if not (self.categories or self.exclude or taken):  # a plain read: one pass, no set to build
             return [row for row in items if row[0] not in unavailable][:limit]
         skip = set(self.exclude).union(taken)
-        categories, categories_of = self.categories, catalog.categories_of
+        allowed = catalog.items_in(self.categories) if self.categories else None
         chosen: list[tuple[str, float]] = []
         for item, score in items:
-            if item in skip or item in unavailable:
-                continue
-            if categories and categories.isdisjoint(categories_of(item)):
+            if item in skip or item in unavailable or (allowed is not None and item not in allowed):
                 continue
             chosen.append((item, score))
             if len(chosen) == limit:
