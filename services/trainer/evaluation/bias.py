@@ -151,14 +151,14 @@ class BiasReference:
 
 def bias_metrics(
     ranks: np.ndarray, scores: np.ndarray, items: np.ndarray, reference: BiasReference
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """coverage@10, arp@10, tail@10 of the top-10 lists and NDCG@10 per history third (from the
-    protocol's ``ranks``); NaN for an empty third."""
+    protocol's ``ranks``); None for an empty third (JSON has no NaN)."""
     result = list_metrics(lists_of(scores, items), reference.popularity, reference.head)
     gains = np.where(ranks <= TOP, 1.0 / np.log2(np.where(ranks <= TOP, ranks, 1.0) + 1.0), 0.0)
     for index, name in enumerate(HISTORY_METRICS):
         members = reference.groups == index
-        result[name] = float(gains[members].mean()) if members.any() else float("nan")
+        result[name] = float(gains[members].mean()) if members.any() else None
     return result
 
 

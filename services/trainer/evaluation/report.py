@@ -107,7 +107,9 @@ def _aligned(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
-def _bias_number(key: str, value: float) -> str:
+def _bias_number(key: str, value: float | None) -> str:
+    if value is None:  # a history third without users
+        return "-"
     return "nan" if math.isnan(value) else f"{value:.1f}" if key == "arp@10" else f"{value:.4f}"
 
 
