@@ -63,7 +63,7 @@ def evaluate(
     what they are measured against. With ``penalties``, every entry gets ``debias``: the points of
     :func:`.bias.debias_curve` over ``settings.top_n`` candidates, the scorer's popularity penalty,
     and ``debias`` at the top level says so (``{"candidates", "penalties"}``; the chart then
-    has a third panel, :func:`.report.plot_debias`).
+    has a second row: NDCG@10 against coverage@10 and against tail@10).
     """
     names = list(MODELS) if models is None else models
     unknown = [name for name in names if name not in MODELS]
