@@ -35,7 +35,7 @@ from streamrec.shared.settings import Settings
 from streamrec.trainer.export import export_model
 from streamrec.trainer.model import build_model
 
-from .harness import Figure, Section, image_path, repeat, timed
+from .harness import RUNS, Figure, Section, image_path, repeat, timed
 from .plots import throughput_bars
 
 SHORT_HISTORY = 10  # items: a new or occasional user
@@ -55,6 +55,19 @@ def model_gflop_per_user(dim: int, length: int, blocks: int, n_items: int) -> fl
 
 def _users_per_second(call: Callable[[], object], calls: int, batch: int) -> float:
     return calls * batch / timed(lambda: [call() for _ in range(calls)])
+
+
+def _paired_users_per_second(
+    first: Callable[[], object], second: Callable[[], object], calls: int, batch: int
+) -> tuple[list[float], list[float]]:
+    """Users/s of two calls measured in alternation (after one warm-up each), so that a change of
+    load on a shared machine hits both alike: (runs of ``first``, runs of ``second``)."""
+    first()
+    second()
+    pairs = [
+        (_users_per_second(first, calls, batch), _users_per_second(second, calls, batch)) for _ in range(RUNS)
+    ]
+    return [on for on, _ in pairs], [off for _, off in pairs]
 
 
 def _feeds(history: np.ndarray) -> dict[str, np.ndarray]:
@@ -141,14 +154,15 @@ def run(quick: bool) -> list[Section]:
         plain = partial(session.run, [ONNX_OUTPUT_SCORES, ONNX_OUTPUT_ITEMS], feeds)
         penalised = partial(_penalised_call, session, feeds, terms, settings.top_n)
         calls = 4 if quick else 2048 // PENALTY_BATCH
+        on, off = _paired_users_per_second(penalised, plain, calls, PENALTY_BATCH)
         figures.append(
             Figure(
                 f"popularity penalty on, {n_items:,} items, batch {PENALTY_BATCH}",
                 "users/s",
-                repeat(partial(_users_per_second, penalised, calls, PENALTY_BATCH)),
+                on,
                 "penalty off",
-                repeat(partial(_users_per_second, plain, calls, PENALTY_BATCH)),
-                note=f"re-rank of the top {model.top_k} candidates",
+                off,
+                note=f"re-rank of the top {model.top_k} candidates; on and off measured in alternation",
             )
         )
         gflop = model_gflop_per_user(settings.embedding_dim, settings.max_seq_len, settings.n_blocks, n_items)
