@@ -5,7 +5,9 @@ run with 2 intra-op threads (``STREAMREC_SCORER_THREADS=2``, a scorer on cores o
 default of 1 spends less CPU per user on shared cores), sequential execution. Inputs are full
 histories (``max_seq_len`` items) and as many excluded items; one more row per catalogue times
 histories of ``SHORT_HISTORY`` items, sent as wide as they are (the scorer's input is as wide as
-a batch's longest history), against full ones. The same run also multiplies a
+a batch's longest history), against full ones. One more row per catalogue times the popularity
+penalty (``STREAMREC_SCORER_POPULARITY_PENALTY``): the same calls followed by the scorer's re-rank
+of the graph's candidates (shared/debias.py), against the calls alone. The same run also multiplies a
 ``[1024, dim] x [dim, n_items]`` matrix in torch: the GFLOP/s this machine reaches on the scoring
 head alone, to put the model's GFLOP/s in context.
 """
@@ -21,16 +23,25 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from streamrec.shared.contracts import MODEL_FILE, ONNX_INPUT_EXCLUDE, ONNX_INPUT_HISTORY
+from streamrec.shared.contracts import (
+    MODEL_FILE,
+    ONNX_INPUT_EXCLUDE,
+    ONNX_INPUT_HISTORY,
+    ONNX_OUTPUT_ITEMS,
+    ONNX_OUTPUT_SCORES,
+)
+from streamrec.shared.debias import popularity_rerank, popularity_terms
 from streamrec.shared.settings import Settings
 from streamrec.trainer.export import export_model
 from streamrec.trainer.model import build_model
 
-from .harness import Figure, Section, image_path, repeat, timed
+from .harness import RUNS, Figure, Section, image_path, repeat, timed
 from .plots import throughput_bars
 
 SHORT_HISTORY = 10  # items: a new or occasional user
 THREADS = 2  # onnxruntime intra-op threads, as STREAMREC_SCORER_THREADS=2 (services/scorer/model_runtime.py)
+PENALTY = 0.5  # any positive penalty costs the same: the re-rank's work does not depend on it
+PENALTY_BATCH = 64
 
 
 def model_gflop_per_user(dim: int, length: int, blocks: int, n_items: int) -> float:
@@ -46,6 +57,19 @@ def _users_per_second(call: Callable[[], object], calls: int, batch: int) -> flo
     return calls * batch / timed(lambda: [call() for _ in range(calls)])
 
 
+def _paired_users_per_second(
+    first: Callable[[], object], second: Callable[[], object], calls: int, batch: int
+) -> tuple[list[float], list[float]]:
+    """Users/s of two calls measured in alternation (after one warm-up each), so that a change of
+    load on a shared machine hits both alike: (runs of ``first``, runs of ``second``)."""
+    first()
+    second()
+    pairs = [
+        (_users_per_second(first, calls, batch), _users_per_second(second, calls, batch)) for _ in range(RUNS)
+    ]
+    return [on for on, _ in pairs], [off for _, off in pairs]
+
+
 def _feeds(history: np.ndarray) -> dict[str, np.ndarray]:
     """Model inputs for ``history``, which also serves as the items to exclude."""
     return {ONNX_INPUT_HISTORY: history, ONNX_INPUT_EXCLUDE: history}
@@ -53,6 +77,14 @@ def _feeds(history: np.ndarray) -> dict[str, np.ndarray]:
 
 def _gflops(call: Callable[[], object], gflop: float) -> float:
     return gflop / timed(call)
+
+
+def _penalised_call(
+    session: ort.InferenceSession, feeds: dict[str, np.ndarray], terms: np.ndarray, n: int
+) -> object:
+    """One inference and the scorer's popularity re-rank of its candidates, as ServedModel.rank does."""
+    scores, items = session.run([ONNX_OUTPUT_SCORES, ONNX_OUTPUT_ITEMS], feeds)
+    return popularity_rerank(scores, items, terms, PENALTY, n)
 
 
 @torch.no_grad()
@@ -115,6 +147,24 @@ def run(quick: bool) -> list[Section]:
                 ),
             )
         )
+        # The knob: same model, same batch of full histories, with and without the re-rank.
+        history = rng.integers(1, n_items + 1, size=(PENALTY_BATCH, settings.max_seq_len))
+        feeds = {ONNX_INPUT_HISTORY: history, ONNX_INPUT_EXCLUDE: history}
+        terms = popularity_terms(np.concatenate([[0], rng.integers(0, 1000, size=n_items)]))
+        plain = partial(session.run, [ONNX_OUTPUT_SCORES, ONNX_OUTPUT_ITEMS], feeds)
+        penalised = partial(_penalised_call, session, feeds, terms, settings.top_n)
+        calls = 4 if quick else 2048 // PENALTY_BATCH
+        on, off = _paired_users_per_second(penalised, plain, calls, PENALTY_BATCH)
+        figures.append(
+            Figure(
+                f"popularity penalty on, {n_items:,} items, batch {PENALTY_BATCH}",
+                "users/s",
+                on,
+                "penalty off",
+                off,
+                note=f"re-rank of the top {model.top_k} candidates; on and off measured in alternation",
+            )
+        )
         gflop = model_gflop_per_user(settings.embedding_dim, settings.max_seq_len, settings.n_blocks, n_items)
         best_batch = max(batches)
         head = torch.randn(best_batch, settings.embedding_dim)
@@ -131,7 +181,7 @@ def run(quick: bool) -> list[Section]:
             )
         )
     image = throughput_bars(
-        [fig for fig in figures if fig.unit == "users/s"],
+        [fig for fig in figures if fig.unit == "users/s" and not fig.name.startswith("popularity penalty")],
         image_path("scoring-throughput.png", quick),
         title="Scoring throughput: onnxruntime against torch eager",
     )
@@ -143,7 +193,8 @@ def run(quick: bool) -> list[Section]:
             description=(
                 f"Default model (SASRec, {settings.n_blocks} blocks, dim {settings.embedding_dim}, "
                 f"{settings.max_seq_len} items of history, top {settings.top_n}), {THREADS} threads for both "
-                "runtimes. Users/s per call size; the GFLOP/s rows count the model's arithmetic "
+                "runtimes. Users/s per call size; the popularity-penalty rows add the scorer's re-rank "
+                f"(penalty {PENALTY}) to each call; the GFLOP/s rows count the model's arithmetic "
                 "(bench/scoring.py: model_gflop_per_user) against a plain [batch, dim] x [dim, items] "
                 "matrix product in torch."
             ),

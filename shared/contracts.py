@@ -738,6 +738,11 @@ VOCAB_FILE = "items.json"  # JSON list: vocabulary[i-1] is the item id of index 
 # model scores items with (SASRec's item table, mf's item factors). Optional: versions exported
 # before 2026-12 lack it and get no model-based similar items.
 ITEM_EMBEDDINGS_FILE = "item_embeddings.npy"
+# int64 [n_items] (numpy .npy): entry i - 1 is how many interactions of item index i the version
+# was trained on (its training window, repeats counted): the popularity the scorer's popularity
+# penalty uses (shared/debias.py). Optional: versions exported before 2026-12 lack it, and the
+# penalty is then off for them.
+ITEM_POPULARITY_FILE = "item_popularity.npy"
 MANIFEST_FILE = "manifest.json"
 PROMOTED_FILE = "PROMOTED"  # text file in the model dir: the version scorers serve
 PROMOTIONS_FILE = "promotions.jsonl"  # append-only log of promotions and rollbacks

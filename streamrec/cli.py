@@ -595,7 +595,19 @@ def similar(item_id: str, n: int, categories: tuple[str, ...], as_json: bool) ->
     show_default=True,
     help="ranking: top-N, temporal leave-last-out; rating: the seed's 80/20 rating prediction (RMSE, MAE).",
 )
-def evaluate(dataset: Path, models: str | None, as_json: bool, plot: Path | None, task: str) -> None:
+@click.option(
+    "--popularity-penalties",
+    help="Comma-separated STREAMREC_SCORER_POPULARITY_PENALTY values (e.g. 0,0.25,0.5,1): adds the "
+    "knob's NDCG/coverage trade-off per model (ranking task).",
+)
+def evaluate(
+    dataset: Path,
+    models: str | None,
+    as_json: bool,
+    plot: Path | None,
+    task: str,
+    popularity_penalties: str | None = None,
+) -> None:
     """Offline evaluation (docs/evaluation.md): ranking (temporal leave-last-out, full ranking), or
     rating prediction on the seed's random 80/20 split against scikit-surprise's SVD."""
     from .trainer.evaluation.report import format_table
@@ -617,7 +629,13 @@ def evaluate(dataset: Path, models: str | None, as_json: bool, plot: Path | None
         return
     names = [name.strip() for name in models.split(",")] if models else None
     try:
-        result = run_evaluation(dataset, names, settings, plot)
+        penalties = (
+            [float(value) for value in popularity_penalties.split(",")] if popularity_penalties else None
+        )
+    except ValueError:
+        raise UserError(f"--popularity-penalties: not a list of numbers: {popularity_penalties!r}") from None
+    try:
+        result = run_evaluation(dataset, names, settings, plot, penalties)
     except EvaluationError as exc:
         raise UserError(str(exc)) from None
     click.echo(orjson.dumps(result).decode() if as_json else format_table(result))

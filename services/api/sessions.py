@@ -45,6 +45,7 @@ class SessionScorer:
 
     def __init__(self, settings: Settings, check_seconds: float = CHECK_SECONDS) -> None:
         self.registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings
+        self.popularity_penalty = settings.scorer_popularity_penalty  # the scorer's rule, here too
         self.check_seconds = check_seconds
         self.model: ServedModel | None = None
         self.refused: set[str] = set()
@@ -76,7 +77,9 @@ class SessionScorer:
     def _load(self, version: str) -> None:
         previous = self.model.version if self.model is not None else None
         try:
-            model = ServedModel.load(self.registry, version, threads=SESSION_THREADS)
+            model = ServedModel.load(
+                self.registry, version, threads=SESSION_THREADS, popularity_penalty=self.popularity_penalty
+            )
         except (ModelIntegrityError, OSError) as exc:
             self.refused.add(version)
             log.error(

@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from ..shared.contracts import (
+    ITEM_POPULARITY_FILE,
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
     ONNX_INPUT_HISTORY,
@@ -25,6 +26,7 @@ from ..shared.contracts import (
     PADDING_INDEX,
     RankedListEncoder,
 )
+from ..shared.debias import popularity_rerank, popularity_terms
 from ..shared.logs import get_logger
 from ..shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
 
@@ -38,7 +40,14 @@ MAX_INTRA_OP_THREADS = 2
 class ServedModel:
     """A verified, loaded and warmed-up model version, ready to score batches of users."""
 
-    def __init__(self, manifest: ModelManifest, vocabulary: list[str], session: ort.InferenceSession) -> None:
+    def __init__(
+        self,
+        manifest: ModelManifest,
+        vocabulary: list[str],
+        session: ort.InferenceSession,
+        popularity: np.ndarray | None = None,
+        popularity_penalty: float = 0.0,
+    ) -> None:
         if len(vocabulary) != manifest.n_items:
             raise ModelIntegrityError(
                 f"model {manifest.version}: {len(vocabulary)} vocabulary items, manifest says {manifest.n_items}"
@@ -49,6 +58,12 @@ class ServedModel:
         self.index_of: dict[str, int] = {item: i for i, item in enumerate(vocabulary, start=1)}
         self._session = session
         self.list_encoder = RankedListEncoder(vocabulary)
+        # The popularity penalty (shared/debias.py) re-ranks the graph's candidates: per-index
+        # terms with 0 for padding, or None when the knob is off or the version has no popularity.
+        self.popularity_penalty = popularity_penalty if popularity is not None else 0.0
+        self._penalty_terms: np.ndarray | None = None
+        if popularity is not None and popularity_penalty > 0:
+            self._penalty_terms = popularity_terms(np.concatenate([[0], popularity]))
 
     @property
     def version(self) -> str:
@@ -66,15 +81,30 @@ class ServedModel:
         return self.manifest.top_k
 
     @classmethod
-    def load(cls, registry: ModelRegistry, version: str, threads: int | None = None) -> ServedModel:
+    def load(
+        cls,
+        registry: ModelRegistry,
+        version: str,
+        threads: int | None = None,
+        popularity_penalty: float = 0.0,
+    ) -> ServedModel:
         """Verify ``version`` (sha256 of every file, ONNX signature), load it and warm it up.
 
+        With ``popularity_penalty`` > 0 (``STREAMREC_SCORER_POPULARITY_PENALTY``), lists are
+        re-ranked by :func:`~streamrec.shared.debias.popularity_rerank` with the version's
+        ``item_popularity.npy``; a version without that file is served without the penalty (logged).
         Raises :class:`ModelIntegrityError` with a clear message if the version is incomplete,
         corrupt, does not match the model contract, or fails its warm-up inference.
         """
         started = time.perf_counter()
         manifest = registry.verify(version)
         vocabulary = registry.vocabulary(version)
+        popularity = load_item_popularity(registry, manifest) if popularity_penalty > 0 else None
+        if popularity_penalty > 0 and popularity is None:
+            log.warning(
+                "model has no item popularity: popularity penalty off for it",
+                extra={"model_version": version, "popularity_penalty": popularity_penalty},
+            )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or min(MAX_INTRA_OP_THREADS, os.cpu_count() or 1)
         options.inter_op_num_threads = 1  # the graph is a short chain; parallel branches gain nothing
@@ -89,7 +119,7 @@ class ServedModel:
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             raise ModelIntegrityError(f"model {version}: onnxruntime cannot load it: {exc}") from None
-        model = cls(manifest, vocabulary, session)
+        model = cls(manifest, vocabulary, session, popularity, popularity_penalty)
         try:
             # The first run allocates buffers and finalises kernels; do it before real traffic,
             # and refuse a model that cannot even score one user.
@@ -103,6 +133,7 @@ class ServedModel:
                 "items": manifest.n_items,
                 "max_seq_len": manifest.max_seq_len,
                 "top_k": manifest.top_k,
+                "popularity_penalty": model.popularity_penalty,
                 "load_ms": round((time.perf_counter() - started) * 1000, 1),
             },
         )
@@ -157,7 +188,10 @@ class ServedModel:
     ) -> tuple[np.ndarray, np.ndarray]:
         """The graph's top ``k`` per history as arrays: (scores float32 [B, k'], items int64 [B, k']),
         best first, with k' = min(k, top_k), never an index of ``blocked``. Masked entries (score
-        -inf) may end a row: see :meth:`recommend`, and :class:`RankedListEncoder`, which both drop them."""
+        -inf) may end a row: see :meth:`recommend`, and :class:`RankedListEncoder`, which both drop them.
+
+        With the popularity penalty on, the graph's top_k candidates are re-ranked first and the
+        scores are the re-ranked ones (:func:`~streamrec.shared.debias.popularity_rerank`)."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         model_input, exclude = self.encode(histories, blocked)
@@ -165,6 +199,8 @@ class ServedModel:
             [ONNX_OUTPUT_SCORES, ONNX_OUTPUT_ITEMS],
             {ONNX_INPUT_HISTORY: model_input, ONNX_INPUT_EXCLUDE: exclude},
         )
+        if self._penalty_terms is not None:
+            return popularity_rerank(scores, items, self._penalty_terms, self.popularity_penalty, k)
         return scores[:, :k], items[:, :k]
 
     def recommend_encoded(
@@ -204,3 +240,27 @@ class ServedModel:
                 ]
             )
         return results
+
+
+def load_item_popularity(registry: ModelRegistry, manifest: ModelManifest) -> np.ndarray | None:
+    """The version's training interactions per item, int64 [n_items], or None if it has none
+    (versions exported before the file existed).
+
+    The file's sha256 is checked by ``registry.verify`` with the others; raises
+    ModelIntegrityError if it is unreadable, of the wrong shape or holds negative counts."""
+    if ITEM_POPULARITY_FILE not in manifest.files:
+        return None
+    try:
+        popularity = np.load(registry.path(manifest.version) / ITEM_POPULARITY_FILE, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ModelIntegrityError(
+            f"model {manifest.version}: {ITEM_POPULARITY_FILE} is unreadable: {exc}"
+        ) from None
+    if popularity.shape != (manifest.n_items,) or not np.issubdtype(popularity.dtype, np.integer):
+        raise ModelIntegrityError(
+            f"model {manifest.version}: {ITEM_POPULARITY_FILE} has shape {popularity.shape} and dtype "
+            f"{popularity.dtype}, expected integers [{manifest.n_items}]"
+        )
+    if (popularity < 0).any():
+        raise ModelIntegrityError(f"model {manifest.version}: {ITEM_POPULARITY_FILE} holds negative counts")
+    return popularity.astype(np.int64, copy=False)

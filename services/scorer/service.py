@@ -722,7 +722,12 @@ class ScorerService:
         if version == current or version in self.refused_versions:
             return
         try:
-            model = ServedModel.load(self.registry, version, threads=self.settings.scorer_threads)
+            model = ServedModel.load(
+                self.registry,
+                version,
+                threads=self.settings.scorer_threads,
+                popularity_penalty=self.settings.scorer_popularity_penalty,
+            )
             embeddings = load_item_embeddings(self.registry, version, model.manifest.n_items)
         except (ModelIntegrityError, OSError) as exc:
             self.refused_versions.add(version)

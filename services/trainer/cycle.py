@@ -91,7 +91,9 @@ def publish_candidate(
     staging_dir = registry.new_staging_dir()
     try:
         histories, exclude = _parity_sample(dataset, settings)
-        exported = export_model(result.model, result.vocabulary, staging_dir, histories, exclude)
+        # Every event of the window counts (validation items too): what the served model learnt from.
+        popularity = np.bincount(dataset.items, minlength=dataset.n_items + 1)[1:]
+        exported = export_model(result.model, result.vocabulary, staging_dir, histories, exclude, popularity)
         manifest = ModelManifest(
             version=new_version(),
             created_at=time.time(),

@@ -23,6 +23,7 @@ import torch
 
 from streamrec.shared.contracts import (
     ITEM_EMBEDDINGS_FILE,
+    ITEM_POPULARITY_FILE,
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
     ONNX_INPUT_HISTORY,
@@ -64,7 +65,7 @@ class ExportedModel:
 
     signature: dict[str, Any]  # manifest form, equal to registry.expected_signature(...)
     opset: int
-    files: dict[str, str]  # file name -> sha256 hex (model.onnx, items.json, item_embeddings.npy)
+    files: dict[str, str]  # file name -> sha256 hex (model.onnx, items.json, item_embeddings.npy, …)
 
 
 def export_model(
@@ -73,15 +74,19 @@ def export_model(
     out_dir: Path,
     sample_histories: np.ndarray,
     sample_exclude: np.ndarray,
+    popularity: np.ndarray | None = None,
 ) -> ExportedModel:
     """Write ``model.onnx``, ``items.json`` and ``item_embeddings.npy`` into ``out_dir`` and check
-    torch/onnxruntime parity.
+    torch/onnxruntime parity. With ``popularity`` (training interactions per item, entry i - 1 =
+    item index i), also write it as ``item_popularity.npy`` (the scorer's popularity penalty).
 
     ``sample_histories`` [N, max_seq_len] and ``sample_exclude`` [N, E] are real model inputs used
     for the parity check (see :func:`check_parity`); raises :class:`ParityError` if it fails.
     """
     if len(vocabulary) != model.n_items:
         raise ValueError(f"vocabulary has {len(vocabulary)} items, the model {model.n_items}")
+    if popularity is not None and np.shape(popularity) != (model.n_items,):
+        raise ValueError(f"popularity has shape {np.shape(popularity)}, expected ({model.n_items},)")
     out_dir = Path(out_dir)
     model_path = out_dir / MODEL_FILE
     model.eval()
@@ -90,6 +95,8 @@ def export_model(
     embeddings = model.item_embeddings()
     if embeddings is not None:  # the scorer's similar items; a version without it is still served
         np.save(out_dir / ITEM_EMBEDDINGS_FILE, embeddings, allow_pickle=False)
+    if popularity is not None:
+        np.save(out_dir / ITEM_POPULARITY_FILE, np.asarray(popularity, dtype=np.int64), allow_pickle=False)
 
     signature = onnx_signature(model_path)
     contract = expected_signature(model.max_seq_len, model.top_k)
@@ -103,6 +110,7 @@ def export_model(
 
     opset = next(entry.version for entry in graph.opset_import if entry.domain == "")
     names = [MODEL_FILE, VOCAB_FILE, *([ITEM_EMBEDDINGS_FILE] if embeddings is not None else [])]
+    names += [ITEM_POPULARITY_FILE] if popularity is not None else []
     files = {name: sha256_file(out_dir / name) for name in names}
     log.info(
         "model exported",

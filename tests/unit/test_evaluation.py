@@ -253,20 +253,30 @@ def test_evaluate_returns_the_report_and_plots(tmp_path: Path) -> None:
     path = tmp_path / "events.csv"
     chain_events().to_csv(path, index=False)
     plot = tmp_path / "report.png"
-    result = evaluate(path, ["mostpop", "mf"], tiny_settings(tmp_path), plot)
+    result = evaluate(path, ["mostpop", "mf"], tiny_settings(tmp_path), plot, penalties=[0.0, 1.0])
     assert [entry["name"] for entry in result["models"]] == ["mostpop", "mf"]
     assert [entry["default"] for entry in result["models"]] == [False, True]
     assert set(result["models"][1]) == {
         "name", "default", "ndcg@10", "hr@10", "ndcg@20", "hr@20", "mrr", "train_seconds", "params",
+        "coverage@10", "arp@10", "tail@10", "ndcg@10 short", "ndcg@10 medium", "ndcg@10 long", "debias",
     }  # fmt: skip
+    mf = result["models"][1]
+    assert 10 / 30 <= mf["coverage@10"] <= 1.0  # at least one full list of 10 of the 30 items
+    assert [point["penalty"] for point in mf["debias"]] == [0.0, 1.0]
+    assert mf["debias"][0]["ndcg@10"] == pytest.approx(mf["ndcg@10"], abs=1e-9)  # penalty 0 = the model
+    assert result["debias"] == {"candidates": 50, "penalties": [0.0, 1.0]}
+    assert result["bias"]["head_items"] == 6 and sum(result["bias"]["history_users"]) == 60
     json.dumps(result, allow_nan=False)
     assert plot.stat().st_size > 0
     table = format_table(result)
     assert "mf *" in table and "mostpop" in table
+    assert "COV@10" in table and "popularity penalty" in table
     assert [row["name"] for row in result["similar"]] == ["mf", "item-knn cosine"]
     assert "similar items" in table and "item-knn cosine" in table
     with pytest.raises(EvaluationError, match="unknown model"):
         evaluate(path, ["nope"], tiny_settings(tmp_path), None)
+    with pytest.raises(EvaluationError, match="penalties"):
+        evaluate(path, ["mostpop"], tiny_settings(tmp_path), None, penalties=[-1.0])
 
 
 def test_the_default_model_learns_order_where_popularity_cannot(tmp_path: Path) -> None:

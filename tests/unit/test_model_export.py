@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from streamrec.shared.contracts import (
+    ITEM_POPULARITY_FILE,
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
     ONNX_INPUT_HISTORY,
@@ -164,6 +165,35 @@ def test_training_cycle_publishes_gates_and_promotes(tmp_path: Path) -> None:
     assert second.manifest.parent_version == manifest.version
     assert registry.versions() == [manifest.version, second.manifest.version]
     assert registry.promoted_version() == second.manifest.version
+
+
+def test_a_version_carries_its_training_interactions_per_item(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, epochs=1, embedding_dim=8, max_seq_len=5, top_n=50)
+    # Ten more users take i3 then i4: those two items are twice as popular as the others.
+    extra = pd.DataFrame(
+        [
+            (f"fan{user}", item, "view", float(step), 1.0)
+            for user in range(10)
+            for step, item in enumerate(["i3", "i4"])
+        ],
+        columns=["user_id", "item_id", "event_type", "timestamp", "value"],
+    )
+    events = pd.concat([chain_events(), extra], ignore_index=True)
+    manifest, _ = publish_candidate(events, settings, {})
+    registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]
+    assert ITEM_POPULARITY_FILE in manifest.files  # hashed and verified like the other files
+    popularity = np.load(registry.path(manifest.version) / ITEM_POPULARITY_FILE)
+    counts = events["item_id"].value_counts()
+    assert popularity.tolist() == [counts[item] for item in registry.vocabulary(manifest.version)]
+    assert sorted(set(popularity.tolist())) == [10, 20]
+
+
+def test_export_refuses_a_popularity_of_the_wrong_size(tmp_path: Path) -> None:
+    model = MeanEmbeddingMF(N_ITEMS, MAX_SEQ_LEN, TOP_K, dim=8).eval()
+    histories, exclude = random_inputs(4, 2, seed=3)
+    vocabulary = [f"item-{i}" for i in range(1, N_ITEMS + 1)]
+    with pytest.raises(ValueError, match="popularity"):
+        export_model(model, vocabulary, tmp_path, histories, exclude, np.zeros(N_ITEMS + 1, dtype=np.int64))
 
 
 def test_the_gate_rejects_a_model_trained_on_shuffled_items(tmp_path: Path) -> None:

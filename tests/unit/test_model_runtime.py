@@ -13,8 +13,14 @@ import pytest
 import torch
 
 from streamrec.scorer.model_runtime import ServedModel
-from streamrec.shared.contracts import MODEL_FILE, ONNX_INPUT_HISTORY
-from streamrec.shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry, new_version
+from streamrec.shared.contracts import ITEM_POPULARITY_FILE, MANIFEST_FILE, MODEL_FILE, ONNX_INPUT_HISTORY
+from streamrec.shared.registry import (
+    ModelIntegrityError,
+    ModelManifest,
+    ModelRegistry,
+    new_version,
+    sha256_file,
+)
 from streamrec.trainer.export import export_model
 from streamrec.trainer.model import SequenceRecommender
 
@@ -38,14 +44,15 @@ class RankByIndexModel(SequenceRecommender):
         return base + 100.0 * torch.nn.functional.one_hot(successor, self.n_items + 1).to(torch.float32)
 
 
-def publish_test_model(registry_root: Path) -> str:
-    """Export :class:`RankByIndexModel` with the trainer's exporter and publish it; return its version."""
+def publish_test_model(registry_root: Path, popularity: np.ndarray | None = None) -> str:
+    """Export :class:`RankByIndexModel` with the trainer's exporter (with ``popularity``, the
+    version's item_popularity.npy) and publish it; return its version."""
     registry = ModelRegistry(registry_root)
     staging = registry.new_staging_dir()
     model = RankByIndexModel(N_ITEMS, MAX_SEQ_LEN, TOP_K)
     sample_histories = np.array([[0, 0, 1, 2], [3, 4, 5, 6], [0, 0, 0, 0]], dtype=np.int64)
     sample_exclude = np.array([[1, 2], [5, 0], [0, 0]], dtype=np.int64)
-    exported = export_model(model, VOCABULARY, staging, sample_histories, sample_exclude)
+    exported = export_model(model, VOCABULARY, staging, sample_histories, sample_exclude, popularity)
     manifest = ModelManifest(
         version=new_version(),
         created_at=time.time(),
@@ -186,3 +193,72 @@ def test_a_fixed_width_version_gets_max_seq_len_columns(served: ServedModel) -> 
     history, _ = fixed.encode([["i1"], ["i2", "i3"]])
     assert history.tolist() == [[0, 0, 0, 1], [0, 0, 2, 3]]
     assert ids(fixed.recommend([["i2"]], k=2)[0]) == ids(served.recommend([["i2"]], k=2)[0])
+
+
+# i10 was trained on 1,000 times, i9 twice, the others never: ln(1 + popularity) = 6.91, 1.10, 0.
+POPULARITY = np.array([0] * 8 + [2, 1000], dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def popular_registry(tmp_path_factory: pytest.TempPathFactory) -> ModelRegistry:
+    """A registry holding the test model published with POPULARITY."""
+    root = tmp_path_factory.mktemp("models-popularity")
+    publish_test_model(root, POPULARITY)
+    return ModelRegistry(root)
+
+
+def load_newest(registry: ModelRegistry, penalty: float) -> ServedModel:
+    version = registry.newest_version()
+    assert version is not None
+    return ServedModel.load(registry, version, threads=1, popularity_penalty=penalty)
+
+
+def test_penalty_zero_serves_byte_identical_lists(popular_registry: ModelRegistry) -> None:
+    version = popular_registry.newest_version()
+    assert version is not None
+    today = ServedModel.load(popular_registry, version, threads=1)  # how the scorer loaded it before
+    off = load_newest(popular_registry, 0.0)
+    histories = [[], ["i2"], ["i10", "i9", "i2"], ["new-item"], VOCABULARY[:-1]]
+    assert off.recommend_encoded(histories, TOP_K, 1234.5) == today.recommend_encoded(
+        histories, TOP_K, 1234.5
+    )
+    assert off.recommend(histories, k=3) == today.recommend(histories, k=3)
+
+
+def test_the_penalty_re_ranks_the_candidates_by_popularity(popular_registry: ModelRegistry) -> None:
+    # Empty history: i1 101, i10 10, i9 9, i8 8, i7 7. Penalty 1: i10 10 - 6.91 = 3.09, i9 7.90.
+    served = load_newest(popular_registry, 1.0)
+    [ranked] = served.recommend([[]], k=TOP_K)
+    assert ids(ranked) == ["i1", "i8", "i9", "i7", "i10"]
+    assert [score for _, score in ranked] == pytest.approx(
+        [101.0, 8.0, 9 - np.log(3), 7.0, 10 - np.log(1001)]
+    )
+    [cut] = served.recommend([[]], k=2)  # fewer than top_k: the best of the re-ranked candidates
+    assert ids(cut) == ["i1", "i8"]
+    # The encoded lists hold the same re-ranked order and scores.
+    assert served.recommend_encoded([[]], TOP_K, 0.0) == served.list_encoder.encode(
+        *served.rank([[]], TOP_K)[::-1], served.version, 0.0
+    )
+
+
+def test_the_penalty_is_off_for_a_version_without_popularity(
+    registry: ModelRegistry, served: ServedModel
+) -> None:
+    unaware = load_newest(registry, 1.0)
+    assert unaware.popularity_penalty == 0.0
+    assert unaware.recommend([[], ["i2"]], k=TOP_K) == served.recommend([[], ["i2"]], k=TOP_K)
+
+
+def test_a_popularity_file_of_the_wrong_shape_is_refused(
+    popular_registry: ModelRegistry, tmp_path: Path
+) -> None:
+    version = popular_registry.newest_version()
+    assert version is not None
+    copy = ModelRegistry(tmp_path / "models")
+    shutil.copytree(popular_registry.path(version), copy.path(version))
+    manifest = copy.manifest(version)
+    np.save(copy.path(version) / ITEM_POPULARITY_FILE, POPULARITY[:-1], allow_pickle=False)
+    files = {**manifest.files, ITEM_POPULARITY_FILE: sha256_file(copy.path(version) / ITEM_POPULARITY_FILE)}
+    (copy.path(version) / MANIFEST_FILE).write_bytes(replace(manifest, files=files).to_json())
+    with pytest.raises(ModelIntegrityError, match=r"item_popularity\.npy has shape"):
+        ServedModel.load(copy, version, popularity_penalty=0.5)

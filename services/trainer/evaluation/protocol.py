@@ -17,7 +17,7 @@ Items and users are dense 0-based indices into :attr:`Split.item_ids` / :attr:`S
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -194,18 +194,27 @@ def metrics_from_ranks(ranks: np.ndarray) -> dict[str, float]:
     return {name: result[name] for name in METRIC_NAMES}
 
 
-def phase_ranks(score: ScoreFunction, phase: Phase) -> np.ndarray:
-    """Rank of every evaluated user's target under ``score``, in blocks of users (see module doc)."""
+def scored_blocks(score: ScoreFunction, phase: Phase) -> Iterator[tuple[slice, UserSequences, np.ndarray]]:
+    """``score`` of the evaluated users in blocks (see SCORE_BLOCK_FLOATS): yields (rows of
+    ``phase.users``, their histories, scores [rows, n_items])."""
     block = max(1, SCORE_BLOCK_FLOATS // max(1, phase.fitting.n_items))
-    ranks = []
     for start in range(0, len(phase.users), block):
-        users = phase.users[start : start + block]
+        rows = slice(start, start + block)
+        users = phase.users[rows]
         histories = phase.histories(users)
         scores = score(histories)
         expected = (len(users), phase.fitting.n_items)
         if scores.shape != expected:
             raise ValueError(f"score() returned shape {scores.shape}, expected {expected}")
-        ranks.append(target_ranks(scores, phase.targets[start : start + block], histories))
+        yield rows, histories, scores
+
+
+def phase_ranks(score: ScoreFunction, phase: Phase) -> np.ndarray:
+    """Rank of every evaluated user's target under ``score``, in blocks of users (see module doc)."""
+    ranks = [
+        target_ranks(scores, phase.targets[rows], histories)
+        for rows, histories, scores in scored_blocks(score, phase)
+    ]
     return np.concatenate(ranks) if ranks else np.zeros(0)
 
 

@@ -18,8 +18,9 @@ from streamrec.shared.settings import Settings
 from streamrec.trainer.model import MODELS as TRAINER_MODELS
 
 from .baselines import EASE, ItemKNN, MostPop
+from .bias import BiasReference, bias_metrics, debias_curve, phase_candidates
 from .models import TrainerModel
-from .protocol import METRIC_NAMES, Split, evaluate_phase, split_interactions
+from .protocol import METRIC_NAMES, Split, metrics_from_ranks, split_interactions
 from .recommender import Recommender
 from .similar import cooccurrence_similarity, embedding_similarity, similar_metrics
 
@@ -40,7 +41,11 @@ class EvaluationError(Exception):
 
 
 def evaluate(
-    dataset: Path, models: list[str] | None, settings: Settings, plot: Path | None = None
+    dataset: Path,
+    models: list[str] | None,
+    settings: Settings,
+    plot: Path | None = None,
+    penalties: list[float] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``models`` (default: all of :data:`MODELS`) on an interaction file.
 
@@ -52,6 +57,13 @@ def evaluate(
     previous item's similar items, for each model with item embeddings and for item-kNN (see
     :mod:`.similar`; empty if no model has embeddings). With ``plot``, also writes the chart of
     :func:`.report.plot_result` there.
+
+    Every model entry also has the bias metrics of its test top-10 lists (:mod:`.bias`:
+    ``coverage@10``, ``arp@10``, ``tail@10``, ``ndcg@10 short|medium|long``); ``bias`` describes
+    what they are measured against. With ``penalties``, every entry gets ``debias``: the points of
+    :func:`.bias.debias_curve` over ``settings.top_n`` candidates, the scorer's popularity penalty,
+    and ``debias`` at the top level says so (``{"candidates", "penalties"}``; the chart then
+    has a second row: NDCG@10 against coverage@10 and against tail@10).
     """
     names = list(MODELS) if models is None else models
     unknown = [name for name in names if name not in MODELS]
@@ -62,6 +74,9 @@ def evaluate(
     split = split_interactions(load_interactions(dataset))
     if len(split.evaluated) == 0:
         raise EvaluationError(f"{dataset}: no user has 3 or more interactions, nothing to evaluate")
+    if penalties is not None and (not penalties or any(not penalty >= 0 for penalty in penalties)):
+        raise EvaluationError(f"popularity penalties must be >= 0, got {penalties}")
+    reference = BiasReference.of(split.test())
 
     result: dict[str, Any] = {
         "dataset": str(dataset),
@@ -70,10 +85,15 @@ def evaluate(
         "models": [],
         "tuning": {},
         "similar": [],
+        "bias": reference.describe(),
     }
+    if penalties is not None:
+        result["debias"] = {"candidates": settings.top_n, "penalties": penalties}
     for name in names:
         model = MODELS[name](settings)
-        entry, tuning = evaluate_model(model, split, is_default=name == settings.model)
+        entry, tuning = evaluate_model(
+            model, split, name == settings.model, reference, settings.top_n, penalties
+        )
         result["models"].append(entry)
         result["tuning"][name] = tuning
         vectors = model.model.item_embeddings() if isinstance(model, TrainerModel) and model.model else None
@@ -93,19 +113,33 @@ def evaluate(
 
 
 def evaluate_model(
-    model: Recommender, split: Split, is_default: bool = False
+    model: Recommender,
+    split: Split,
+    is_default: bool = False,
+    reference: BiasReference | None = None,
+    candidates: int = Settings.model_fields["top_n"].default,
+    penalties: list[float] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Tune on validation, refit on train + validation, rank on test: (model entry, tuning details)."""
+    """Tune on validation, refit on train + validation, rank on test: (model entry, tuning details).
+
+    The entry has the protocol's metrics, the bias metrics of the test top-10 lists against
+    ``reference`` (default: the split's test phase) and, with ``penalties``, the ``debias`` curve
+    over the top ``candidates``."""
     log.info("evaluating", extra={"model": model.name})
     tuning = model.tune(split.validation())
     test = split.test()
     started = time.perf_counter()
     model.fit(test.fitting)
     train_seconds = time.perf_counter() - started
-    metrics = evaluate_phase(model.score, test)
+    ranks, scores, items = phase_candidates(model.score, test, candidates)
+    metrics = metrics_from_ranks(ranks)
+    reference = reference or BiasReference.of(test)
     entry: dict[str, Any] = {"name": model.name, "default": is_default}
     entry |= {metric: metrics[metric] for metric in ("ndcg@10", "hr@10", "ndcg@20", "hr@20", "mrr")}
+    entry |= bias_metrics(ranks, scores, items, reference)
     entry |= {"train_seconds": round(train_seconds, 3), "params": model.n_params()}
+    if penalties is not None:
+        entry["debias"] = debias_curve(scores, items, reference, penalties)
     details = {
         "params": tuning.params,
         "validation": {metric: tuning.validation[metric] for metric in METRIC_NAMES},
