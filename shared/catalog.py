@@ -31,7 +31,16 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, field_validator
 
-from .events import Id, Rejection, RejectReason, decode_json_object, epoch_seconds, normalise_id
+from .events import (
+    Id,
+    Rejection,
+    RejectReason,
+    decode_json_object,
+    epoch_seconds,
+    normalise_id,
+    wire_schema,
+    write_wire_schema,
+)
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "item.schema.json"
 MAX_CATEGORIES = 64
@@ -252,17 +261,9 @@ class ServingCatalog:
 
 def json_schema() -> dict[str, Any]:
     """The JSON Schema of a published item, generated from :class:`ItemIn`."""
-    schema = ItemIn.model_json_schema()
-    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://streamrec.dev/schemas/item.schema.json"
-    return schema
-
-
-def write_json_schema(path: Path = SCHEMA_PATH) -> None:
-    """Regenerate the committed JSON Schema file."""
-    path.write_bytes(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    return wire_schema(ItemIn, SCHEMA_PATH)
 
 
 if __name__ == "__main__":
-    write_json_schema()
+    write_wire_schema(ItemIn, SCHEMA_PATH)
     print(f"wrote {SCHEMA_PATH}")

@@ -226,20 +226,27 @@ def validate_event(
     )
 
 
-def json_schema() -> dict[str, Any]:
-    """The JSON Schema of the published event, generated from :class:`InteractionIn`."""
-    schema = InteractionIn.model_json_schema()
+def wire_schema(model: type[BaseModel], path: Path) -> dict[str, Any]:
+    """The JSON Schema of a wire format (a pydantic model), with the id of its committed ``path``."""
+    schema = model.model_json_schema()
     schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
-    schema["$id"] = "https://streamrec.dev/schemas/interaction.schema.json"
+    schema["$id"] = f"https://streamrec.dev/schemas/{path.name}"
     return schema
 
 
-def write_json_schema(path: Path = SCHEMA_PATH) -> None:
-    """Regenerate the committed JSON Schema file."""
+def write_wire_schema(model: type[BaseModel], path: Path) -> None:
+    """Regenerate a committed JSON Schema file from its model."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(orjson.dumps(json_schema(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    path.write_bytes(
+        orjson.dumps(wire_schema(model, path), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
+    )
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the published event, generated from :class:`InteractionIn`."""
+    return wire_schema(InteractionIn, SCHEMA_PATH)
 
 
 if __name__ == "__main__":
-    write_json_schema()
+    write_wire_schema(InteractionIn, SCHEMA_PATH)
     print(f"wrote {SCHEMA_PATH}")
