@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -210,15 +210,7 @@ def read_event_file(path: Path) -> list[dict[str, Any]]:
         )
     else:
         rows = _jsonl_rows(path, text)
-    events = []
-    for number, event in rows:
-        checked = validate_event(event)
-        if isinstance(checked, Rejection):
-            raise InvalidEvent(f"{path}:{number}: {checked.reason.value}: {checked.detail}")
-        events.append(event)
-    if not events:
-        raise InvalidEvent(f"{path}: no events in the file")
-    return events
+    return _validated(path, rows, validate_event, "events")
 
 
 def read_item_file(path: Path) -> list[dict[str, Any]]:
@@ -226,16 +218,25 @@ def read_item_file(path: Path) -> list[dict[str, Any]]:
 
     Raises InvalidEvent naming the first bad line.
     """
-    text = _read_text(path)
-    items = []
-    for number, item in _jsonl_rows(path, text):
-        checked = validate_item(item)
+    return _validated(path, _jsonl_rows(path, _read_text(path)), validate_item, "items")
+
+
+def _validated(
+    path: Path,
+    rows: Iterable[tuple[int, dict[str, Any]]],
+    validate: Callable[[dict[str, Any]], object],
+    what: str,
+) -> list[dict[str, Any]]:
+    """Every row of a file, each passed by ``validate``; InvalidEvent naming the first bad line."""
+    valid = []
+    for number, row in rows:
+        checked = validate(row)
         if isinstance(checked, Rejection):
             raise InvalidEvent(f"{path}:{number}: {checked.reason.value}: {checked.detail}")
-        items.append(item)
-    if not items:
-        raise InvalidEvent(f"{path}: no items in the file")
-    return items
+        valid.append(row)
+    if not valid:
+        raise InvalidEvent(f"{path}: no {what} in the file")
+    return valid
 
 
 def _read_text(path: Path) -> str:
