@@ -211,6 +211,13 @@ class Settings(BaseSettings):
         None, ge=0, description="sasrec: windows of a user drawn per epoch (heavy users); 0 = all."
     )
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty of the optimiser.")
+    weight_average_decay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Decay of an exponential moving average of the weights, updated every step; the "
+        "average is what is validated and kept. 0 = off (the raw weights).",
+    )
     train_threads: int = Field(0, ge=0, description="Torch threads for training; 0 = one per core.")
     seed: int = Field(42, description="Random seed: same data + seed = same model.")
     train_interval_seconds: float = Field(300.0, gt=0, description="Trainer: time between cycles.")

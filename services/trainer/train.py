@@ -158,13 +158,15 @@ def train(dataset: SequenceDataset, settings: Settings) -> TrainResult:
         },
     )
 
+    averaged = WeightAverage(model, settings.weight_average_decay)
     batches = TrainBatches(dataset, settings.batch_size, model.all_positions, settings.windows_per_user)
     history: list[EpochStats] = []
     best_ndcg, best_epoch, best_state = -math.inf, 0, None
     for epoch in range(1, settings.epochs + 1):
         epoch_started = time.perf_counter()
-        loss = _train_one_epoch(model, optimizer, batches, shuffle_rng, epoch)
-        ndcg, hr = evaluate(model, dataset) if has_validation else (None, None)
+        loss = _train_one_epoch(model, optimizer, batches, shuffle_rng, epoch, averaged)
+        kept = averaged.model()
+        ndcg, hr = evaluate(kept, dataset) if has_validation else (None, None)
         stats = EpochStats(epoch, loss, ndcg, hr, time.perf_counter() - epoch_started)
         history.append(stats)
         log.info(
@@ -180,7 +182,7 @@ def train(dataset: SequenceDataset, settings: Settings) -> TrainResult:
         # Without validation users there is nothing to stop on: every epoch counts as the best.
         if ndcg is None or ndcg > best_ndcg:
             best_ndcg, best_epoch = (ndcg if ndcg is not None else -math.inf), epoch
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(kept.state_dict())
         elif epoch - best_epoch >= settings.patience:
             log.info("early stopping", extra={"epoch": epoch, "best_epoch": best_epoch})
             break
@@ -285,12 +287,43 @@ def _position_windows(dataset: SequenceDataset) -> tuple[np.ndarray, np.ndarray,
     return inputs, targets, np.repeat(users, n_windows)
 
 
+class WeightAverage:
+    """An exponential moving average of a model's weights, updated after every optimiser step.
+
+    With a decay of 0 it is the model itself. SASRec's validation NDCG jumps by ±0.01 from one
+    epoch to the next at the learning rate it needs to learn fast; the average of the last few
+    hundred steps is a smoother and better model, and it is what is validated and kept.
+    """
+
+    def __init__(self, model: SequenceRecommender, decay: float) -> None:
+        self._model = model
+        self._average = (
+            torch.optim.swa_utils.AveragedModel(
+                model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(decay), use_buffers=True
+            )
+            if decay > 0
+            else None
+        )
+
+    def update(self) -> None:
+        """Fold the model's current weights into the average."""
+        if self._average is not None:
+            self._average.update_parameters(self._model)
+
+    def model(self) -> SequenceRecommender:
+        """The averaged model (the model itself without averaging)."""
+        if self._average is None:
+            return self._model
+        return self._average.module  # type: ignore[return-value]
+
+
 def _train_one_epoch(
     model: SequenceRecommender,
     optimizer: torch.optim.Optimizer,
     batches: TrainBatches,
     rng: np.random.Generator,
     epoch: int,
+    averaged: WeightAverage,
 ) -> float:
     """One pass over the shuffled training data; returns the mean loss per target."""
     model.train()
@@ -309,6 +342,7 @@ def _train_one_epoch(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            averaged.update()
             total_loss += loss.item() * len(targets)
             bar.update(len(targets))
             bar.set_postfix(loss=f"{loss.item():.4f}", refresh=False)

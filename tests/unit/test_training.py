@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from streamrec.shared.settings import Settings
 from streamrec.trainer.dataset import build_dataset
@@ -107,3 +108,31 @@ def test_training_without_validation_users(tmp_path: Path) -> None:
     result = train(data, tiny_settings(tmp_path, epochs=2))
     assert result.best_epoch == 2
     assert "val_ndcg@10" not in result.metrics
+
+
+def test_weight_average_is_the_exponential_moving_average_of_the_steps() -> None:
+    from torch import nn
+
+    from streamrec.trainer.model import MeanEmbeddingMF
+    from streamrec.trainer.train import WeightAverage
+
+    model = MeanEmbeddingMF(n_items=3, max_seq_len=2, top_k=2, dim=2)
+    assert WeightAverage(model, 0.0).model() is model  # off: the raw weights are kept
+    average = WeightAverage(model, 0.5)
+    for value in (1.0, 3.0, 5.0):
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.fill_(value)
+        average.update()
+    # The first update copies the weights; each later one moves halfway: 1 -> 2 -> 3.5.
+    averaged = average.model()
+    assert averaged is not model
+    assert isinstance(averaged, nn.Module)
+    assert torch.allclose(averaged.item_emb.weight, torch.full_like(model.item_emb.weight, 3.5))
+    assert torch.allclose(model.item_emb.weight, torch.full_like(model.item_emb.weight, 5.0))
+
+
+def test_training_with_a_weight_average_still_learns(tmp_path: Path) -> None:
+    data = build_dataset(clustered_events(), max_seq_len=8)
+    result = train(data, tiny_settings(tmp_path, model="sasrec", weight_average_decay=0.9, epochs=6))
+    assert result.metrics["val_ndcg@10"] > popularity_baseline(data)[0] + 0.1
