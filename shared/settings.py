@@ -31,6 +31,7 @@ MODEL_DEFAULTS: dict[str, dict[str, int | float | str]] = {
         "learning_rate": 5e-3,
         "windows_per_user": 0,  # unused by mf
         "item_init": "random",
+        "weight_average_decay": 0.0,
     },
     "sasrec": {
         "max_seq_len": 50,
@@ -39,9 +40,10 @@ MODEL_DEFAULTS: dict[str, dict[str, int | float | str]] = {
         "epochs": 60,  # an upper bound: validation stops it after 10-20 on MovieLens
         "patience": 4,
         "batch_size": 32,
-        "learning_rate": 5e-3,
+        "learning_rate": 2e-3,
         "windows_per_user": 4,
         "item_init": "cooccurrence",
+        "weight_average_decay": 0.995,
     },
 }
 
@@ -211,8 +213,8 @@ class Settings(BaseSettings):
         None, ge=0, description="sasrec: windows of a user drawn per epoch (heavy users); 0 = all."
     )
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty of the optimiser.")
-    weight_average_decay: float = Field(
-        0.0,
+    weight_average_decay: float | None = Field(
+        None,
         ge=0,
         lt=1,
         description="Decay of an exponential moving average of the weights, updated every step; the "
