@@ -71,7 +71,7 @@ def run(quick: bool) -> list[Section]:
             description=(
                 f"Default settings ({settings.model}: lr {settings.learning_rate}, batch {settings.batch_size} "
                 f"windows, dropout {settings.dropout}, ≤ {settings.windows_per_user} windows per user and epoch, "
-                f"patience {settings.patience}), torch threads: {settings.train_threads or 'one per core'}, "
+                f"weight average {settings.weight_average_decay}, patience {settings.patience}), torch threads: {settings.train_threads or 'one per core'}, "
                 f"{len(events):,} events. Validation is each user's last item (the trainer's own split)."
             ),
         )
