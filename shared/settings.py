@@ -43,6 +43,17 @@ MODEL_DEFAULTS: dict[str, dict[str, int | float | str]] = {
         "windows_per_user": 4,
         "item_init": "cooccurrence",
     },
+    "rating-mf": {
+        "max_seq_len": 200,  # the history a rating is predicted from: the whole ingest window
+        "embedding_dim": 64,
+        "dropout": 0.0,  # unused by rating-mf
+        "epochs": 60,  # an upper bound: validation RMSE stops it
+        "patience": 3,
+        "batch_size": 1024,  # rated events per step
+        "learning_rate": 3e-3,
+        "windows_per_user": 0,  # unused by rating-mf
+        "item_init": "random",
+    },
 }
 
 
@@ -187,8 +198,10 @@ class Settings(BaseSettings):
     )
 
     # --- model and training (trainer) -------------------------------------------------------
-    model: Literal["mf", "sasrec"] = Field(
-        "sasrec", description="Model family the trainer fits: sasrec (sequential) or mf (baseline)."
+    model: Literal["mf", "sasrec", "rating-mf"] = Field(
+        "sasrec",
+        description="Model family the trainer fits: sasrec (sequential), mf (baseline) or rating-mf "
+        "(predicts events' values, e.g. ratings, and ranks by them).",
     )
     top_n: int = Field(50, ge=1, description="Recommendations cached per user.")
     # None below = "the chosen model's value in MODEL_DEFAULTS"; validation fills it, so after
@@ -211,6 +224,9 @@ class Settings(BaseSettings):
         None, ge=0, description="sasrec: windows of a user drawn per epoch (heavy users); 0 = all."
     )
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty of the optimiser.")
+    rating_l2: float = Field(
+        0.01, ge=0, description="rating-mf: λ of the L2 penalty on the parameters each rating uses."
+    )
     train_threads: int = Field(0, ge=0, description="Torch threads for training; 0 = one per core.")
     seed: int = Field(42, description="Random seed: same data + seed = same model.")
     train_interval_seconds: float = Field(300.0, gt=0, description="Trainer: time between cycles.")
