@@ -225,7 +225,7 @@ class Settings(BaseSettings):
     )
     weight_decay: float = Field(0.0, ge=0, description="L2 penalty of the optimiser.")
     rating_l2: float = Field(
-        0.01, ge=0, description="rating-mf: λ of the L2 penalty on the parameters each rating uses."
+        0.003, ge=0, description="rating-mf: λ of the L2 penalty on the parameters each rating uses."
     )
     train_threads: int = Field(0, ge=0, description="Torch threads for training; 0 = one per core.")
     seed: int = Field(42, description="Random seed: same data + seed = same model.")

@@ -10,7 +10,7 @@ it beats recommending the most popular items on that holdout.
 A rating model (``predicts_ratings``: rating-mf) is judged on its own objective instead, when the
 served model is one too or nothing is served: the RMSE of the rating holdout (the rated events its
 training held out, train_rating.py's :func:`rating_examples`), each predicted through the ONNX file
-from the history before it. It is promoted if its RMSE is at most the served model's plus
+from its user's history as the scorer sends it. It is promoted if its RMSE is at most the served model's plus
 ``settings.gate_tolerance`` (on the holdout ratings of items both know), or, as the first model, if
 it beats predicting the training ratings' mean. Between a rating model and a ranking model (a change
 of ``STREAMREC_MODEL``) the only common measure is what the scorer serves, the ranking: the
@@ -29,7 +29,7 @@ import onnxruntime as ort
 
 from streamrec.shared.contracts import MODEL_FILE, ONNX_INPUT_EXCLUDE, ONNX_INPUT_HISTORY, PADDING_INDEX
 from streamrec.shared.logs import get_logger
-from streamrec.shared.registry import ModelIntegrityError, ModelRegistry
+from streamrec.shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
 from streamrec.shared.settings import Settings
 
 from .dataset import SequenceDataset
@@ -74,13 +74,7 @@ def holdout_metrics(registry: ModelRegistry, version: str, dataset: SequenceData
     Items the version does not know are left out of its input (as the scorer does); a held-out
     item it does not know counts as a miss.
     """
-    manifest = registry.verify(version)
-    index_of = {item: index for index, item in enumerate(registry.vocabulary(version), start=1)}
-    # Dataset index -> this model's index (0 = unknown to the model, i.e. padding).
-    to_model = np.array([PADDING_INDEX] + [index_of.get(item, PADDING_INDEX) for item in dataset.vocabulary])
-    session = ort.InferenceSession(
-        str(registry.path(version) / MODEL_FILE), providers=["CPUExecutionProvider"]
-    )
+    manifest, session, to_model = _open_version(registry, version, dataset)
     users = dataset.val_users
     ndcg = hits = 0.0
     for start in range(0, len(users), GATE_BATCH):
@@ -100,6 +94,20 @@ def holdout_metrics(registry: ModelRegistry, version: str, dataset: SequenceData
         hits += float(hit.sum())
     n = max(1, len(users))
     return {f"ndcg@{METRIC_K}": ndcg / n, f"hr@{METRIC_K}": hits / n}
+
+
+def _open_version(
+    registry: ModelRegistry, version: str, dataset: SequenceDataset
+) -> tuple[ModelManifest, ort.InferenceSession, np.ndarray]:
+    """A verified version's manifest, an onnxruntime session of its model, and the map from
+    ``dataset``'s item indices to the version's (0 = unknown to it, i.e. padding)."""
+    manifest = registry.verify(version)
+    index_of = {item: index for index, item in enumerate(registry.vocabulary(version), start=1)}
+    to_model = np.array([PADDING_INDEX] + [index_of.get(item, PADDING_INDEX) for item in dataset.vocabulary])
+    session = ort.InferenceSession(
+        str(registry.path(version) / MODEL_FILE), providers=["CPUExecutionProvider"]
+    )
+    return manifest, session, to_model
 
 
 def _left_aligned_known(history: np.ndarray, length: int) -> np.ndarray:
@@ -166,12 +174,7 @@ def holdout_ratings(
     The graph returns top-k: with every item but the rated one excluded, its top-1 is that item's
     score, the predicted rating (clipped to the version's training range, as in training).
     """
-    manifest = registry.verify(version)
-    index_of = {item: index for index, item in enumerate(registry.vocabulary(version), start=1)}
-    to_model = np.array([PADDING_INDEX] + [index_of.get(item, PADDING_INDEX) for item in dataset.vocabulary])
-    session = ort.InferenceSession(
-        str(registry.path(version) / MODEL_FILE), providers=["CPUExecutionProvider"]
-    )
+    manifest, session, to_model = _open_version(registry, version, dataset)
     targets = to_model[dataset.items[positions]]
     known = np.flatnonzero(targets != PADDING_INDEX)
     every_item = np.arange(PADDING_INDEX + 1, manifest.n_items + 1, dtype=np.int64)
