@@ -61,7 +61,7 @@ MF_PATIENCE = 3
 MF_BATCH = 1024
 MF_LEARNING_RATE = 3e-3
 RATING_MF = "rating-mf"
-RATING_MF_L2_GRID = [0.001, 0.003, 0.01]  # rating-mf's λ (settings.rating_l2), by validation RMSE
+RATING_MF_L2_GRID = [0.001, 0.003, 0.01, 0.03]  # rating-mf's λ (settings.rating_l2), by validation RMSE
 
 
 # --------------------------------------------------------------------------------------------

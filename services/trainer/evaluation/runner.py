@@ -34,6 +34,9 @@ MODELS: dict[str, Callable[[Settings], Recommender]] = {
     "ease": lambda settings: EASE(),
     **{name: partial(TrainerModel, name) for name in TRAINER_MODELS},
 }
+# Evaluated when no model is named: all but the rating models (rating-mf), which need rated events
+# and are `--task rating`'s; named (``--models rating-mf``), one is ranked like any other.
+DEFAULT_MODELS = [name for name in MODELS if not getattr(TRAINER_MODELS.get(name), "predicts_ratings", False)]
 
 
 class EvaluationError(Exception):
@@ -47,7 +50,7 @@ def evaluate(
     plot: Path | None = None,
     penalties: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``models`` (default: all of :data:`MODELS`) on an interaction file.
+    """Evaluate ``models`` (default: :data:`DEFAULT_MODELS`) on an interaction file.
 
     Returns ``{"dataset", "users", "items", "models": [{"name", "default", "ndcg@10", "hr@10",
     "ndcg@20", "hr@20", "mrr", "train_seconds", "params"}, …], "tuning": {name: {"params",
@@ -65,7 +68,7 @@ def evaluate(
     and ``debias`` at the top level says so (``{"candidates", "penalties"}``; the chart then
     has a second row: NDCG@10 against coverage@10 and against tail@10).
     """
-    names = list(MODELS) if models is None else models
+    names = DEFAULT_MODELS if models is None else models
     unknown = [name for name in names if name not in MODELS]
     if unknown or not names:
         raise EvaluationError(
