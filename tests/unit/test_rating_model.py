@@ -15,6 +15,9 @@ from streamrec.shared.registry import PROMOTED, REJECTED, ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.trainer.cycle import run_training_cycle
 from streamrec.trainer.dataset import build_dataset
+from streamrec.trainer.evaluation.models import sequence_dataset
+from streamrec.trainer.evaluation.protocol import split_interactions
+from streamrec.trainer.evaluation.runner import DEFAULT_MODELS, MODELS, EvaluationError, evaluate
 from streamrec.trainer.export import check_parity, export_model
 from streamrec.trainer.gate import holdout_ratings
 from streamrec.trainer.model import RatingMF
@@ -150,3 +153,40 @@ def test_training_cycle_gates_a_rating_model_on_holdout_rmse(tmp_path: Path) -> 
     second = run_training_cycle(events, untrained, {})
     assert second.manifest.status == REJECTED, second.decision.reason
     assert second.decision.baseline_name == f"promoted {first.manifest.version}"
+
+
+def test_the_ranking_protocol_hands_a_rating_model_the_ratings() -> None:
+    frame = pd.DataFrame(
+        {
+            "user_id": ["a"] * 4 + ["b"] * 3,
+            "item_id": ["x", "y", "z", "w", "y", "x", "w"],
+            "timestamp": [4.0, 1.0, 2.0, 3.0, 1.0, 2.0, 3.0],
+            "value": [4.0, 1.0, 2.0, 3.0, 5.0, np.nan, 2.5],
+            "row": np.arange(7),
+        }
+    )
+    split = split_interactions(frame)
+    # a in time order: y 1, z 2, w 3 (validation), x 4 (test); b: y 5, x NaN (validation), w (test).
+    test_phase = split.test()
+    fitting = test_phase.fitting
+    values = {
+        (split.user_ids[user], split.item_ids[item]): value
+        for user, item, value in zip(fitting.owners(), fitting.items, fitting.values, strict=True)  # type: ignore[arg-type]
+    }
+    assert values == {
+        ("a", "y"): 1.0,
+        ("a", "z"): 2.0,
+        ("a", "w"): 3.0,
+        ("b", "y"): 5.0,
+        ("b", "x"): pytest.approx(np.nan, nan_ok=True),
+    }
+    dataset = sequence_dataset(fitting, 5)
+    assert dataset.values is not None and np.array_equal(dataset.values, fitting.values, equal_nan=True)
+
+
+def test_rating_models_are_ranked_only_by_name_and_only_with_ratings(tmp_path: Path) -> None:
+    assert "rating-mf" in MODELS and "rating-mf" not in DEFAULT_MODELS and "sasrec" in DEFAULT_MODELS
+    path = tmp_path / "clicks.csv"
+    rated_events().drop(columns=["value", "event_type"]).to_csv(path, index=False)
+    with pytest.raises(EvaluationError, match="rating-mf needs events with a value"):
+        evaluate(path, ["rating-mf"], rating_settings(tmp_path))

@@ -12,6 +12,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from streamrec.shared.datasets import load_interactions
 from streamrec.shared.logs import get_logger
 from streamrec.shared.settings import Settings
@@ -77,6 +79,9 @@ def evaluate(
     split = split_interactions(load_interactions(dataset))
     if len(split.evaluated) == 0:
         raise EvaluationError(f"{dataset}: no user has 3 or more interactions, nothing to evaluate")
+    rated = split.train.values is not None and not np.isnan(split.train.values).all()
+    if not rated and (raters := [name for name in names if name not in DEFAULT_MODELS]):
+        raise EvaluationError(f"{', '.join(raters)} needs events with a value (ratings): {dataset} has none")
     if penalties is not None and (not penalties or any(not penalty >= 0 for penalty in penalties)):
         raise EvaluationError(f"popularity penalties must be >= 0, got {penalties}")
     reference = BiasReference.of(split.test())
