@@ -45,6 +45,18 @@ MODEL_DEFAULTS: dict[str, dict[str, int | float | str]] = {
         "item_init": "cooccurrence",
         "weight_average_decay": 0.995,
     },
+    "rating-mf": {
+        "max_seq_len": 200,  # the history a rating is predicted from: the whole ingest window
+        "embedding_dim": 64,
+        "dropout": 0.0,  # unused by rating-mf
+        "epochs": 60,  # an upper bound: validation RMSE stops it
+        "patience": 3,
+        "batch_size": 1024,  # rated events per step
+        "learning_rate": 3e-3,
+        "windows_per_user": 0,  # unused by rating-mf
+        "item_init": "random",
+        "weight_average_decay": 0.0,  # unused by rating-mf
+    },
 }
 
 
@@ -189,8 +201,10 @@ class Settings(BaseSettings):
     )
 
     # --- model and training (trainer) -------------------------------------------------------
-    model: Literal["mf", "sasrec"] = Field(
-        "sasrec", description="Model family the trainer fits: sasrec (sequential) or mf (baseline)."
+    model: Literal["mf", "sasrec", "rating-mf"] = Field(
+        "sasrec",
+        description="Model family the trainer fits: sasrec (sequential), mf (baseline) or rating-mf "
+        "(predicts events' values, e.g. ratings, and ranks by them).",
     )
     top_n: int = Field(50, ge=1, description="Recommendations cached per user.")
     # None below = "the chosen model's value in MODEL_DEFAULTS"; validation fills it, so after
@@ -219,6 +233,9 @@ class Settings(BaseSettings):
         lt=1,
         description="Decay of an exponential moving average of the weights, updated every step; the "
         "average is what is validated and kept. 0 = off (the raw weights).",
+    )
+    rating_l2: float = Field(
+        0.003, ge=0, description="rating-mf: λ of the L2 penalty on the parameters each rating uses."
     )
     train_threads: int = Field(0, ge=0, description="Torch threads for training; 0 = one per core.")
     seed: int = Field(42, description="Random seed: same data + seed = same model.")

@@ -620,7 +620,7 @@ def evaluate(
         from .trainer.evaluation.rating import evaluate_ratings, format_rating_table, plot_ratings
 
         try:
-            rating = evaluate_ratings(dataset)
+            rating = evaluate_ratings(dataset, settings)
         except (ValueError, RuntimeError) as exc:  # no ratings in the file, no scikit-surprise
             raise UserError(str(exc)) from None
         if plot is not None:

@@ -109,6 +109,7 @@ def publish_candidate(
             data=_describe_events(events, dataset) | data_info,
             curve=[
                 {"epoch": s.epoch, "loss": s.loss, "val_ndcg@10": s.val_ndcg, "seconds": round(s.seconds, 3)}
+                | ({} if s.val_rmse is None else {"val_rmse": s.val_rmse})
                 for s in result.history
             ],
         )

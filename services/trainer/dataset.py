@@ -1,7 +1,8 @@
 """Turn an events DataFrame into next-item training data: vocabulary, sequences, examples, validation.
 
 Input columns: ``user_id`` str, ``item_id`` str, ``event_type`` str, ``timestamp`` float, ``value``
-(unused here); other columns are ignored. Rows are the events in arrival order.
+(optional: kept per event for rating models, see train_rating.py); other columns are ignored. Rows
+are the events in arrival order.
 
 - The vocabulary is every item, most popular first (ties: first appearance), so item index 1 is
   the most popular item and the order is deterministic for a given frame. Index 0 is padding.
@@ -42,6 +43,11 @@ class SequenceDataset:
     train_positions: np.ndarray  # int64 [n_examples]: flat positions of the training targets
     val_users: np.ndarray  # int64 [n_val]: users with a validation target (their last item)
     max_seq_len: int
+    # float64 [n_events], aligned with `items`: each event's value (a rating), NaN if it has none;
+    # None if the frame had no value column. Only rating models read it.
+    values: np.ndarray | None = None
+    # int64 [n_events], aligned with `items`: the event's row number in the frame it was built from.
+    event_rows: np.ndarray | None = None
 
     @property
     def n_items(self) -> int:
@@ -67,6 +73,16 @@ class SequenceDataset:
         positions = self.train_positions[example_ids]
         owners = np.searchsorted(self.user_starts, positions, side="right") - 1
         return self._window(positions, self.user_starts[owners]), self.items[positions]
+
+    def owners(self, positions: np.ndarray) -> np.ndarray:
+        """The user of each flat position."""
+        return np.searchsorted(self.user_starts, positions, side="right") - 1
+
+    def fitting_histories(self, users: np.ndarray) -> np.ndarray:
+        """Each user's last max_seq_len items without their validation target (if they have one),
+        int64 [B, max_seq_len] left-padded: what the scorer sends for them, minus the holdout."""
+        ends = self.user_starts[users + 1] - np.isin(users, self.val_users)
+        return self._window(ends, self.user_starts[users])
 
     def val_histories(self, users: np.ndarray | None = None) -> np.ndarray:
         """Model input of validation users: their last max_seq_len training items, left-padded."""
@@ -132,6 +148,9 @@ def build_dataset(events: pd.DataFrame, max_seq_len: int) -> SequenceDataset:
     is_target[user_starts[:-1][lengths > 0]] = False
     is_target[user_starts[val_users + 1] - 1] = False
 
+    values = None
+    if "value" in events.columns:
+        values = pd.to_numeric(events["value"], errors="coerce").to_numpy(dtype=np.float64)[order]
     return SequenceDataset(
         vocabulary=vocabulary,
         user_ids=[str(user) for user in unique_users],
@@ -140,4 +159,6 @@ def build_dataset(events: pd.DataFrame, max_seq_len: int) -> SequenceDataset:
         train_positions=np.flatnonzero(is_target).astype(np.int64),
         val_users=val_users,
         max_seq_len=max_seq_len,
+        values=values,
+        event_rows=order.astype(np.int64),
     )

@@ -22,6 +22,7 @@ from streamrec.shared.settings import Settings
 
 # nanoGPT-style small init: N(0, 0.02) keeps initial logits near 0 so the first softmax is ~uniform.
 INIT_STD = 0.02
+RATING_INIT_STD = 0.1  # RatingMF's factors (as the rating task's biased MF)
 
 
 class SequenceRecommender(nn.Module):
@@ -30,6 +31,9 @@ class SequenceRecommender(nn.Module):
     # True if the model implements ``prefix_logits``: the training loop then feeds whole windows of
     # a user's sequence and learns every next item in it in one pass (see train.py).
     all_positions: bool = False
+    # True if ``logits`` are predicted ratings, fitted to events' values (train_rating.py), not
+    # next-item scores: train.train() hands such a model to the rating loop.
+    predicts_ratings: bool = False
     item_emb: nn.Embedding  # [n_items + 1, dim]; row 0 is padding. Every model has one.
 
     def __init__(self, n_items: int, max_seq_len: int, top_k: int) -> None:
@@ -260,8 +264,65 @@ class SASRec(SequenceRecommender):
         )
 
 
+class RatingMF(SequenceRecommender):
+    """Rating prediction from the history alone: asymmetric SVD, the implicit part of SVD++
+    (Paterek 2007; Koren 2008), trained on events' values (ratings) by train_rating.py.
+
+    ``rating(user, i) = mu + b_i + q_i · |N|^-1/2 Σ_{j in N} y_j`` with ``N`` the items of the
+    history (rated or not; padding left out). The user factor comes from the history, so there is
+    no user table: a new user is served from their first event (an empty history predicts
+    ``mu + b_i``). The user bias ``b_u`` of SVD is left out: it shifts all of a user's predictions
+    equally and would change no ranking. ``q`` is ``item_emb`` (similar items use it); ``y`` is a
+    table of its own. ``logits`` are the predicted ratings, so the served top-k are the items with
+    the highest predicted rating.
+    """
+
+    predicts_ratings = True
+
+    def __init__(self, n_items: int, max_seq_len: int, top_k: int, dim: int) -> None:
+        super().__init__(n_items, max_seq_len, top_k)
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=PADDING_INDEX)  # q
+        self.history_emb = nn.Embedding(n_items + 1, dim, padding_idx=PADDING_INDEX)  # y
+        self.item_bias = nn.Parameter(torch.zeros(n_items + 1))  # b_i
+        self.register_buffer("mean", torch.zeros(()))  # mu, set from the training ratings
+        for table in (self.item_emb, self.history_emb):
+            # Larger than INIT_STD: the gradient of q·y is proportional to the factors themselves.
+            nn.init.normal_(table.weight, std=RATING_INIT_STD)
+            with torch.no_grad():
+                table.weight[PADDING_INDEX].zero_()
+
+    @classmethod
+    def from_settings(cls, n_items: int, settings: Settings) -> RatingMF:
+        """Build the model with the hyper-parameters in ``settings``."""
+        return cls(n_items, settings.max_seq_len, settings.top_n, settings.embedding_dim)
+
+    def user_vectors(self, history: torch.Tensor) -> torch.Tensor:
+        """``|N|^-1/2 Σ_{j in N} y_j``: [B, L] -> [B, dim] (zeros for an empty history)."""
+        count = (history != PADDING_INDEX).sum(dim=1, keepdim=True).clamp(min=1)
+        return self.history_emb(history).sum(dim=1) * count.to(torch.float32).rsqrt()
+
+    def logits(self, history: torch.Tensor) -> torch.Tensor:
+        """The predicted rating of every item."""
+        return torch.addmm(self.item_bias + self.mean, self.user_vectors(history), self.item_emb.weight.T)
+
+    def predict(
+        self, history: torch.Tensor, items: torch.Tensor, owners: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Predicted ratings of ``items`` [B] by the users ``owners`` [B] (rows of ``history``
+        [U, L]: each user's history once), [B], and the squared norm of the parameters each
+        prediction used (b_i, q_i and every y_j of the user's history), [B]: its L2 term."""
+        q, b = self.item_emb(items), self.item_bias[items]
+        prediction = self.mean + b + (self.user_vectors(history)[owners] * q).sum(-1)
+        penalty = b**2 + (q**2).sum(-1) + (self.history_emb(history) ** 2).sum((1, 2))[owners]
+        return prediction, penalty
+
+
 # Model name (settings.model) -> class. Add a model by subclassing SequenceRecommender.
-MODELS: dict[str, type[SequenceRecommender]] = {"mf": MeanEmbeddingMF, "sasrec": SASRec}
+MODELS: dict[str, type[SequenceRecommender]] = {
+    "mf": MeanEmbeddingMF,
+    "sasrec": SASRec,
+    "rating-mf": RatingMF,
+}
 
 
 def build_model(settings: Settings, n_items: int) -> SequenceRecommender:
@@ -271,3 +332,10 @@ def build_model(settings: Settings, n_items: int) -> SequenceRecommender:
     except KeyError:
         raise ValueError(f"unknown model {settings.model!r}; known: {', '.join(sorted(MODELS))}") from None
     return model_class.from_settings(n_items, settings)
+
+
+def predicts_ratings(model_name: str) -> bool:
+    """Whether the family ``model_name`` is fitted to events' values (ratings) rather than next items;
+    False for a name that is not a model."""
+    model_class = MODELS.get(model_name)
+    return model_class is not None and model_class.predicts_ratings

@@ -32,7 +32,7 @@ from streamrec.shared.settings import Settings
 
 from .cooccurrence import item_vectors
 from .dataset import SequenceDataset
-from .model import INIT_STD, SequenceRecommender, build_model
+from .model import INIT_STD, SequenceRecommender, build_model, predicts_ratings
 
 log = get_logger(__name__)
 
@@ -50,6 +50,7 @@ class EpochStats:
     val_ndcg: float | None  # NDCG@10 on validation, None without validation users
     val_hr: float | None  # HR@10 on validation
     seconds: float
+    val_rmse: float | None = None  # rating models (train_rating.py): RMSE of the validation ratings
 
 
 @dataclass
@@ -131,6 +132,10 @@ def _evaluate_scores(
 
 def train(dataset: SequenceDataset, settings: Settings) -> TrainResult:
     """Fit a ``settings.model`` model on ``dataset``; deterministic for a given ``settings.seed``."""
+    if predicts_ratings(settings.model):  # fitted to the events' values, not to next items
+        from .train_rating import train_rating  # it builds on this module
+
+        return train_rating(dataset, settings)
     if dataset.n_train_examples == 0:
         raise ValueError("no training examples: no user has two or more events")
     started = time.perf_counter()

@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 import onnxruntime as ort
+import pandas as pd
 import pytest
 
 from streamrec.publisher import Publisher
@@ -50,28 +51,41 @@ def test_a_new_event_changes_the_users_list_under_the_same_model(trained_stack: 
     assert after.items != before.items, "the list did not follow the user's new event"
 
 
-@pytest.mark.changes_model
-def test_served_lists_are_the_offline_top_n_of_the_same_model(trained_stack: TrainedStack) -> None:
-    """Replay MovieLens (minus each user's last item) into Kafka, train, and recompute the served
-    lists offline: the protocol's sequences (the evaluation code) through the published ONNX model."""
-    live = trained_stack.live
+@pytest.fixture(scope="module")
+def served_ratings(trained_stack: TrainedStack) -> pd.DataFrame:
+    """Replay MovieLens (minus each user's last item) into Kafka once; returns the users' ratings."""
     ratings = load_interactions(DATASETS / "ml-100k" / "u.data")
     ratings = ratings[ratings.user_id.isin([str(user) for user in range(1, SERVED_USERS + 1)])].copy()
     ratings["user_id"] = "served-" + ratings.user_id  # users of their own, apart from other tests
     # The protocol's test split: every user's history minus their last item (time, then row order).
     ordered = in_time_order(ratings)
     replayed = ordered[ordered.groupby("user_id").cumcount(ascending=False) > 0]
+    assert replayed.value.notna().all()  # the ratings go out as the events' values (rating-mf's targets)
+    trained_stack.live.stream_in(replayed, "served")
+    return ratings
 
-    live.stream_in(replayed, "served")
+
+# The stack's default model, and the rating model (it ranks by predicted rating, trained on values).
+@pytest.mark.changes_model
+@pytest.mark.parametrize("model", [None, "rating-mf"])
+def test_served_lists_are_the_offline_top_n_of_the_same_model(
+    trained_stack: TrainedStack, served_ratings: pd.DataFrame, model: str | None
+) -> None:
+    """Train on the replayed MovieLens users, and recompute the served lists offline: the
+    protocol's sequences (the evaluation code) through the published ONNX model."""
+    live, ratings = trained_stack.live, served_ratings
+    registry = ModelRegistry(live.settings.model_dir)
+    served_before = registry.promoted_version()
 
     # This test is about serving, not the quality gate (tests/integration/test_model_lifecycle.py):
     # let this model through whatever its holdout score against the one served now.
-    result = live.cli("train", "--once", env={"STREAMREC_GATE_TOLERANCE": "1"})
+    env = {"STREAMREC_GATE_TOLERANCE": "1"} | ({"STREAMREC_MODEL": model} if model else {})
+    result = live.cli("train", "--once", env=env)
     assert result.returncode == 0, result.stderr[-3000:]
-    registry = ModelRegistry(live.settings.model_dir)
     version = registry.promoted_version()
-    assert version is not None and version != trained_stack.version
+    assert version is not None and version not in (trained_stack.version, served_before)
     manifest = registry.verify(version)
+    assert manifest.model_type == (model or live.settings.model)
 
     # Offline: the evaluation protocol's view of the same file (histories = train + validation items).
     split = split_interactions(ratings)

@@ -117,4 +117,5 @@ def sequence_dataset(
         train_positions=np.flatnonzero(is_target).astype(np.int64),
         val_users=np.asarray(validation_users, dtype=np.int64),
         max_seq_len=max_seq_len,
+        values=sequences.values,  # rating models (rating-mf) train on them
     )

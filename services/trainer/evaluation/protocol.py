@@ -43,6 +43,8 @@ class UserSequences:
     items: np.ndarray  # int64 [n_interactions]
     starts: np.ndarray  # int64 [n_users + 1]
     n_items: int  # size of the item universe (indices 0..n_items-1)
+    # float64 [n_interactions]: each interaction's value (a rating; NaN: none), for rating models.
+    values: np.ndarray | None = None
 
     @property
     def n_users(self) -> int:
@@ -66,10 +68,14 @@ class UserSequences:
         positions = np.arange(starts[-1], dtype=np.int64) + np.repeat(
             self.starts[users] - starts[:-1], lengths
         )
-        return UserSequences(self.items[positions], starts, self.n_items)
+        values = None if self.values is None else self.values[positions]
+        return UserSequences(self.items[positions], starts, self.n_items, values)
 
-    def appended(self, users: np.ndarray, items: np.ndarray) -> UserSequences:
-        """A copy with ``items[i]`` added as the newest item of ``users[i]`` (users distinct)."""
+    def appended(
+        self, users: np.ndarray, items: np.ndarray, values: np.ndarray | None = None
+    ) -> UserSequences:
+        """A copy with ``items[i]`` (of value ``values[i]``, default NaN) added as the newest item
+        of ``users[i]`` (users distinct)."""
         extra = np.zeros(self.n_users, dtype=np.int64)
         extra[users] = 1
         starts = np.concatenate([[0], np.cumsum(self.lengths + extra)]).astype(np.int64)
@@ -79,7 +85,12 @@ class UserSequences:
         )
         merged[old_positions] = self.items
         merged[starts[np.asarray(users) + 1] - 1] = items
-        return UserSequences(merged, starts, self.n_items)
+        merged_values = None
+        if self.values is not None:
+            merged_values = np.full(starts[-1], np.nan)
+            merged_values[old_positions] = self.values
+            merged_values[starts[np.asarray(users) + 1] - 1] = np.nan if values is None else values
+        return UserSequences(merged, starts, self.n_items, merged_values)
 
     def matrix(self, dtype: type = np.float64) -> sp.csr_matrix:
         """Binary user x item matrix [n_users, n_items]: 1 where the user interacted with the item."""
@@ -114,6 +125,7 @@ class Split:
     evaluated: np.ndarray  # int64: users with >= MIN_INTERACTIONS interactions
     validation_items: np.ndarray  # int64 [n_eval]
     test_items: np.ndarray  # int64 [n_eval]
+    validation_values: np.ndarray | None = None  # float64 [n_eval], if the file has values
 
     @property
     def n_items(self) -> int:
@@ -126,7 +138,7 @@ class Split:
 
     def test(self) -> Phase:
         """Fit on train + validation; rank for the test item, excluding train and validation items."""
-        fitting = self.train.appended(self.evaluated, self.validation_items)
+        fitting = self.train.appended(self.evaluated, self.validation_items, self.validation_values)
         return Phase("test", fitting, self.evaluated, self.test_items)
 
 
@@ -148,8 +160,12 @@ def split_interactions(frame: pd.DataFrame) -> Split:
     is_train[validation_positions] = False
     train_lengths = lengths.copy()
     train_lengths[evaluated] -= 2
+    values = frame["value"].to_numpy(dtype=np.float64)[order] if "value" in frame.columns else None
     train = UserSequences(
-        items[is_train], np.concatenate([[0], np.cumsum(train_lengths)]).astype(np.int64), len(item_ids)
+        items[is_train],
+        np.concatenate([[0], np.cumsum(train_lengths)]).astype(np.int64),
+        len(item_ids),
+        None if values is None else values[is_train],
     )
     return Split(
         user_ids=np.asarray(user_ids, dtype=str),
@@ -158,6 +174,7 @@ def split_interactions(frame: pd.DataFrame) -> Split:
         evaluated=evaluated,
         validation_items=items[validation_positions],
         test_items=items[test_positions],
+        validation_values=None if values is None else values[validation_positions],
     )
 
 

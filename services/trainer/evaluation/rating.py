@@ -16,6 +16,12 @@ Models, all in torch except the mean and the reference:
 - ``biased-mf``: ``mu + b_u + b_i + p_u·q_i``, squared error + λ‖θ‖² over the parameters each
   rating uses (the classic regularised SVD objective), Adam, early stopping; λ and the size tuned
   on a validation split carved out of the 80% (never the test).
+- ``rating-mf``: the trainer's servable rating model (:class:`~streamrec.trainer.model.RatingMF`,
+  ``mu + b_i + q_i·|N|^-1/2 Σ_{j in N} y_j`` with N the user's items, no user table), trained by the
+  trainer's own loop (:func:`~streamrec.trainer.train_rating.fit_ratings`) with its defaults; λ
+  tuned on the same validation carve-out. Its input is what the scorer sends for the user: their
+  last ``max_seq_len`` items of the whole file in time order, test items included (their items, not
+  their ratings: a served model knows what a user rated, not how).
 - ``surprise-svd``: scikit-surprise's ``SVD`` with its defaults, on the same split, in the same run:
   the reference the best model must match.
 """
@@ -25,7 +31,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +42,10 @@ from torch import nn
 
 from streamrec.shared.datasets import load_interactions
 from streamrec.shared.logs import get_logger
+from streamrec.shared.settings import Settings
+from streamrec.trainer.dataset import SequenceDataset, build_dataset
+from streamrec.trainer.train_rating import RatingExamples, fit_ratings, predict_ratings, rating_objective
+from streamrec.trainer.train_rating import rating_errors as errors
 
 log = get_logger(__name__)
 
@@ -50,6 +60,8 @@ MF_MAX_EPOCHS = 60
 MF_PATIENCE = 3
 MF_BATCH = 1024
 MF_LEARNING_RATE = 3e-3
+RATING_MF = "rating-mf"
+RATING_MF_L2_GRID = [0.001, 0.003, 0.01, 0.03]  # rating-mf's λ (settings.rating_l2), by validation RMSE
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,7 +265,7 @@ def fit_factorisation(
         for start in range(0, len(order), MF_BATCH):
             batch = order[start : start + MF_BATCH]
             prediction, penalty = model(data.users[batch], data.items[batch])
-            loss = ((prediction - data.values[batch]).pow(2) + l2 * penalty).mean()
+            loss = rating_objective(prediction, penalty, data.values[batch], l2)
             optimiser.zero_grad()
             loss.backward()
             optimiser.step()
@@ -300,12 +312,6 @@ def fit_surprise_svd(split: RatingSplit) -> Callable[[pd.DataFrame], np.ndarray]
 # --------------------------------------------------------------------------------------------
 
 
-def errors(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float]:
-    """RMSE and MAE."""
-    difference = np.asarray(predicted, dtype=np.float64) - np.asarray(actual, dtype=np.float64)
-    return {"rmse": float(np.sqrt(np.mean(difference**2))), "mae": float(np.mean(np.abs(difference)))}
-
-
 def tune_factorisation(split: RatingSplit, grid: list[tuple[int, float]]) -> dict[str, Any]:
     """The best (size, λ, epochs) of ``grid`` by RMSE on a validation split of the training data."""
     carved = carve_validation(split.train)
@@ -326,10 +332,64 @@ def tune_factorisation(split: RatingSplit, grid: list[tuple[int, float]]) -> dic
     return {"chosen": min(trials, key=lambda trial: trial["validation_rmse"]), "trials": trials}
 
 
-def evaluate_ratings(dataset: Path) -> dict[str, Any]:
+def rating_mf_dataset(
+    frame: pd.DataFrame, split: RatingSplit, max_seq_len: int
+) -> tuple[SequenceDataset, np.ndarray]:
+    """The trainer's dataset of the whole file without the test ratings' values (their events stay
+    history) and without a ranking holdout, and the dataset position of each frame row."""
+    events = frame.reset_index(drop=True)
+    events = events.assign(value=events.value.where(~events.index.isin(split.test.index)))
+    dataset = build_dataset(events, max_seq_len)
+    dataset = replace(dataset, val_users=np.zeros(0, dtype=np.int64))
+    assert dataset.event_rows is not None
+    positions = np.empty(len(events), dtype=np.int64)
+    positions[dataset.event_rows] = np.arange(len(events))
+    return dataset, positions
+
+
+def tune_rating_mf(
+    dataset: SequenceDataset, positions: np.ndarray, split: RatingSplit, settings: Settings
+) -> dict[str, Any]:
+    """rating-mf's best λ (and epochs) of RATING_MF_L2_GRID by RMSE on the validation carve-out."""
+    carved = carve_validation(split.train)
+    examples = RatingExamples(positions[carved.train.index], positions[carved.test.index])
+    trials = []
+    for l2 in RATING_MF_L2_GRID:
+        result = fit_ratings(dataset, examples, settings.model_copy(update={"rating_l2": l2}))
+        trials.append(
+            {
+                "l2": l2,
+                "epochs": result.best_epoch,
+                "validation_rmse": result.metrics["val_rmse"],
+                "seconds": round(result.train_seconds, 1),
+            }
+        )
+        log.info("rating model tuned", extra={"trial": trials[-1]})
+    return {"chosen": min(trials, key=lambda trial: trial["validation_rmse"]), "trials": trials}
+
+
+def fit_rating_mf(
+    dataset: SequenceDataset,
+    positions: np.ndarray,
+    split: RatingSplit,
+    settings: Settings,
+    chosen: dict[str, Any],
+) -> Callable[[pd.DataFrame], np.ndarray]:
+    """rating-mf refit on all training ratings with the chosen λ for the chosen epochs; returns
+    its predictor (of frame rows, by their index)."""
+    examples = RatingExamples(positions[split.train.index], np.zeros(0, dtype=np.int64))
+    tuned = settings.model_copy(update={"rating_l2": chosen["l2"], "epochs": chosen["epochs"]})
+    result = fit_ratings(dataset, examples, tuned)
+    low, high = result.metrics["rating_min"], result.metrics["rating_max"]
+    return lambda frame: predict_ratings(result.model, dataset, positions[frame.index], low, high)
+
+
+def evaluate_ratings(dataset: Path, settings: Settings | None = None) -> dict[str, Any]:
     """Every rating model on the seed's split of ``dataset``: test RMSE/MAE per model, the unseen
-    pairs, and the validation trials of the tuned models."""
-    split = seed_split(load_interactions(dataset))
+    pairs, and the validation trials of the tuned models. ``settings`` (default: the environment's)
+    gives rating-mf its trainer settings, taken for that model."""
+    frame = load_interactions(dataset)
+    split = seed_split(frame)
     actual = split.test.value.to_numpy()
     rows: list[dict[str, Any]] = []
     tuning: dict[str, Any] = {}
@@ -364,6 +424,15 @@ def evaluate_ratings(dataset: Path) -> dict[str, Any]:
         )
     record(
         "seed", lambda: fit_seed(split), {"dim": SeedModel.DIM, "l2": SeedModel.L2, "epochs": 5, "batch": 32}
+    )
+    rating_settings = (settings or Settings()).for_model(RATING_MF)
+    events, positions = rating_mf_dataset(frame, split, rating_settings.max_seq_len)  # type: ignore[arg-type]
+    tuned = tuning[RATING_MF] = tune_rating_mf(events, positions, split, rating_settings)
+    chosen = tuned["chosen"]
+    record(
+        RATING_MF,
+        lambda: fit_rating_mf(events, positions, split, rating_settings, chosen),
+        {"dim": rating_settings.embedding_dim, "l2": chosen["l2"], "epochs": chosen["epochs"]},
     )
     record("surprise-svd", lambda: fit_surprise_svd(split), {"library": "scikit-surprise", "defaults": True})
     return {

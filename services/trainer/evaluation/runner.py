@@ -12,10 +12,13 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from streamrec.shared.datasets import load_interactions
 from streamrec.shared.logs import get_logger
 from streamrec.shared.settings import Settings
 from streamrec.trainer.model import MODELS as TRAINER_MODELS
+from streamrec.trainer.model import predicts_ratings
 
 from .baselines import EASE, ItemKNN, MostPop
 from .bias import BiasReference, bias_metrics, debias_curve, phase_candidates
@@ -34,6 +37,9 @@ MODELS: dict[str, Callable[[Settings], Recommender]] = {
     "ease": lambda settings: EASE(),
     **{name: partial(TrainerModel, name) for name in TRAINER_MODELS},
 }
+# Evaluated when no model is named: all but the rating models (rating-mf), which need rated events
+# and are `--task rating`'s; named (``--models rating-mf``), one is ranked like any other.
+DEFAULT_MODELS = [name for name in MODELS if not predicts_ratings(name)]
 
 
 class EvaluationError(Exception):
@@ -47,7 +53,7 @@ def evaluate(
     plot: Path | None = None,
     penalties: list[float] | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``models`` (default: all of :data:`MODELS`) on an interaction file.
+    """Evaluate ``models`` (default: :data:`DEFAULT_MODELS`) on an interaction file.
 
     Returns ``{"dataset", "users", "items", "models": [{"name", "default", "ndcg@10", "hr@10",
     "ndcg@20", "hr@20", "mrr", "train_seconds", "params"}, …], "tuning": {name: {"params",
@@ -65,7 +71,7 @@ def evaluate(
     and ``debias`` at the top level says so (``{"candidates", "penalties"}``; the chart then
     has a second row: NDCG@10 against coverage@10 and against tail@10).
     """
-    names = list(MODELS) if models is None else models
+    names = DEFAULT_MODELS if models is None else models
     unknown = [name for name in names if name not in MODELS]
     if unknown or not names:
         raise EvaluationError(
@@ -74,6 +80,9 @@ def evaluate(
     split = split_interactions(load_interactions(dataset))
     if len(split.evaluated) == 0:
         raise EvaluationError(f"{dataset}: no user has 3 or more interactions, nothing to evaluate")
+    rated = split.train.values is not None and not np.isnan(split.train.values).all()
+    if not rated and (raters := [name for name in names if name not in DEFAULT_MODELS]):
+        raise EvaluationError(f"{', '.join(raters)} needs events with a value (ratings): {dataset} has none")
     if penalties is not None and (not penalties or any(not penalty >= 0 for penalty in penalties)):
         raise EvaluationError(f"popularity penalties must be >= 0, got {penalties}")
     reference = BiasReference.of(split.test())
