@@ -286,7 +286,7 @@ class Settings(BaseSettings):
         le=10,
         description="Popularity debiasing: re-rank the model's top_k candidates by score - penalty × "
         "ln(1 + the item's training interactions), 0–10; 0 = off (lists exactly the model's). In model-score "
-        "units: 0.25 costs sasrec 1–3 % NDCG@10 for ~10 % more catalogue coverage (docs/evaluation.md has "
+        "units: 0.25 costs sasrec 0.2–5 % NDCG@10 for ~12 % more catalogue coverage (docs/evaluation.md has "
         "the trade-off); needs a version with item_popularity.npy.",
     )
 
