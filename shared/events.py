@@ -43,6 +43,8 @@ EVENT_WEIGHTS: dict[str, float] = {
     "purchase": 3.0,
 }
 DEFAULT_EVENT_WEIGHT = 1.0
+# The event type whose value is an explicit rating: what rating models (rating-mf) learn from.
+RATING_EVENT_TYPE = "rating"
 
 Id = Annotated[StrictStr | StrictInt, Field(description="String or integer; normalised to a string.")]
 

@@ -23,8 +23,10 @@ import numpy as np
 import pandas as pd
 
 from streamrec.shared.contracts import PADDING_INDEX
+from streamrec.shared.events import RATING_EVENT_TYPE
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
+MAX_RATING_MAGNITUDE = 1e18
 MIN_EVENTS_FOR_VALIDATION = 3
 
 
@@ -43,8 +45,8 @@ class SequenceDataset:
     train_positions: np.ndarray  # int64 [n_examples]: flat positions of the training targets
     val_users: np.ndarray  # int64 [n_val]: users with a validation target (their last item)
     max_seq_len: int
-    # float64 [n_events], aligned with `items`: each event's value (a rating), NaN if it has none;
-    # None if the frame had no value column. Only rating models read it.
+    # float64 [n_events], aligned with `items`: each event's rating (:func:`rating_values`), NaN if
+    # it is none; None if the frame had no value column. Only rating models read it.
     values: np.ndarray | None = None
     # int64 [n_events], aligned with `items`: the event's row number in the frame it was built from.
     event_rows: np.ndarray | None = None
@@ -150,7 +152,7 @@ def build_dataset(events: pd.DataFrame, max_seq_len: int) -> SequenceDataset:
 
     values = None
     if "value" in events.columns:
-        values = pd.to_numeric(events["value"], errors="coerce").to_numpy(dtype=np.float64)[order]
+        values = rating_values(events)[order]
     return SequenceDataset(
         vocabulary=vocabulary,
         user_ids=[str(user) for user in unique_users],
@@ -162,3 +164,16 @@ def build_dataset(events: pd.DataFrame, max_seq_len: int) -> SequenceDataset:
         values=values,
         event_rows=order.astype(np.int64),
     )
+
+
+def rating_values(events: pd.DataFrame) -> np.ndarray:
+    """Each event's rating, float64 [len(events)], NaN where it has none.
+
+    A rating is the value of a ``rating`` event (all values if the frame has no event types): a
+    purchase's value, e.g. an amount, is not one. Values a float32 model cannot hold (beyond
+    ±1e18, whose square overflows float32) are dropped as not ratings rather than fail training.
+    """
+    values = pd.to_numeric(events["value"], errors="coerce").to_numpy(dtype=np.float64)
+    if "event_type" in events.columns:
+        values = np.where(events["event_type"].to_numpy() == RATING_EVENT_TYPE, values, np.nan)
+    return np.where(np.abs(values) <= MAX_RATING_MAGNITUDE, values, np.nan)

@@ -1,6 +1,7 @@
 """The rating loop: a rating model (``predicts_ratings``, e.g. RatingMF) fitted to events' values.
 
-A rating example is an event with a value (MovieLens replays publish the rating as the value).
+A rating example is a ``rating`` event with a value (MovieLens replays publish the rating as the
+value; :func:`~.dataset.rating_values`).
 Its input is its user's history as the scorer sends it, the user's last ``max_seq_len`` items,
 rated or not (minus the ranking holdout, below: :meth:`SequenceDataset.fitting_histories`): the
 set N(u) of SVD++, the same for all of a user's ratings, rated item included, as a served model
@@ -56,8 +57,8 @@ def rating_examples(dataset: SequenceDataset, settings: Settings) -> RatingExamp
     rated = np.zeros(0, dtype=np.int64) if values is None else np.flatnonzero(~np.isnan(values))
     if len(rated) == 0:
         raise ValueError(
-            f"{settings.model} needs events with a value (e.g. ratings) to train on: "
-            f"none of the {len(dataset.items)} events has one"
+            f"{settings.model} needs events with a value (`rating` events with their rating) to train "
+            f"on: none of the {len(dataset.items)} events is one"
         )
     if len(dataset.val_users) == 0:
         return RatingExamples(rated, np.zeros(0, dtype=np.int64))

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -81,6 +82,9 @@ def _start_dev(services: str, env: dict[str, str]) -> tuple[subprocess.Popen[str
         output.append(line)
         if "Ctrl-C stops everything" in line or not line:
             break
+    # Keep reading what dev and its services print from then on: a full pipe would block their
+    # writes, and a process blocked writing its shutdown log never stops (Ctrl-C would hang).
+    threading.Thread(target=dev.stdout.read, daemon=True).start()
     return dev, "".join(output)
 
 

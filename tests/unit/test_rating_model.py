@@ -190,3 +190,18 @@ def test_rating_models_are_ranked_only_by_name_and_only_with_ratings(tmp_path: P
     rated_events().drop(columns=["value", "event_type"]).to_csv(path, index=False)
     with pytest.raises(EvaluationError, match="rating-mf needs events with a value"):
         evaluate(path, ["rating-mf"], rating_settings(tmp_path))
+
+
+def test_only_the_values_of_rating_events_are_ratings() -> None:
+    events = pd.DataFrame(
+        {
+            "user_id": ["a"] * 4,
+            "item_id": ["x", "y", "z", "w"],
+            "event_type": ["rating", "purchase", "rating", "rating"],
+            "timestamp": [1.0, 2.0, 3.0, 4.0],
+            "value": [4.0, 99.0, 1e300, np.nan],  # a purchase amount, an absurd rating, none
+        }
+    )
+    values = build_dataset(events, 5).values
+    assert values is not None
+    assert values[0] == 4.0 and np.isnan(values[1:]).all()
