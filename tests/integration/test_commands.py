@@ -65,14 +65,18 @@ def test_demo_prints_recommendations_and_stops_everything(tmp_path: Path) -> Non
     assert _processes_carrying(str(tmp_path)) == []
 
 
-def _start_dev(services: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
-    """`streamrec dev --services SERVICES`, and what it printed until it said it is running."""
+def _start_dev(services: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str, list[str]]:
+    """`streamrec dev --services SERVICES`, what it printed until it said it is running, and every
+    line it printed (growing while it runs)."""
     dev = subprocess.Popen(
         [sys.executable, "-m", "streamrec", "dev", "--services", services],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C is what the tests send: a shell runs a background job (`make test &`) with SIGINT
+        # ignored, and an ignored signal stays ignored in its children unless reset.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     output = []
     deadline = time.monotonic() + 120
@@ -84,17 +88,21 @@ def _start_dev(services: str, env: dict[str, str]) -> tuple[subprocess.Popen[str
             break
     # Keep reading what dev and its services print from then on: a full pipe would block their
     # writes, and a process blocked writing its shutdown log never stops (Ctrl-C would hang).
-    threading.Thread(target=dev.stdout.read, daemon=True).start()
-    return dev, "".join(output)
+    shown = "".join(output)
+    threading.Thread(target=lambda: output.extend(dev.stdout), daemon=True).start()  # type: ignore[arg-type]
+    return dev, shown, output
 
 
 def test_dev_stops_every_process_on_ctrl_c(tmp_path: Path) -> None:
-    dev, shown = _start_dev("ingest,scorer", _isolated_env(tmp_path))
+    dev, shown, printed = _start_dev("ingest,scorer", _isolated_env(tmp_path))
     try:
         assert "Ctrl-C stops everything" in shown, shown
         assert len(_processes_carrying(str(tmp_path))) >= 4  # broker, redis, ingest, scorer
         dev.send_signal(signal.SIGINT)
-        assert dev.wait(60) == 0
+        try:
+            assert dev.wait(60) == 0
+        except subprocess.TimeoutExpired:
+            pytest.fail("dev still running 60 s after Ctrl-C; it printed:\n" + "".join(printed)[-4000:])
     finally:
         if dev.poll() is None:
             dev.kill()
@@ -110,7 +118,7 @@ def test_train_now_beside_a_running_dev_stack_uses_every_event_and_the_served_re
     env = _isolated_env(tmp_path)
     # The stack's trainer stays idle, so the model the scorer serves can only come from train --once.
     env.update(STREAMREC_TRAIN_TRIGGER="all", STREAMREC_TRAIN_MIN_NEW_EVENTS="100000000")
-    dev, shown = _start_dev("ingest,scorer,trainer", env)
+    dev, shown, _ = _start_dev("ingest,scorer,trainer", env)
     try:
         match = re.search(r"source (\S+streamrec\.env);", shown)
         assert match, shown
