@@ -81,7 +81,7 @@ from .features import (
     merge_popularity,
 )
 from .transport import IngestApp, RecordRun
-from .write_back import StateWriteBack, as_current_event
+from .write_back import PartitionEvent, StateWriteBack, as_current_event
 
 log = get_logger(__name__)
 
@@ -279,7 +279,6 @@ def create_app(settings: Settings) -> faust.App:
         "erasure_markers", key_type=str, options=table_store_options(ERASURE_TABLE_MEMORY_MB)
     )
     markers = ErasureMarkers(settings.erasure_hold_seconds)
-    control_events: dict[int, faust.types.EventT] = {}  # the latest control message of each partition
     # A partition's runs and forget requests take turns: a forget must not land between a run's
     # held states and the features it sends (the erased user would come back with them).
     partition_locks: dict[int, asyncio.Lock] = {}
@@ -437,7 +436,6 @@ def create_app(settings: Settings) -> faust.App:
             return
         user = request.user_id
         async with partition_lock(partition):
-            control_events[partition] = event
             with as_current_event(event):  # table reads and writes: this partition's
                 known = write_back.get(partition, user) is not None
                 write_back.forget(partition, user)
@@ -463,13 +461,13 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.timer(min(ERASURE_EXPIRY_SECONDS, settings.erasure_hold_seconds), name="expire_erasure_markers")
     async def expire_erasure_markers() -> None:
-        """Delete the markers whose hold is over (a tombstone each, under an event of their partition)."""
+        """Delete the markers whose hold is over (a tombstone each, on their partition).
+
+        No event of a marker's partition need have come since a restart (the forget request's
+        offset may be committed), so the partition is named, not taken from its last event."""
         now = time.time()
         for partition in markers.partitions():
-            event = write_back.last_event(partition) or control_events.get(partition)
-            if event is None:
-                continue
-            with as_current_event(event):
+            with as_current_event(PartitionEvent(settings.topic_control, partition)):
                 for key in markers.expired(partition, now):
                     del erasure_markers[key]
 
@@ -481,8 +479,6 @@ def create_app(settings: Settings) -> faust.App:
         for key, value in erasure_markers.items():
             if int(value["partition"]) in owned:
                 markers.load(int(value["partition"]), key, value)
-        for partition in set(control_events) - owned:
-            del control_events[partition]
         if len(markers):
             log.info("erasure markers recovered", extra={"markers": len(markers)})
 

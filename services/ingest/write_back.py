@@ -11,6 +11,7 @@ again, and what the changelog already holds of it is dropped as duplicates by ev
 
 Faust derives a table write's partition from the event being processed, and a commit happens
 outside any event: a partition's writes are made under the last event seen on that partition.
+Where none was seen since the worker started, :class:`PartitionEvent` stands in for one.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import time
 import weakref
 from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import faust
@@ -28,8 +30,17 @@ from faust.types import EventT
 from .features import UserState
 
 
+class PartitionEvent:
+    """What Faust's tables read of the current event to route a write: its message's topic and
+    partition. A stand-in for a stream event of that partition, for writes outside any stream (a
+    timer's) when no event of the partition may have been seen since the worker started."""
+
+    def __init__(self, topic: str, partition: int) -> None:
+        self.message = SimpleNamespace(topic=topic, partition=partition)
+
+
 @contextmanager
-def as_current_event(event: EventT) -> Iterator[None]:
+def as_current_event(event: EventT | PartitionEvent) -> Iterator[None]:
     """Make ``event`` Faust's current event, so table writes go to its partition."""
     token = _current_event.set(weakref.ref(event))
     try:
@@ -68,10 +79,6 @@ class StateWriteBack:
         held = self._states.get(partition)
         if held is not None:
             held.pop(user_id, None)
-
-    def last_event(self, partition: int) -> EventT | None:
-        """The latest event seen on ``partition`` (table writes outside a stream go under it)."""
-        return self._events.get(partition)
 
     def held_seconds(self, partition: int) -> float:
         """How long the oldest state held for ``partition`` has waited (0 if none)."""
