@@ -166,7 +166,7 @@ def train(dataset: SequenceDataset, settings: Settings) -> TrainResult:
     averaged = WeightAverage(model, settings.weight_average_decay)
     batches = TrainBatches(dataset, settings.batch_size, model.all_positions, settings.windows_per_user)
     history: list[EpochStats] = []
-    best_ndcg, best_epoch, best_state = -math.inf, 0, None
+    stopping = EarlyStopping(settings.patience, higher_is_better=True)
     for epoch in range(1, settings.epochs + 1):
         epoch_started = time.perf_counter()
         loss = _train_one_epoch(model, optimizer, batches, shuffle_rng, epoch, averaged)
@@ -184,38 +184,76 @@ def train(dataset: SequenceDataset, settings: Settings) -> TrainResult:
                 "seconds": round(stats.seconds, 2),
             },
         )
-        # Without validation users there is nothing to stop on: every epoch counts as the best.
-        if ndcg is None or ndcg > best_ndcg:
-            best_ndcg, best_epoch = (ndcg if ndcg is not None else -math.inf), epoch
-            best_state = copy.deepcopy(kept.state_dict())
-        elif epoch - best_epoch >= settings.patience:
-            log.info("early stopping", extra={"epoch": epoch, "best_epoch": best_epoch})
+        if stopping.should_stop(epoch, ndcg, kept):
             break
 
-    assert best_state is not None  # the first epoch always sets it
-    model.load_state_dict(best_state)
-    model.eval()
+    stopping.restore(model)
     train_seconds = time.perf_counter() - started
-    best = history[best_epoch - 1]
-    metrics: dict[str, float] = {
-        "best_epoch": float(best_epoch),
-        "epochs_run": float(len(history)),
-        "train_seconds": round(train_seconds, 3),
-        "final_loss": history[-1].loss,
-        "best_epoch_loss": best.loss,
+    best = history[stopping.best_epoch - 1]
+    metrics = run_metrics(history, stopping.best_epoch, train_seconds) | {
         "train_examples": float(dataset.n_train_examples),
         "val_users": float(len(dataset.val_users)),
     }
     if has_validation:
-        pop_ndcg, pop_hr = popularity_baseline(dataset)
-        metrics |= {
-            f"val_ndcg@{METRIC_K}": float(best.val_ndcg),  # type: ignore[arg-type]
-            f"val_hr@{METRIC_K}": float(best.val_hr),  # type: ignore[arg-type]
-            f"popularity_ndcg@{METRIC_K}": pop_ndcg,
-            f"popularity_hr@{METRIC_K}": pop_hr,
-        }
+        metrics |= validation_ranking_metrics(dataset, best.val_ndcg or 0.0, best.val_hr or 0.0)
     log.info("training done", extra=metrics)
-    return TrainResult(model, dataset.vocabulary, history, best_epoch, metrics, train_seconds)
+    return TrainResult(model, dataset.vocabulary, history, stopping.best_epoch, metrics, train_seconds)
+
+
+class EarlyStopping:
+    """Keeps the weights of the best epoch so far, and says when ``patience`` epochs brought no gain.
+
+    An epoch without a score (no validation data) counts as the best: there is nothing to stop on,
+    and the last epoch's weights are kept.
+    """
+
+    def __init__(self, patience: int, higher_is_better: bool) -> None:
+        self.patience = patience
+        self.sign = 1.0 if higher_is_better else -1.0
+        self.best_epoch = 0
+        self.best_score: float | None = None
+        self._best_state: dict[str, torch.Tensor] | None = None
+
+    def should_stop(self, epoch: int, score: float | None, model: torch.nn.Module) -> bool:
+        """Record ``epoch``'s validation ``score`` of ``model`` (copying its weights if it is the best
+        yet); True once ``patience`` epochs passed since the best."""
+        if score is None or self.best_score is None or self.sign * (score - self.best_score) > 0:
+            self.best_epoch, self.best_score = epoch, score
+            self._best_state = copy.deepcopy(model.state_dict())
+            return False
+        if epoch - self.best_epoch >= self.patience:
+            log.info("early stopping", extra={"epoch": epoch, "best_epoch": self.best_epoch})
+            return True
+        return False
+
+    def restore(self, model: torch.nn.Module) -> None:
+        """Load the best epoch's weights into ``model`` and put it in eval mode."""
+        if self._best_state is None:
+            raise RuntimeError("no epoch was recorded")
+        model.load_state_dict(self._best_state)
+        model.eval()
+
+
+def run_metrics(history: list[EpochStats], best_epoch: int, train_seconds: float) -> dict[str, float]:
+    """The manifest metrics every training loop reports: how many epochs ran, which was kept, losses."""
+    return {
+        "best_epoch": float(best_epoch),
+        "epochs_run": float(len(history)),
+        "train_seconds": round(train_seconds, 3),
+        "final_loss": history[-1].loss,
+        "best_epoch_loss": history[best_epoch - 1].loss,
+    }
+
+
+def validation_ranking_metrics(dataset: SequenceDataset, ndcg: float, hr: float) -> dict[str, float]:
+    """A model's validation NDCG/HR@10 beside the most-popular baseline's on the same users."""
+    pop_ndcg, pop_hr = popularity_baseline(dataset)
+    return {
+        f"val_ndcg@{METRIC_K}": float(ndcg),
+        f"val_hr@{METRIC_K}": float(hr),
+        f"popularity_ndcg@{METRIC_K}": pop_ndcg,
+        f"popularity_hr@{METRIC_K}": pop_hr,
+    }
 
 
 class TrainBatches:

@@ -17,8 +17,6 @@ never learnt from, like every other model's.
 
 from __future__ import annotations
 
-import copy
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -32,7 +30,15 @@ from streamrec.shared.settings import Settings
 
 from .dataset import SequenceDataset
 from .model import SequenceRecommender, build_model
-from .train import METRIC_K, EpochStats, TrainResult, evaluate, popularity_baseline, seed_everything
+from .train import (
+    EarlyStopping,
+    EpochStats,
+    TrainResult,
+    evaluate,
+    run_metrics,
+    seed_everything,
+    validation_ranking_metrics,
+)
 
 log = get_logger(__name__)
 
@@ -148,7 +154,8 @@ def fit_ratings(dataset: SequenceDataset, examples: RatingExamples, settings: Se
     )
 
     history: list[EpochStats] = []
-    best_rmse, best_epoch, best_state, best_mae = math.inf, 0, None, math.nan
+    errors: list[dict[str, float] | None] = []  # each epoch's validation RMSE and MAE
+    stopping = EarlyStopping(settings.patience, higher_is_better=False)
     for epoch in range(1, settings.epochs + 1):
         epoch_started = time.perf_counter()
         loss = _train_one_epoch(model, optimizer, dataset, examples.train, settings, shuffle_rng, epoch)
@@ -158,6 +165,7 @@ def fit_ratings(dataset: SequenceDataset, examples: RatingExamples, settings: Se
         val_rmse = None if val is None else val["rmse"]
         stats = EpochStats(epoch, loss, None, None, time.perf_counter() - epoch_started, val_rmse)
         history.append(stats)
+        errors.append(val)
         log.info(
             "epoch done",
             extra={
@@ -168,25 +176,12 @@ def fit_ratings(dataset: SequenceDataset, examples: RatingExamples, settings: Se
                 "seconds": round(stats.seconds, 2),
             },
         )
-        # Without validation ratings there is nothing to stop on: every epoch counts as the best.
-        if val is None or val["rmse"] < best_rmse:
-            best_epoch, best_state = epoch, copy.deepcopy(model.state_dict())
-            if val is not None:
-                best_rmse, best_mae = val["rmse"], val["mae"]
-        elif epoch - best_epoch >= settings.patience:
-            log.info("early stopping", extra={"epoch": epoch, "best_epoch": best_epoch})
+        if stopping.should_stop(epoch, val_rmse, model):
             break
 
-    assert best_state is not None  # the first epoch always sets it
-    model.load_state_dict(best_state)
-    model.eval()
+    stopping.restore(model)
     train_seconds = time.perf_counter() - started
-    metrics: dict[str, float] = {
-        "best_epoch": float(best_epoch),
-        "epochs_run": float(len(history)),
-        "train_seconds": round(train_seconds, 3),
-        "final_loss": history[-1].loss,
-        "best_epoch_loss": history[best_epoch - 1].loss,
+    metrics = run_metrics(history, stopping.best_epoch, train_seconds) | {
         "train_ratings": float(len(examples.train)),
         "val_ratings": float(len(examples.validation)),
         "rating_mean": float(train_values.mean()),
@@ -194,19 +189,13 @@ def fit_ratings(dataset: SequenceDataset, examples: RatingExamples, settings: Se
         "rating_max": high,
         "val_users": float(len(dataset.val_users)),
     }
-    if has_validation:
-        metrics |= {"val_rmse": best_rmse, "val_mae": best_mae}
+    best_errors = errors[stopping.best_epoch - 1]
+    if best_errors is not None:
+        metrics |= {"val_rmse": best_errors["rmse"], "val_mae": best_errors["mae"]}
     if len(dataset.val_users) > 0:
-        ndcg, hr = evaluate(model, dataset)
-        pop_ndcg, pop_hr = popularity_baseline(dataset)
-        metrics |= {
-            f"val_ndcg@{METRIC_K}": ndcg,
-            f"val_hr@{METRIC_K}": hr,
-            f"popularity_ndcg@{METRIC_K}": pop_ndcg,
-            f"popularity_hr@{METRIC_K}": pop_hr,
-        }
+        metrics |= validation_ranking_metrics(dataset, *evaluate(model, dataset))
     log.info("training done", extra=metrics)
-    return TrainResult(model, dataset.vocabulary, history, best_epoch, metrics, train_seconds)
+    return TrainResult(model, dataset.vocabulary, history, stopping.best_epoch, metrics, train_seconds)
 
 
 def _train_one_epoch(

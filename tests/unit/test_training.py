@@ -102,6 +102,36 @@ def test_early_stopping_keeps_best_epoch(tmp_path: Path) -> None:
     assert result.metrics["val_ndcg@10"] == result.history[result.best_epoch - 1].val_ndcg
 
 
+@pytest.mark.parametrize(
+    ("higher_is_better", "scores", "stops_at", "best"),
+    [
+        (True, [0.1, 0.3, 0.2, 0.25, 0.9], 4, 2),  # NDCG: two epochs below 0.3 stop at epoch 4
+        (False, [0.9, 0.8, 0.85, 0.7, 0.75, 0.8], 6, 4),  # RMSE: lower is better
+        (True, [0.1, 0.1, 0.1], 3, 1),  # a tie is no gain
+        (True, [None, None, None], None, 3),  # no validation: every epoch is the best
+    ],
+)
+def test_early_stopping_keeps_the_best_epochs_weights(
+    higher_is_better: bool, scores: list[float | None], stops_at: int | None, best: int
+) -> None:
+    from torch import nn
+
+    from streamrec.trainer.train import EarlyStopping
+
+    model = nn.Linear(1, 1, bias=False)
+    stopping = EarlyStopping(patience=2, higher_is_better=higher_is_better)
+    stopped = None
+    for epoch, score in enumerate(scores, start=1):
+        with torch.no_grad():
+            model.weight.fill_(float(epoch))  # the weights say which epoch they are from
+        if stopping.should_stop(epoch, score, model):
+            stopped = epoch
+            break
+    assert (stopped, stopping.best_epoch) == (stops_at, best)
+    stopping.restore(model)
+    assert float(model.weight) == best and not model.training
+
+
 def test_training_without_validation_users(tmp_path: Path) -> None:
     data = build_dataset(clustered_events(users=20, length=2), max_seq_len=8)
     assert len(data.val_users) == 0
