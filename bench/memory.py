@@ -20,11 +20,8 @@ The trainer service does not run during the replay (a batch job, its memory is b
 20,000 items; users and items scale with it), ``BENCH_MEMORY_RUNS`` the runs (default 3); quick
 mode is 3,000 events in one run.
 
-The full size does not finish on the embedded broker: its fetches slow down as partitions collect
-small record batches (``bench/broker.py`` measures that), and ingest's output stalls well before a
-million events (``BELOW_FULL_SIZE``). Run it against Apache Kafka by setting
-``STREAMREC_KAFKA_BOOTSTRAP``, with a scratch Redis in ``STREAMREC_REDIS_URL`` if you set one:
-this benchmark flushes its database 1.
+Against Apache Kafka, set ``STREAMREC_KAFKA_BOOTSTRAP`` (and a scratch Redis in
+``STREAMREC_REDIS_URL`` if you set one: this benchmark flushes its database 1).
 """
 
 from __future__ import annotations
@@ -64,14 +61,8 @@ SAMPLE_SECONDS = 1.0  # between RSS samples
 STALL_SECONDS = 300.0  # no progress at all for this long: fail with the logs
 MEMORY_USAGE_KEYS = 2_000  # keys sampled for MEMORY USAGE
 BUDGET = "≤ 500 bytes"
-# Why a published run may be smaller than DEFAULT_EVENTS, with what a full-size attempt measured.
-BELOW_FULL_SIZE = (
-    "Smaller than the full size (1,000,000 events over 100,000 users) because that does not finish on "
-    "the embedded broker: in a full-size run on 2026-11-29, about 150,000 events in, ingest accepted "
-    "47 events/s at 13% of a core while the broker used 110%, and it kept slowing (the embedded-broker "
-    "section below shows the cause: the cost of a request grows with the record batches in a "
-    "partition). On Apache Kafka: `STREAMREC_KAFKA_BOOTSTRAP=host:port python -m bench --only memory`. "
-)
+# Said of a published run smaller than DEFAULT_EVENTS.
+BELOW_FULL_SIZE = "Smaller than the full size (1,000,000 events over 100,000 users): `BENCH_MEMORY_EVENTS`. "
 PLOT = FRAGMENTS / "memory-rss.png"
 PLOTTED = ("ingest", "scorer", "broker", "redis")
 
