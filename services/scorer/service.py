@@ -134,19 +134,23 @@ class ScoredLists:
     fallback: int
 
 
+HISTORY_SEPARATOR = "\x00"
+
+
 @dataclass(slots=True)
 class RecentUser:
     """What the scorer remembers of a user to re-score them when a new model arrives."""
 
-    # The history as one JSON array: a list holds a string object per item (about 60 bytes each,
-    # 12 KiB for a full history), which made the scorer's memory grow with every event remembered.
-    encoded_history: bytes
+    # The history as one string, its items joined by NUL (which no id may hold: ingest refuses
+    # it). A list holds a string object per item, about 60 bytes each; and orjson's output would
+    # keep its 4 KiB buffer allocated, whatever its length.
+    joined_history: str
     partition: int  # of topic_user_features: only the scorer owning it should write the user
 
     @property
     def history(self) -> list[str]:
         """The user's latest history, oldest item first."""
-        return orjson.loads(self.encoded_history)
+        return self.joined_history.split(HISTORY_SEPARATOR) if self.joined_history else []
 
 
 class RecentUsers:
@@ -160,7 +164,7 @@ class RecentUsers:
         """Store (or refresh) a user's latest history."""
         if self.capacity == 0:
             return
-        self._users[user_id] = RecentUser(orjson.dumps(history), partition)
+        self._users[user_id] = RecentUser(HISTORY_SEPARATOR.join(history), partition)
         self._users.move_to_end(user_id)
         if len(self._users) > self.capacity:
             self._users.popitem(last=False)

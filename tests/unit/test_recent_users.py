@@ -21,6 +21,9 @@ def test_recent_users_keep_the_latest_history_and_evict_the_least_recently_seen(
     recent.forget("a")
     assert recent.get("a") is None and len(recent) == 1
 
+    recent.remember("d", [], partition=2)
+    assert recent.get("d").history == []  # type: ignore[union-attr]
+
 
 def test_a_capacity_of_zero_remembers_nobody() -> None:
     recent = RecentUsers(capacity=0)
