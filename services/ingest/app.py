@@ -80,6 +80,7 @@ from .features import (
     apply_event,
     merge_popularity,
 )
+from .table_codec import use_exact_size_json
 from .transport import IngestApp, RecordRun
 from .write_back import PartitionEvent, StateWriteBack, as_current_event
 
@@ -216,6 +217,7 @@ def feature_batches(
 
 def create_app(settings: Settings) -> faust.App:
     """The ingest Faust app with its topics, tables, agents and timers (not started)."""
+    use_exact_size_json()
     app = IngestApp(
         APP_ID,
         broker=_kafka_urls(settings),

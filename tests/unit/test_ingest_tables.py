@@ -23,3 +23,22 @@ def test_every_table_partition_gets_the_configured_memory_budget(tmp_path: Path)
     # The erasure markers are few and small: they take the smallest budget whatever the setting.
     assert budgets.pop("erasure_markers") == (2 * mib, 2 * mib)
     assert budgets == {name: (4 * mib, 4 * mib) for name in ("user_state", "item_popularity", "item_catalog")}
+
+
+def test_table_records_are_faust_json_in_allocations_of_their_own_size(tmp_path: Path) -> None:
+    import tracemalloc
+
+    from faust.serializers import codecs
+
+    create_app(Settings(kafka_bootstrap="127.0.0.1:1", data_dir=tmp_path))  # installs the codec
+    value = {"history": ["i1", "é"], "event_count": 2, "score": 0.5}
+    assert codecs.dumps("json", value) == codecs.json().dumps(value)  # the same bytes as Faust's own
+    assert codecs.loads("json", codecs.dumps("json", value)) == value
+
+    tracemalloc.start()
+    try:
+        keys = [codecs.dumps("json", f"u{n}") for n in range(1_000)]
+        per_key = tracemalloc.get_traced_memory()[0] / len(keys)
+    finally:
+        tracemalloc.stop()
+    assert per_key < 200  # orjson's own output keeps 4 KiB each
