@@ -129,7 +129,7 @@ def test_early_stopping_keeps_the_best_epochs_weights(
             break
     assert (stopped, stopping.best_epoch) == (stops_at, best)
     stopping.restore(model)
-    assert float(model.weight) == best and not model.training
+    assert model.weight.detach().item() == best and not model.training
 
 
 def test_training_without_validation_users(tmp_path: Path) -> None:
