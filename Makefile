@@ -23,6 +23,6 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-## bench: the benchmark suite on this machine; writes docs/benchmarks.md (about an hour on 2 cores, plus the memory part: 3 replays of 1M events, hours; BENCH_MEMORY_EVENTS and BENCH_MEMORY_RUNS size it)
+## bench: the benchmark suite on this machine; writes docs/benchmarks.md (about an hour on 2 cores, plus the memory part: 3 replays of 1M events, about 20 minutes each; BENCH_MEMORY_EVENTS and BENCH_MEMORY_RUNS size it)
 bench: $(STAMP)
 	$(VENV)/bin/python -m bench
