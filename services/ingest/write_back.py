@@ -11,7 +11,8 @@ again, and what the changelog already holds of it is dropped as duplicates by ev
 
 Faust derives a table write's partition from the event being processed, and a commit happens
 outside any event: a partition's writes are made under the last event seen on that partition.
-Where none was seen since the worker started, :class:`PartitionEvent` stands in for one.
+A timer's writes to a partition no event may have come on since the start (expired erasure
+markers) go under a :class:`PartitionEvent` instead.
 """
 
 from __future__ import annotations
