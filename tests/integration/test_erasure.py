@@ -13,7 +13,7 @@ import signal
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -116,14 +116,21 @@ def logged_users(settings: Settings) -> set[str]:
         return {row[0] for row in db.execute("SELECT DISTINCT user_id FROM events")}
 
 
+def records_by_partition(
+    settings: Settings, topic: str, is_key: Callable[[bytes], bool]
+) -> dict[int, list[bytes | None]]:
+    """The values of ``topic``'s records whose key ``is_key``, by partition, in order."""
+    records: dict[int, list[bytes | None]] = {}
+    for partition, key, value in read_topic(settings, topic):
+        if key is not None and is_key(key):
+            records.setdefault(partition, []).append(value)
+    return records
+
+
 def state_records(settings: Settings, user: str) -> dict[int, list[bytes | None]]:
     """The values of ``user``'s records in the user_state changelog, by partition, in order."""
     keys = {user.encode(), orjson.dumps(user)}
-    records: dict[int, list[bytes | None]] = {}
-    for partition, key, value in read_topic(settings, USER_STATE_CHANGELOG):
-        if key in keys:
-            records.setdefault(partition, []).append(value)
-    return records
+    return records_by_partition(settings, USER_STATE_CHANGELOG, keys.__contains__)
 
 
 def has_state(settings: Settings, user: str) -> bool:
@@ -280,11 +287,7 @@ def wait_ready(live: LiveStack, name: str) -> None:
 def markers_by_partition(settings: Settings, user: str) -> dict[int, list[bytes | None]]:
     """The values of the user's markers in the erasure_markers changelog, by partition, in order."""
     key = user_hash(user).encode()
-    records: dict[int, list[bytes | None]] = {}
-    for partition, k, value in read_topic(settings, MARKERS_CHANGELOG):
-        if k is not None and key in k:
-            records.setdefault(partition, []).append(value)
-    return records
+    return records_by_partition(settings, MARKERS_CHANGELOG, lambda k: key in k)
 
 
 def committed_to_the_end(settings: Settings, group: str, topic: str) -> bool:
