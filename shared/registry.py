@@ -118,6 +118,11 @@ class ModelManifest:
             raise ModelIntegrityError(f"manifest is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ModelIntegrityError("manifest is not a JSON object")
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelManifest:
+        """A manifest from its fields; raise ModelIntegrityError if required ones are missing."""
         # Unknown keys are ignored so that a newer trainer's manifest stays readable by an older scorer.
         fields = cls.__dataclass_fields__
         missing = [
@@ -385,7 +390,7 @@ class ModelRegistry:
         updated = replace(
             manifest, status=status, status_reason=reason, metrics=manifest.metrics | (metrics or {})
         )
-        _replace_durably(self.path(manifest.version) / MANIFEST_FILE, updated.to_json())
+        replace_durably(self.path(manifest.version) / MANIFEST_FILE, updated.to_json())
         return updated
 
     def _append_promotion(self, entry: dict[str, Any]) -> None:
@@ -399,7 +404,7 @@ class ModelRegistry:
     def _point_at(self, pointer: str, version: str) -> None:
         """Replace a pointer file atomically: write a temporary file, fsync it, rename it over."""
         self.root.mkdir(parents=True, exist_ok=True)
-        _replace_durably(self.root / pointer, f"{version}\n".encode())
+        replace_durably(self.root / pointer, f"{version}\n".encode())
 
 
 def check_model_dir(directory: Path, manifest: ModelManifest) -> None:
@@ -489,7 +494,7 @@ def _signature_of(model: Any) -> dict[str, Any]:
     return {"inputs": describe(model.graph.input), "outputs": describe(model.graph.output)}
 
 
-def _replace_durably(path: Path, data: bytes) -> None:
+def replace_durably(path: Path, data: bytes) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it over ``path`` (atomic)."""
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     try:

@@ -251,9 +251,14 @@ def scorer() -> None:
 @cli.command()
 def trainer() -> None:
     """Run the trainer continuously: retrain on schedule, publish models."""
+    run_trainer(_settings("trainer"))
+
+
+def run_trainer(settings: Settings) -> None:
+    """The trainer service, until SIGINT/SIGTERM."""
     from .trainer.service import run
 
-    run(_settings("trainer"))
+    run(settings)
 
 
 @cli.command()
@@ -265,39 +270,33 @@ def api() -> None:
 
 
 @cli.command()
-@click.option("--once", is_flag=True, help="Run one training cycle and exit.")
+@click.option("--once", is_flag=True, help="Train one model now and exit.")
 @click.option(
     "--no-wait",
     is_flag=True,
     help="With --once: train on what ingest has taken so far, without waiting for it to catch up.",
 )
-def train(once: bool, no_wait: bool) -> None:
-    """Train on the streamed interactions (``--once``: one cycle; otherwise same as ``trainer``).
+@click.option("--json", "as_json", is_flag=True, help="With --once: print the outcome as one JSON object.")
+def train(once: bool, no_wait: bool, as_json: bool) -> None:
+    """Train on the streamed interactions (``--once``: one model now; otherwise same as ``trainer``).
 
     ``--once`` first waits, with a progress bar, until ingest has taken every event published
-    before the command started, so the model sees them all.
+    before the command started, so the model sees them all. With a trainer service running on
+    this data dir, that trainer trains it (its next cycle, at once) and the command follows its
+    progress: never a second training beside it. Otherwise the command trains here.
     """
-    from .backlog import IngestStalled, wait_for_ingest
-    from .trainer.service import run, train_once
-
-    settings = _settings("trainer")
     if not once:
-        run(settings)
+        run_trainer(_settings("trainer"))
         return
-    if not no_wait:
-        try:
-            wait_for_ingest(settings)
-        except IngestStalled as exc:
-            raise UserError(str(exc)) from None
+    from .backlog import IngestStalled
+    from .train_now import TrainingFailed, summary, train_now
+
+    settings = _settings("train", log_format="console", log_level="WARNING")
     try:
-        result = train_once(settings)
-    except ValueError as exc:
+        outcome = train_now(settings, wait=not no_wait)
+    except (IngestStalled, TrainingFailed, ValueError) as exc:  # ValueError: too little data
         raise UserError(str(exc)) from None
-    manifest = result.manifest
-    click.echo(
-        f"model {manifest.version} published to {settings.model_dir}: {manifest.status} "
-        f"({result.decision.reason}) ({_metrics_line(manifest.metrics)})"
-    )
+    click.echo(orjson.dumps(outcome.to_dict()).decode() if as_json else summary(outcome, settings))
 
 
 @cli.command()
@@ -310,10 +309,6 @@ def status(as_json: bool) -> None:
     click.echo(
         orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2).decode() if as_json else render(result)
     )
-
-
-def _metrics_line(metrics: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items())
 
 
 @cli.group()

@@ -21,7 +21,7 @@ import redis
 
 from .backlog import IngestStalled, wait_for_ingest
 from .client import RecommendationClient
-from .processes import StackError
+from .processes import StackError, free_port
 from .publisher import Publisher, check_dataset_events, dataset_events, publish_stream
 from .shared.contracts import CachedList, RedisKeys
 from .shared.datasets import in_time_order, load_interactions
@@ -53,6 +53,9 @@ def run_demo(
     if movielens:  # refuse a bad row now, not after the stack started and half the file was sent
         check_dataset_events(frame, movielens, max_future_seconds=settings.max_future_seconds)
     source = movielens.name if movielens else "synthetic"
+    if "api_port" not in settings.model_fields_set:
+        # Like the embedded servers, the demo's HTTP API takes a free port unless one was asked for.
+        settings = settings.model_copy(update={"api_port": free_port()})
     run_dir = new_run_dir(settings.data_dir)
     click.echo(
         f"streamrec demo: {len(frame):,} {source} events, {frame.user_id.nunique():,} users; run folder {run_dir}"

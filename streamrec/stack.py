@@ -155,7 +155,14 @@ class Stack:
 
 
 def _check_port_free(host: str, port: int) -> None:
+    """Fail at once, with what to do, if a server already listens on ``host:port``.
+
+    The probe binds as uvicorn will, with SO_REUSEADDR: connections of a stopped server still in
+    TIME_WAIT on the port (a minute after clients that sent ``Connection: close``) do not keep
+    uvicorn from binding, so they must not fail the check either; a listening socket still does.
+    """
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

@@ -22,7 +22,7 @@ from streamrec.shared.settings import Settings
 from .dataset import SequenceDataset, build_dataset
 from .export import export_model
 from .gate import GateDecision, judge
-from .train import train
+from .train import EpochCallback, train
 
 log = get_logger(__name__)
 
@@ -43,7 +43,12 @@ class CycleResult:
         return self.decision.promote
 
 
-def run_training_cycle(events: pd.DataFrame, settings: Settings, data_info: dict[str, Any]) -> CycleResult:
+def run_training_cycle(
+    events: pd.DataFrame,
+    settings: Settings,
+    data_info: dict[str, Any],
+    on_epoch: EpochCallback | None = None,
+) -> CycleResult:
     """Train on ``events``, export and verify the model, publish it as a candidate, and promote or
     reject it through the quality gate (gate.py) on the same data's holdout; then prune versions
     beyond the retention.
@@ -52,8 +57,9 @@ def run_training_cycle(events: pd.DataFrame, settings: Settings, data_info: dict
     in arrival order). ``data_info`` describes the training window for the manifest (events, users,
     items, window_start, window_end, …); values it gives override the ones computed from ``events``.
     Raises ValueError if there is too little data to train; nothing is published on any error.
+    ``on_epoch`` is told of every training epoch as it ends.
     """
-    manifest, dataset = publish_candidate(events, settings, data_info)
+    manifest, dataset = publish_candidate(events, settings, data_info, on_epoch)
     registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings' validator
     decision = judge(registry, manifest.version, dataset, settings)
     holdout = decision.as_metrics(settings.gate_metric)
@@ -76,7 +82,10 @@ def run_training_cycle(events: pd.DataFrame, settings: Settings, data_info: dict
 
 
 def publish_candidate(
-    events: pd.DataFrame, settings: Settings, data_info: dict[str, Any]
+    events: pd.DataFrame,
+    settings: Settings,
+    data_info: dict[str, Any],
+    on_epoch: EpochCallback | None = None,
 ) -> tuple[ModelManifest, SequenceDataset]:
     """Train, export (parity-checked) and publish a candidate version, not judged yet; return its
     manifest and the dataset it was trained on (whose validation users are the gate's holdout)."""
@@ -86,7 +95,7 @@ def publish_candidate(
     if dataset.n_train_examples == 0:
         raise ValueError("too little data to train: no user has two or more events")
 
-    result = train(dataset, settings)
+    result = train(dataset, settings, on_epoch)
     registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings' validator
     staging_dir = registry.new_staging_dir()
     try:

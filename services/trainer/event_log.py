@@ -16,6 +16,7 @@ that message's offsets, so a model trained afterwards never sees them.
 from __future__ import annotations
 
 import fcntl
+import os
 import sqlite3
 import threading
 import time
@@ -70,6 +71,27 @@ class EventLogLocked(ConfigError):
     """Another process already owns this event log directory."""
 
 
+def log_directory(settings: Settings) -> Path:
+    """The event log directory of a trainer on ``settings``' data dir."""
+    return settings.data_dir / "trainer"
+
+
+def log_owner(directory: Path) -> int | None:
+    """The pid of the process that holds ``directory``'s event log open (a running trainer), or None."""
+    try:
+        handle = open(directory / LOCK_FILE)  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:  # held: the owner wrote its pid into the file
+            text = handle.read().strip()
+            return int(text) if text.isdigit() else 0
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        return None
+
+
 class EventLog:
     """Consumes ``topic_user_features`` into a local SQLite log of interaction events.
 
@@ -88,7 +110,7 @@ class EventLog:
             raise ConfigError("STREAMREC_KAFKA_BOOTSTRAP not set: the trainer reads its events from Kafka")
         check_login(settings)  # a refused SASL login / TLS handshake in one line, at once
         self.topic = settings.topic_user_features
-        self.directory = directory or settings.data_dir / "trainer"
+        self.directory = directory or log_directory(settings)
         self.keep_events = keep_events or settings.train_window_events
         self.directory.mkdir(parents=True, exist_ok=True)
         self._lock_handle = _lock_directory(self.directory / LOCK_FILE)
@@ -241,6 +263,10 @@ class EventLog:
         """Partition -> next offset to read, as stored with the events."""
         return dict(self._offsets)
 
+    def positions(self) -> dict[int, int]:
+        """Partition -> offset the log has read up to (past skipped control records), per partition."""
+        return {partition: self._position(partition) for partition in self._partitions}
+
     # --- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
@@ -390,6 +416,10 @@ def _lock_directory(path: Path) -> Any:
         raise EventLogLocked(
             f"{path.parent} is in use by another trainer: give each trainer its own STREAMREC_DATA_DIR"
         ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")  # who holds it: log_owner() tells `streamrec train --once`
+    handle.flush()
     return handle
 
 

@@ -4,6 +4,10 @@
 ``train_window_events`` events, publishes the model to the registry and announces it on
 ``topic_models``. ``run`` does the same continuously until SIGINT/SIGTERM.
 
+``run`` also trains on request: ``streamrec train --once`` beside it leaves a request in its event
+log directory (shared/train_requests.py) instead of training a second model, and the next cycle,
+started at once, answers it (requests.py says which cycle answers which request).
+
 When ``run`` retrains (``train_trigger``): with ``any`` (the default), as soon as
 ``train_min_new_events`` events arrived since the last cycle, or ``train_interval_seconds`` passed
 and at least one event arrived, whichever comes first; with ``all``, only when both hold. The first
@@ -18,13 +22,11 @@ abandons the cycle (the registry publishes atomically, so no half model is ever 
 from __future__ import annotations
 
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -37,11 +39,14 @@ from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
 from ..shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
 from ..shared.settings import Settings
+from ..shared.train_requests import RequestBox
 from ..topics import KafkaUnavailable
-from .event_log import EventLog, EventLogLocked
+from .event_log import EventLog
+from .requests import CycleRequests
 
 if TYPE_CHECKING:
     from .cycle import CycleResult
+    from .train import EpochCallback
 
 log = get_logger(__name__)
 
@@ -113,30 +118,24 @@ def announce(settings: Settings, manifest: ModelManifest, timeout: float = 30.0)
     log.info("model announced", extra={"model_version": manifest.version, "topic": settings.topic_models})
 
 
-def train_once(settings: Settings, event_log: EventLog | None = None) -> CycleResult:
-    """Catch up on the stream, train one model on the recent window, publish it, and, if the
-    quality gate promotes it, announce it.
+def train_once(
+    settings: Settings, event_log: EventLog | None = None, on_epoch: EpochCallback | None = None
+) -> CycleResult:
+    """Catch up on the stream, train one model on the recent window here, publish it, and, if the
+    quality gate promotes it, announce it. ``on_epoch`` is told of every training epoch.
 
-    Raises NotEnoughData (a ValueError) when the log is too small to train on.
+    Raises EventLogLocked when a trainer service holds the data dir's event log (ask it instead,
+    as ``streamrec train --once`` does), NotEnoughData (a ValueError) when the log is too small.
     """
     require_bootstrap(settings)
     if event_log is None:
-        try:
-            own_log = EventLog(settings)
-        except EventLogLocked:
-            # A trainer runs on this data dir: read the stream into a log of our own instead of
-            # failing; the model still goes to the same registry.
-            log.info("a running trainer holds the event log: reading the stream into a private one")
-            with (
-                tempfile.TemporaryDirectory(prefix="streamrec-train-once-") as private,
-                EventLog(settings, Path(private)) as private_log,
-            ):
-                return train_once(settings, private_log)
-        with own_log:
-            return train_once(settings, own_log)
-
+        with EventLog(settings) as own_log:
+            return train_once(settings, own_log, on_epoch)
     event_log.catch_up()
-    return _train_and_announce(settings, event_log)
+    result = _train(settings, event_log, on_epoch)
+    if result.promoted:
+        announce(settings, result.manifest)
+    return result
 
 
 def run(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -149,6 +148,7 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
     )
     with _stop_on_signals(stop), EventLog(settings) as event_log:
         opened.append(event_log)
+        requests = RequestBox(event_log.directory)
         schedule = CycleSchedule.resume(settings, event_log.last_seq())
         log.info(
             "trainer started",
@@ -163,8 +163,11 @@ def run(settings: Settings, stop: threading.Event | None = None) -> None:
         while not stop.is_set():
             event_log.poll(max_messages=5000, timeout=1.0)
             LOG_POSITION.set(event_log.last_seq())
-            if schedule.due(time.time(), event_log.last_seq()):
-                _run_cycle(settings, event_log, schedule, stop)
+            asked = requests.pending()
+            if asked or schedule.due(time.time(), event_log.last_seq()):
+                _run_cycle(
+                    settings, event_log, schedule, stop, CycleRequests(requests, asked, settings.epochs)
+                )
             elif time.monotonic() - status_at > STATUS_EVERY_SECONDS:
                 status_at = time.monotonic()
                 log.info(
@@ -231,37 +234,54 @@ class CycleSchedule:
 
 
 def _run_cycle(
-    settings: Settings, event_log: EventLog, schedule: CycleSchedule, stop: threading.Event
+    settings: Settings,
+    event_log: EventLog,
+    schedule: CycleSchedule,
+    stop: threading.Event,
+    requests: CycleRequests,
 ) -> None:
-    """One cycle of the continuous trainer; failures are logged, never fatal."""
+    """One cycle of the continuous trainer, answering ``requests``; failures are logged, never fatal.
+
+    A cycle stopped before it trained leaves its requests pending: the trainer's next run answers them.
+    """
     started = time.monotonic()
     try:
         event_log.catch_up(stop=stop)
         if stop.is_set():
             return
-        result = _train_and_announce(settings, event_log)
+        requests.caught_up(event_log.positions())
+        result = _train(settings, event_log, requests.on_epoch)
         CYCLES.labels(result.manifest.status).inc()
         HOLDOUT.labels("candidate").set(result.decision.candidate)
         if result.decision.baseline is not None:
             HOLDOUT.labels("baseline").set(result.decision.baseline)
+        warning = ""
+        if result.promoted:
+            try:
+                announce(settings, result.manifest)
+            except AnnouncementFailed as exc:
+                CYCLES.labels("not_announced").inc()
+                log.error("model published but not announced", extra={"error": str(exc)})
+                warning = f"{exc}; scorers switch to it when they next look at the registry"
+        requests.answer(asdict(result.manifest), result.promoted, warning=warning)
     except NotEnoughData as exc:
         CYCLES.labels("skipped").inc()
         log.warning("training skipped", extra={"reason": str(exc)})
-    except AnnouncementFailed as exc:
-        CYCLES.labels("not_announced").inc()
-        log.error("model published but not announced", extra={"error": str(exc)})
+        requests.answer(None, error=str(exc))
     except KeyboardInterrupt:
         log.warning("training cycle abandoned (publishing is atomic: no half model is visible)")
         stop.set()
-    except Exception:  # a bad cycle must not stop the log from following the stream
+    except Exception as exc:  # a bad cycle must not stop the log from following the stream
         CYCLES.labels("failed").inc()
         log.exception("training cycle failed")
+        requests.answer(None, error=f"the training cycle failed: {exc} (the trainer's log has the traceback)")
     CYCLE_SECONDS.set(time.monotonic() - started)
     LOG_EVENTS.set(event_log.count())
     schedule.mark(time.time(), event_log.last_seq())
 
 
-def _train_and_announce(settings: Settings, event_log: EventLog) -> CycleResult:
+def _train(settings: Settings, event_log: EventLog, on_epoch: EpochCallback | None = None) -> CycleResult:
+    """Train, publish and judge a model on the log's recent window (announcing is the caller's)."""
     events = within_days(event_log.window(settings.train_window_events), settings.train_window_days)
     data_info = describe_window(events, event_log.last_seq())
     if events.empty:
@@ -274,7 +294,7 @@ def _train_and_announce(settings: Settings, event_log: EventLog) -> CycleResult:
     log.info("training cycle started", extra=data_info)
     started = time.monotonic()
     try:
-        result = run_training_cycle(events, settings, data_info)
+        result = run_training_cycle(events, settings, data_info, on_epoch)
     except ValueError as exc:
         raise NotEnoughData(
             f"too little data to train ({data_info['events']} events, {data_info['users']} users, "
@@ -291,8 +311,6 @@ def _train_and_announce(settings: Settings, event_log: EventLog) -> CycleResult:
             **manifest.metrics,
         },
     )
-    if result.promoted:
-        announce(settings, manifest)
     return result
 
 

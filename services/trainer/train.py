@@ -53,6 +53,10 @@ class EpochStats:
     val_rmse: float | None = None  # rating models (train_rating.py): RMSE of the validation ratings
 
 
+# Called after every epoch with what it did (progress reports: ``streamrec train --once``).
+EpochCallback = Callable[[EpochStats], None]
+
+
 @dataclass
 class TrainResult:
     """A trained model (best epoch's weights, in eval mode) and how it got there."""
@@ -130,12 +134,13 @@ def _evaluate_scores(
     return ndcg_sum / len(users), hr_sum / len(users)
 
 
-def train(dataset: SequenceDataset, settings: Settings) -> TrainResult:
-    """Fit a ``settings.model`` model on ``dataset``; deterministic for a given ``settings.seed``."""
+def train(dataset: SequenceDataset, settings: Settings, on_epoch: EpochCallback | None = None) -> TrainResult:
+    """Fit a ``settings.model`` model on ``dataset``; deterministic for a given ``settings.seed``.
+    ``on_epoch`` is told of every epoch as it ends."""
     if predicts_ratings(settings.model):  # fitted to the events' values, not to next items
         from .train_rating import train_rating  # it builds on this module
 
-        return train_rating(dataset, settings)
+        return train_rating(dataset, settings, on_epoch)
     if dataset.n_train_examples == 0:
         raise ValueError("no training examples: no user has two or more events")
     started = time.perf_counter()
@@ -184,6 +189,8 @@ def train(dataset: SequenceDataset, settings: Settings) -> TrainResult:
                 "seconds": round(stats.seconds, 2),
             },
         )
+        if on_epoch is not None:
+            on_epoch(stats)
         if stopping.should_stop(epoch, ndcg, kept):
             break
 

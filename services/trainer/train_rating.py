@@ -32,6 +32,7 @@ from .dataset import SequenceDataset
 from .model import SequenceRecommender, build_model
 from .train import (
     EarlyStopping,
+    EpochCallback,
     EpochStats,
     TrainResult,
     evaluate,
@@ -112,13 +113,21 @@ def predict_ratings(
     return np.concatenate(predictions)
 
 
-def train_rating(dataset: SequenceDataset, settings: Settings) -> TrainResult:
+def train_rating(
+    dataset: SequenceDataset, settings: Settings, on_epoch: EpochCallback | None = None
+) -> TrainResult:
     """Fit a rating model on the trainer's split of ``dataset``'s rated events (:func:`rating_examples`)."""
-    return fit_ratings(dataset, rating_examples(dataset, settings), settings)
+    return fit_ratings(dataset, rating_examples(dataset, settings), settings, on_epoch)
 
 
-def fit_ratings(dataset: SequenceDataset, examples: RatingExamples, settings: Settings) -> TrainResult:
+def fit_ratings(
+    dataset: SequenceDataset,
+    examples: RatingExamples,
+    settings: Settings,
+    on_epoch: EpochCallback | None = None,
+) -> TrainResult:
     """Fit a ``settings.model`` rating model on ``examples``; deterministic for a given ``settings.seed``.
+    ``on_epoch`` is told of every epoch as it ends.
 
     The metrics hold val_rmse and val_mae (of the best epoch), the training ratings' mean and range
     (rating_mean, rating_min, rating_max: predictions are clipped to the range), and, if ``dataset``
@@ -176,6 +185,8 @@ def fit_ratings(dataset: SequenceDataset, examples: RatingExamples, settings: Se
                 "seconds": round(stats.seconds, 2),
             },
         )
+        if on_epoch is not None:
+            on_epoch(stats)
         if stopping.should_stop(epoch, val_rmse, model):
             break
 

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import redis
 
@@ -18,6 +24,7 @@ from streamrec.processes import free_port
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
+from streamrec.stack import Stack
 
 from support import DATASETS, wait_for
 
@@ -50,14 +57,29 @@ def _processes_carrying(marker: str) -> list[int]:
     return found
 
 
+@contextmanager
+def _port_taken(port: int) -> Iterator[None]:
+    """Something listens on 127.0.0.1:``port`` meanwhile (this, or whatever holds it already)."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+            sock.listen()
+        except OSError:
+            pass  # taken already
+        yield
+
+
 def test_demo_prints_recommendations_and_stops_everything(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "streamrec", "demo", "--users", "40", "--items", "40"],
-        env=_isolated_env(tmp_path),
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    env = _isolated_env(tmp_path)
+    del env["STREAMREC_API_PORT"]  # the demo's own choice, with the API's usual port 8000 taken
+    with _port_taken(8000):
+        result = subprocess.run(
+            [sys.executable, "-m", "streamrec", "demo", "--users", "40", "--items", "40"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "ingest has taken all" in result.stdout
     assert "[4/4]" in result.stdout and "personal recommendations, model" in result.stdout
@@ -110,59 +132,113 @@ def test_dev_stops_every_process_on_ctrl_c(tmp_path: Path) -> None:
     assert _processes_carrying(str(tmp_path)) == []
 
 
-def test_train_now_beside_a_running_dev_stack_uses_every_event_and_the_served_registry(
+def _shell_of(shown: str) -> dict[str, str]:
+    """A second shell's environment: the dev env file it printed, sourced over a clean environment."""
+    match = re.search(r"source (\S+streamrec\.env);", shown)
+    assert match, shown
+    exported = dict(re.findall(r"^export (\w+)=(.*)$", Path(match.group(1)).read_text(), re.MULTILINE))
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}, **exported}
+
+
+def _streamrec(shell: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "streamrec", *args], env=shell, capture_output=True, text=True, timeout=600
+    )
+
+
+def _users_served_by(shell: dict[str, str], users: set[str], version: str) -> int:
+    """How many of ``users`` have a list in Redis from ``version``."""
+    store = redis.Redis.from_url(shell["STREAMREC_REDIS_URL"])
+    keys = RedisKeys(Settings().redis_prefix)
+    ordered = sorted(users)
+    raw_lists = store.mget([keys.recs(user) for user in ordered])
+    return sum(raw is not None and CachedList.decode(raw).model_version == version for raw in raw_lists)
+
+
+def test_train_now_beside_a_running_trainer_service_has_it_train_once_on_every_event(
     tmp_path: Path,
 ) -> None:
     # The README's flow: `streamrec dev` in one shell, its env file sourced in another, events
-    # replayed, then at once `streamrec train --once` beside the stack's own trainer.
+    # replayed, then at once `streamrec train --once` beside the stack's own trainer, which keeps
+    # its default schedule: the same events wake it too.
     env = _isolated_env(tmp_path)
-    # The stack's trainer stays idle, so the model the scorer serves can only come from train --once.
-    env.update(STREAMREC_TRAIN_TRIGGER="all", STREAMREC_TRAIN_MIN_NEW_EVENTS="100000000")
+    env.update(STREAMREC_EPOCHS="2", STREAMREC_GATE_TOLERANCE="1")  # the trainer service's settings
     dev, shown, _ = _start_dev("ingest,scorer,trainer", env)
     try:
-        match = re.search(r"source (\S+streamrec\.env);", shown)
-        assert match, shown
-        exported = dict(re.findall(r"^export (\w+)=(.*)$", Path(match.group(1)).read_text(), re.MULTILINE))
-        shell = {**{k: v for k, v in os.environ.items() if not k.startswith("STREAMREC_")}, **exported}
-
-        def streamrec(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-            return subprocess.run(
-                [sys.executable, "-m", "streamrec", *args],
-                env={**shell, **extra},
-                capture_output=True,
-                text=True,
-                timeout=600,
-            )
-
+        shell = _shell_of(shown)
         events = 20_000
-        replayed = streamrec(
-            "replay", str(DATASETS / "ml-latest-small" / "ratings.csv"), "--limit", str(events)
-        )
+        ratings = DATASETS / "ml-latest-small" / "ratings.csv"
+        replayed = _streamrec(shell, "replay", str(ratings), "--limit", str(events))
         assert replayed.returncode == 0, replayed.stderr[-2000:]
-        trained = streamrec("train", "--once", STREAMREC_EPOCHS="2", STREAMREC_GATE_TOLERANCE="1")
+        asked_at = time.time()
+        trained = _streamrec(shell, "train", "--once")
         assert trained.returncode == 0, trained.stderr[-3000:]
 
-        registry = ModelRegistry(Path(exported["STREAMREC_MODEL_DIR"]))
-        version = registry.promoted_version()
-        assert version is not None and version in trained.stdout, trained.stdout
-        assert registry.manifest(version).data["events"] == events  # none still in flight in ingest
-        listed = streamrec("models", "list")
-        assert listed.returncode == 0 and version in listed.stdout, listed.stdout + listed.stderr
+        # The summary, and nothing before it (no log lines); the trainer service trained it.
+        match = re.match(r"model (\S+) published to \S+: promoted, served now\n", trained.stdout)
+        assert match, trained.stdout
+        assert "trained by the trainer service (pid " in trained.stdout, trained.stdout
+        version = match.group(1)
+        registry = ModelRegistry(Path(shell["STREAMREC_MODEL_DIR"]))
+        # Exactly one training on every event since the command started (the trainer's own cycle
+        # on part of them may have run before it), and it is the model reported and served.
+        on_everything = [
+            v
+            for v in registry.versions()
+            if registry.manifest(v).created_at > asked_at and registry.manifest(v).data["events"] == events
+        ]
+        assert on_everything == [version], [registry.manifest(v).data for v in registry.versions()]
+        listed = _streamrec(shell, "models", "list")
+        assert listed.returncode == 0 and f"* {version}" in listed.stdout, listed.stdout + listed.stderr
 
-        # The scorer serves it: a replayed user's list comes from that version.
-        store = redis.Redis.from_url(exported["STREAMREC_REDIS_URL"])
-        keys = RedisKeys(Settings().redis_prefix)
+        # Every replayed user's list comes from it, and it stays served: no event came since.
+        users = set(
+            pd.read_csv(ratings).sort_values("timestamp", kind="stable").head(events).userId.astype(str)
+        )
+        wait_for(
+            lambda: _users_served_by(shell, users, version) == len(users),
+            120,
+            f"every replayed user's list to come from {version}",
+        )
+        assert registry.promoted_version() == version and registry.newest_version() == version
 
-        def served() -> bool:
-            for key in store.scan_iter(match=keys.recs("*"), count=1000):
-                raw = store.get(key)
-                if raw is not None and CachedList.decode(raw).model_version == version:
-                    return True
-            return False
+        # Asked again with nothing new: one more training, by the trainer service, reported as JSON.
+        before = registry.versions()
+        again = _streamrec(shell, "train", "--once", "--json")
+        assert again.returncode == 0, again.stderr[-3000:]
+        outcome = json.loads(again.stdout)
+        assert outcome["trained_by"].startswith("the trainer service") and outcome["promoted"] is True
+        assert [v for v in registry.versions() if v not in before] == [outcome["version"]]
+        assert outcome["data"]["events"] == events and registry.promoted_version() == outcome["version"]
 
-        wait_for(served, 60, f"the scorer to serve {version}")
         dev.send_signal(signal.SIGINT)
         assert dev.wait(60) == 0
     finally:
         if dev.poll() is None:
             dev.kill()
+
+
+def _time_wait_connections(port: int) -> int:
+    """Connections in TIME_WAIT whose local port is ``port`` (Linux /proc/net/tcp)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if int(fields[1].split(":")[1], 16) == port and fields[3] == "06":  # 06: TIME_WAIT
+            count += 1
+    return count
+
+
+def test_a_stack_starts_right_after_another_served_on_the_same_port(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data", api_port=free_port())
+    health = f"http://{settings.api_host}:{settings.api_port}/healthz"
+    with Stack(settings, tmp_path / "first", ("api",)):
+        for _ in range(300):  # urllib sends `Connection: close`: the server closes each connection
+            with urllib.request.urlopen(health, timeout=10) as response:
+                assert response.status == 200
+    # The stopped API's closed connections wait out TIME_WAIT on its port, as after any real use.
+    assert _time_wait_connections(settings.api_port) > 0
+    with (
+        Stack(settings, tmp_path / "second", ("api",)),
+        urllib.request.urlopen(health, timeout=10) as response,
+    ):
+        assert response.status == 200
