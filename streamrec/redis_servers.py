@@ -30,6 +30,7 @@ Sentinel primary after ``down_after_ms`` (1 s). Nothing is persisted (no RDB, no
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -40,12 +41,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
+from urllib.parse import quote
 
 import redis
 
 from .embedded import redis_binary
 from .processes import ChildProcess, StackError, free_port, spawn, wait_for_port
 from .shared.logs import get_logger
+from .shared.redis_connection import connect
+from .shared.settings import Settings
 
 log = get_logger(__name__)
 
@@ -85,9 +89,21 @@ class RedisNode:
 
     def client(self, password: str | None = None, timeout: float = 2.0) -> redis.Redis:
         """A plain client of this one process (no cluster redirects, no sentinel lookups)."""
-        return redis.Redis(
-            HOST, self.port, password=password, socket_timeout=timeout, socket_connect_timeout=timeout
+        auth = f":{quote(password, safe='')}@" if password else ""
+        client = connect(
+            _plain_settings(),
+            url=f"redis://{auth}{self.address}/0",
+            socket_timeout=timeout,
+            connect_timeout=timeout,
         )
+        assert isinstance(client, redis.Redis)
+        return client
+
+
+@functools.cache
+def _plain_settings() -> Settings:
+    """Settings for plain-text clients of single nodes, whatever TLS files the environment sets."""
+    return Settings(redis_url=None, redis_tls_ca_file=None, redis_tls_cert_file=None, redis_tls_key_file=None)
 
 
 def _redis_cli() -> str:
