@@ -12,6 +12,21 @@ same everywhere:
   (``STREAMREC_REDIS_TLS_CERT_FILE``/``_KEY_FILE``) is presented to servers that require one.
   redis-py's plain Connection refuses ``ssl_*`` keywords, so they are only passed for ``rediss://``.
 
+Beyond one server (see :mod:`.redis_urls` for the URL forms):
+
+- ``redis+cluster://host:port[,host:port…]`` gives a :class:`redis.cluster.RedisCluster` (asyncio:
+  :class:`redis.asyncio.cluster.RedisCluster`); it follows MOVED/ASK redirects and, when a
+  primary fails, refreshes the slot map and retries (redis-py's ``Retry``: 3 tries, exponential
+  backoff). The blocking one reads the slot map when it is built, so :func:`connect` reaches the
+  cluster at once (a ``redis.ConnectionError`` if no node answers); the asyncio one on its first
+  command.
+- ``redis+sentinel://host:port[,host:port…]/<master name>/<db>`` gives the primary's client of
+  :meth:`redis.sentinel.Sentinel.master_for` (asyncio likewise): each new connection asks the
+  sentinels where the primary is, so after a failover the next command reaches the promoted
+  replica. The sentinels' own password is ``STREAMREC_REDIS_SENTINEL_PASSWORD``.
+- ``rediss+cluster://`` and ``rediss+sentinel://`` use TLS with the same TLS settings (for
+  Sentinel: to the sentinels and to the data nodes).
+
 Refused credentials and missing ACL permissions are configuration errors, not outages: retrying
 cannot fix them. :func:`explain` turns them into :class:`RedisCredentialsError` /
 :class:`RedisPermissionError` (a :class:`ConfigError` *and* the redis-py exception they replace,
@@ -27,10 +42,19 @@ from urllib.parse import urlsplit
 
 import redis
 import redis.asyncio
-from redis.exceptions import AuthenticationError, NoPermissionError
+import redis.asyncio.cluster
+import redis.asyncio.sentinel
+import redis.cluster
+import redis.sentinel
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException
 
 from .redaction import redacted_url
+from .redis_urls import RedisTarget, parse_redis_url
 from .settings import ENV_PREFIX, ConfigError, Settings
+
+# What connect() / connect_async() return: one server's or a Sentinel primary's client, or a cluster's.
+SyncRedis = redis.Redis | redis.cluster.RedisCluster
+AsyncRedis = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
 # The TLS settings and the redis-py SSLConnection keyword each one becomes.
 TLS_FILE_SETTINGS = {
@@ -63,12 +87,12 @@ def redis_url(settings: Settings) -> str:
 def connection_kwargs(settings: Settings, url: str) -> dict[str, Any]:
     """redis-py keywords for ``url`` beyond what the URL says: the TLS files, checked to exist.
 
-    Raises ConfigError if a TLS file is set for a URL that is not ``rediss://`` (the connection
+    Raises ConfigError if a TLS file is set for a URL that is not ``rediss[+…]://`` (the connection
     would silently be plain text) or does not exist (redis-py would report it as a connection
     error, which callers retry forever).
     """
     files = {name: getattr(settings, name) for name in TLS_FILE_SETTINGS if getattr(settings, name)}
-    if not url.startswith("rediss://"):
+    if not url.startswith(("rediss://", "rediss+cluster://", "rediss+sentinel://")):
         if files:
             names = ", ".join(f"{ENV_PREFIX}{name.upper()}" for name in files)
             raise ConfigError(
@@ -84,25 +108,88 @@ def connection_kwargs(settings: Settings, url: str) -> dict[str, Any]:
     return kwargs
 
 
+def _target(url: str) -> RedisTarget:
+    try:
+        return parse_redis_url(url)
+    except ValueError as exc:  # settings validate their URL; an explicit ``url=`` may still be wrong
+        raise ConfigError(f"{ENV_PREFIX}REDIS_URL: {exc}") from None
+
+
+def _client_kwargs(
+    settings: Settings,
+    url: str,
+    target: RedisTarget,
+    socket_timeout: float | None,
+    connect_timeout: float | None,
+) -> dict[str, Any]:
+    """Keywords of every data-node connection of a cluster or Sentinel URL."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "username": target.username,
+        "password": target.password,
+        **connection_kwargs(settings, url),
+    }
+    if target.tls:
+        kwargs["ssl"] = True
+    return kwargs
+
+
+def _sentinel_kwargs(client_kwargs: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """Keywords of the connections to the sentinels: the same timeouts and TLS, their own password."""
+    kwargs = {k: v for k, v in client_kwargs.items() if k not in ("username", "password")}
+    if settings.redis_sentinel_password is not None:
+        kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
+    return kwargs
+
+
+def _unreachable_cluster(exc: RedisClusterException, target: RedisTarget) -> BaseException:
+    """The blocking RedisCluster's construction error as what it is: its cause if that is a
+    refusal (credentials, ACL, TLS: :func:`explain` words those), else a ConnectionError naming
+    the nodes, which callers wait out like any unreachable Redis."""
+    cause = exc.__cause__
+    refused = isinstance(cause, AuthenticationError | NoPermissionError) or (
+        isinstance(cause, redis.RedisError) and not isinstance(cause, redis.exceptions.ConnectionError)
+    )
+    if refused or (cause is not None and explain(cause, "") is not cause):
+        assert cause is not None
+        return cause
+    return redis.exceptions.ConnectionError(f"no node of the Redis Cluster at {target.where} answers: {exc}")
+
+
 def connect(
     settings: Settings,
     *,
     url: str | None = None,
     socket_timeout: float | None = 5.0,
     connect_timeout: float | None = 5.0,
-) -> redis.Redis:
+) -> SyncRedis:
     """A blocking Redis client for ``settings`` (``url`` overrides ``settings.redis_url``).
 
-    Connects lazily: the first command opens the connection (and may raise). A timeout of None
-    waits forever (for a subscriber that idles).
+    One server or Sentinel: connects lazily, the first command opens the connection (and may
+    raise). A cluster: reads the slot map now (``redis.ConnectionError`` if no node answers). A
+    timeout of None waits forever (for a subscriber that idles).
     """
     url = url or redis_url(settings)
-    return redis.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        **connection_kwargs(settings, url),
-    )
+    target = _target(url)
+    if target.kind == "server":
+        return redis.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            **connection_kwargs(settings, url),
+        )
+    kwargs = _client_kwargs(settings, url, target, socket_timeout, connect_timeout)
+    if target.kind == "cluster":
+        try:
+            return redis.cluster.RedisCluster(
+                startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in target.nodes], **kwargs
+            )
+        except RedisClusterException as exc:
+            raise _unreachable_cluster(exc, target) from exc
+    sentinel = redis.sentinel.Sentinel(list(target.nodes), sentinel_kwargs=_sentinel_kwargs(kwargs, settings))
+    assert target.master_name is not None
+    return sentinel.master_for(target.master_name, db=target.db, **kwargs)
 
 
 def connect_async(
@@ -111,20 +198,37 @@ def connect_async(
     url: str | None = None,
     socket_timeout: float | None = 5.0,
     connect_timeout: float | None = 5.0,
-) -> redis.asyncio.Redis:
-    """The asyncio twin of :func:`connect`."""
+) -> AsyncRedis:
+    """The asyncio twin of :func:`connect`; connects lazily for every kind of URL."""
     url = url or redis_url(settings)
-    return redis.asyncio.Redis.from_url(
-        url,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        **connection_kwargs(settings, url),
+    target = _target(url)
+    if target.kind == "server":
+        return redis.asyncio.Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            **connection_kwargs(settings, url),
+        )
+    kwargs = _client_kwargs(settings, url, target, socket_timeout, connect_timeout)
+    if target.kind == "cluster":
+        return redis.asyncio.cluster.RedisCluster(
+            startup_nodes=[redis.asyncio.cluster.ClusterNode(host, port) for host, port in target.nodes],
+            **kwargs,
+        )
+    sentinel = redis.asyncio.sentinel.Sentinel(
+        list(target.nodes), sentinel_kwargs=_sentinel_kwargs(kwargs, settings)
     )
+    assert target.master_name is not None
+    return sentinel.master_for(target.master_name, db=target.db, **kwargs)
 
 
 def server_and_user(url: str) -> tuple[str, str]:
     """(``host:port`` or socket path, ACL user name) of a Redis URL, for messages; no password."""
     try:
+        target = parse_redis_url(url)
+        if target.kind != "server":
+            kind = "Redis Cluster" if target.kind == "cluster" else f"Sentinel group ({target.master_name})"
+            return f"{kind} {target.where}", target.username or "default"
         parts = urlsplit(url)
         if parts.scheme == "unix":
             where = parts.path
@@ -156,6 +260,13 @@ def explain(exc: BaseException, url: str) -> BaseException:
         return RedisPermissionError(
             f"Redis user {user!r} at {where} lacks a permission streamrec needs: {detail} "
             "(grant it in the server's ACL; see docs/reliability.md, Security)"
+        )
+    if isinstance(exc, redis.sentinel.MasterNotFoundError | redis.asyncio.sentinel.MasterNotFoundError) and (
+        "AuthenticationError" in detail or "AuthenticationRequiredError" in detail
+    ):  # redis-py asks each sentinel in turn and sums up their refusals in this one error
+        return RedisCredentialsError(  # its detail lists every sentinel's whole connection: too long
+            f"the sentinels of the {where} refused to answer: a missing or wrong password "
+            f"(check {ENV_PREFIX}REDIS_SENTINEL_PASSWORD, the sentinels' own requirepass)"
         )
     cause = exc.__cause__ or exc.__context__  # redis-py raises ConnectionError inside its except
     if isinstance(exc, redis.exceptions.ConnectionError) and isinstance(cause, ssl.SSLCertVerificationError):

@@ -15,6 +15,7 @@ from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from .redaction import redacted_url
+from .redis_urls import parse_redis_url
 
 ENV_PREFIX = "STREAMREC_"
 
@@ -71,8 +72,16 @@ class Settings(BaseSettings):
     )
     redis_url: str | None = Field(
         None,
-        description="redis://[[user]:password@]host:port/db; rediss:// for TLS. Unset: embedded. "
+        description="redis://[[user]:password@]host:port/db; rediss:// for TLS. A Redis Cluster: "
+        "redis+cluster://[[user]:password@]host:port[,host:port…] (rediss+cluster:// for TLS); a Sentinel "
+        "group: redis+sentinel://[[user]:password@]host:port[,host:port…]/<master name>/<db> (the sentinels; "
+        "user and password are the primary's; rediss+sentinel:// for TLS). Unset: embedded. "
         "Never logged with its password.",
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None,
+        description="redis+sentinel://: the sentinels' own password (their requirepass), if they have one. "
+        "The primary's password goes in the URL.",
     )
     # Redis TLS (rediss://): redis-py verifies the server's certificate and host name by default.
     redis_tls_ca_file: Path | None = Field(
@@ -340,11 +349,9 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _check_redis_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+        if value is not None:
             # The message ends up in logs: never the password, even of a malformed URL.
-            raise ValueError(
-                f"expected redis://host:port/db (or rediss://, unix://), got {redacted_url(value)!r}"
-            )
+            parse_redis_url(value)
         return value
 
     @field_validator("redis_tls_key_file")

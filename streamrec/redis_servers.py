@@ -294,6 +294,7 @@ class RedisClusterServers(_Servers):
             )  # fmt: skip
             self.nodes.append(RedisNode(f"redis-{i}", port, directory, argv))
         self.started_seconds: float | None = None
+        self._replicas_at_kill: dict[str, list[RedisNode]] = {}
 
     @property
     def url(self) -> str:
@@ -422,10 +423,16 @@ class RedisClusterServers(_Servers):
                     return self.node(int(primary[1]))
         raise StackError(f"no node serves slot {slot}")
 
+    def kill(self, node: RedisNode) -> float:
+        """SIGKILL ``node``, as a crash would (its replicas are noted first, for
+        :meth:`wait_for_promotion`); returns the monotonic time of the kill."""
+        self._replicas_at_kill[node.name] = self.replicas_of(node)
+        return super().kill(node)
+
     def wait_for_promotion(self, old_primary: RedisNode, timeout: float = 30.0) -> RedisNode:
-        """Block until one of ``old_primary``'s replicas serves its slots and the cluster is ok
-        again on the running nodes; returns the new primary."""
-        replicas = self.replicas_of(old_primary)
+        """Block until one of ``old_primary``'s replicas (those it had when :meth:`kill` killed
+        it) is a primary and the cluster is ok again on the running nodes; returns it."""
+        replicas = self._replicas_at_kill.get(old_primary.name) or self.replicas_of(old_primary)
         if not replicas:
             raise StackError(f"{old_primary.name} has no replica to promote")
         running = [node for node in self.nodes if node.alive()]

@@ -1,0 +1,184 @@
+"""streamrec's Redis connection on a real Redis Cluster and a real Sentinel group.
+
+The module starts (streamrec.redis_servers, on free loopback ports) a cluster of 6 nodes (3
+primaries, 3 replicas) and a Sentinel group (1 primary, 1 replica, 3 sentinels), both with
+passwords (the sentinels with their own). Through ``connect()`` / ``connect_async()`` and the
+``redis+cluster://`` / ``redis+sentinel://`` URLs it writes and reads keys; then it kills -9 the
+Sentinel primary and a cluster primary and measures how long until writes succeed again.
+
+The failover times are printed (run with ``-s`` to see them) and bounded by FAILOVER_SECONDS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+import redis.cluster
+from pydantic import SecretStr
+
+from streamrec.redis_servers import RedisClusterServers, SentinelGroup
+from streamrec.shared.redis_connection import RedisCredentialsError, connect, connect_async, explain
+from streamrec.shared.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "data-n0des"
+SENTINEL_PASSWORD = "sentinel-s3cret"
+# From the kill until a write succeeds again: the failure detection (2 s node timeout, 1 s
+# down-after) plus the election, plus the client's retries; the issue's target is 15 s.
+FAILOVER_SECONDS = 15.0
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
+    """A 6-node Redis Cluster (3 primaries, 3 replicas) with a password."""
+    with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"), password=PASSWORD) as servers:
+        print(f"\nredis cluster: 6 nodes ok in {servers.started_seconds:.1f}s")
+        yield servers
+
+
+@pytest.fixture(scope="module")
+def sentinels(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelGroup]:
+    """One primary, one replica and three sentinels, the sentinels with their own password."""
+    with SentinelGroup(
+        tmp_path_factory.mktemp("redis-sentinel"), password=PASSWORD, sentinel_password=SENTINEL_PASSWORD
+    ) as group:
+        print(f"\nredis sentinel group: ready in {group.started_seconds:.1f}s")
+        yield group
+
+
+def sentinel_settings(group: SentinelGroup, sentinel_password: str | None = SENTINEL_PASSWORD) -> Settings:
+    """Settings for the group's URL and the sentinels' password."""
+    secret = SecretStr(sentinel_password) if sentinel_password is not None else None
+    return Settings(redis_url=group.url, redis_sentinel_password=secret)
+
+
+def test_connect_reads_and_writes_across_the_cluster(cluster: RedisClusterServers) -> None:
+    store = connect(Settings(redis_url=cluster.url))
+    assert isinstance(store, redis.cluster.RedisCluster)
+    keys = [f"topology:user-{n}" for n in range(60)]
+    for key in keys:
+        store.set(key, key.encode())
+    assert [store.get(key) for key in keys] == [key.encode() for key in keys]
+    # The keys landed on every primary, each key on the one its slot names.
+    serving = {cluster.primary_for(key).name for key in keys}
+    assert len(serving) == 3
+    for key in keys[:6]:
+        with cluster.primary_for(key).client(PASSWORD) as node:
+            assert node.get(key) == key.encode()
+    store.close()
+
+    async def through_asyncio() -> list[bytes | None]:
+        client = connect_async(Settings(redis_url=cluster.url))
+        try:
+            await client.set("topology:async", b"yes")
+            return [await client.get(key) for key in ("topology:async", keys[0])]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(through_asyncio()) == [b"yes", keys[0].encode()]
+
+
+def test_a_wrong_cluster_password_is_a_clear_error(cluster: RedisClusterServers) -> None:
+    url = cluster.url.replace(f":{PASSWORD}@", ":wrong@")
+    with pytest.raises(redis.AuthenticationError) as refused:
+        connect(Settings(redis_url=url))
+    clear = explain(refused.value, url)
+    assert isinstance(clear, RedisCredentialsError) and "Redis Cluster 127.0.0.1:" in str(clear)
+    assert "wrong" not in str(clear)
+
+
+def test_connect_reads_and_writes_through_the_sentinels(sentinels: SentinelGroup) -> None:
+    store = connect(sentinel_settings(sentinels))
+    assert isinstance(store, redis.Redis)
+    store.set("topology:sentinel", b"1")
+    assert store.get("topology:sentinel") == b"1"
+    with sentinels.primary().client(PASSWORD) as primary:  # it went to the primary the sentinels name
+        assert primary.get("topology:sentinel") == b"1"
+    store.close()
+
+    async def through_asyncio() -> bytes | None:
+        client = connect_async(sentinel_settings(sentinels))
+        try:
+            await client.set("topology:sentinel-async", b"2")
+            return await client.get("topology:sentinel-async")
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(through_asyncio()) == b"2"
+
+
+@pytest.mark.parametrize("sentinel_password", [None, "wrong"])
+def test_a_missing_or_wrong_sentinel_password_is_a_clear_error(
+    sentinels: SentinelGroup, sentinel_password: str | None
+) -> None:
+    settings = sentinel_settings(sentinels, sentinel_password)
+    with pytest.raises(redis.ConnectionError) as refused:
+        connect(settings, socket_timeout=2.0, connect_timeout=2.0).get("topology:sentinel")
+    clear = explain(refused.value, settings.redis_url or "")
+    assert isinstance(clear, RedisCredentialsError)
+    assert "STREAMREC_REDIS_SENTINEL_PASSWORD" in str(clear) and SENTINEL_PASSWORD not in str(clear)
+
+
+def write_until_it_succeeds(write: Callable[[int], object], killed_at: float) -> tuple[float, int]:
+    """Call ``write(n)`` every 50 ms until one succeeds (at most FAILOVER_SECONDS * 2 after the
+    kill); returns (seconds from the kill to that success, failed writes before it)."""
+    failures, n = 0, 0
+    while time.monotonic() - killed_at < 2 * FAILOVER_SECONDS:
+        n += 1
+        try:
+            write(n)
+            return time.monotonic() - killed_at, failures
+        except (
+            redis.ConnectionError,
+            redis.TimeoutError,
+            redis.ReadOnlyError,
+            redis.exceptions.ClusterError,
+        ):
+            failures += 1
+            time.sleep(0.05)
+    pytest.fail(f"writes did not resume within {2 * FAILOVER_SECONDS:.0f}s of the kill ({failures} failed)")
+
+
+def test_a_sentinel_client_follows_a_failover(sentinels: SentinelGroup) -> None:
+    store = connect(sentinel_settings(sentinels), socket_timeout=1.0, connect_timeout=1.0)
+    store.set("topology:before", b"written before the kill")
+    old, killed_at = sentinels.kill_primary()
+    resumed, failures = write_until_it_succeeds(lambda n: store.set("topology:after", n), killed_at)
+    new = sentinels.wait_for_promotion(old, timeout=FAILOVER_SECONDS)
+    promoted = time.monotonic() - killed_at
+    print(
+        f"\nsentinel failover: {old.name} killed; writes resumed after {resumed:.2f}s "
+        f"({failures} failed writes); {new.name} named primary by all sentinels by {promoted:.2f}s"
+    )
+    assert new is not old and resumed < FAILOVER_SECONDS
+    with new.client(PASSWORD) as primary:  # the write went to the promoted replica
+        assert primary.get("topology:after") is not None
+        assert primary.info("replication")["role"] == "master"
+    assert store.get("topology:before") == b"written before the kill"  # the replica had it
+    store.close()
+
+
+def test_a_cluster_client_follows_a_failover(cluster: RedisClusterServers) -> None:
+    store = connect(Settings(redis_url=cluster.url), socket_timeout=1.0, connect_timeout=1.0)
+    key = "topology:failover"
+    store.set(key, b"before")
+    old = cluster.primary_for(key)
+    killed_at = cluster.kill(old)
+    resumed, failures = write_until_it_succeeds(lambda n: store.set(key, n), killed_at)
+    new = cluster.wait_for_promotion(old, timeout=FAILOVER_SECONDS)
+    print(
+        f"\ncluster failover: {old.name} killed; writes to its slots resumed after {resumed:.2f}s "
+        f"({failures} failed writes); {new.name} serves them"
+    )
+    assert resumed < FAILOVER_SECONDS
+    assert cluster.primary_for(key) is new
+    # The old primary comes back as a replica of the new one; the cluster is whole again.
+    cluster.restart(old)
+    cluster.wait_until_ok(30.0)
+    assert old in cluster.replicas_of(new)
+    store.close()
