@@ -342,8 +342,15 @@ class RedisKeys:
       popular items (fills a read filtered by categories).
     - ``{prefix}:catalog``        STRING, the serving catalog (``ServingCatalog.encode``,
       shared/catalog.py): availability and categories of every item that has either.
-    - ``{prefix}:catalog:version`` STRING, the catalog topic offset ``catalog`` holds: readers
-      re-read ``catalog`` when it changes.
+    - ``{{prefix}:catalog}:version`` STRING, the catalog topic offset ``catalog`` holds: readers
+      re-read ``catalog`` when it changes. Its hash tag (``{…}``) puts it in the slot of
+      ``{prefix}:catalog`` on a Redis Cluster, so the scorer's pipeline writes both on one node, in
+      order: a reader never sees the new version before the new catalog.
+    - ``{prefix}:catalog:version`` the same value under the name streamrec used before the hash
+      tag, still written for readers of earlier versions (:attr:`legacy_catalog_version`).
+
+    Per-user and per-item keys have no hash tag, so they spread over every slot of a cluster
+    (unless an id itself contains ``{…}``: Redis then hashes only what is inside the braces).
     """
 
     prefix: str = "streamrec"
@@ -382,7 +389,14 @@ class RedisKeys:
 
     @property
     def catalog_version(self) -> str:
-        """Key of the serving catalog's version (the catalog topic offset it holds)."""
+        """Key of the serving catalog's version (the catalog topic offset it holds): hash-tagged
+        into the slot of :attr:`catalog`."""
+        return "{" + self.catalog + "}:version"
+
+    @property
+    def legacy_catalog_version(self) -> str:
+        """The catalog version's key before the hash tag: written too, for earlier readers;
+        read when :attr:`catalog_version` is missing (a scorer of an earlier version)."""
         return f"{self.prefix}:catalog:version"
 
 

@@ -330,8 +330,13 @@ class RecommendationClient:
     def _refresh_catalog(self) -> None:
         """Re-read the serving catalog if its version changed (checked at most every half second)."""
         view = self._view
-        if view.due() and view.checked(version := self._redis.get(self.keys.catalog_version)):
+        if view.due() and view.checked(version := self._catalog_version()):
             view.load(version, self._redis.get(self.keys.catalog))
+
+    def _catalog_version(self) -> bytes | None:
+        """The catalog's version; under its earlier key if a scorer of an earlier version wrote it."""
+        version = self._redis.get(self.keys.catalog_version)
+        return self._redis.get(self.keys.legacy_catalog_version) if version is None else version
 
     def model_version(self) -> str | None:
         """The model version the scorer serves, or None before the first model."""
@@ -479,8 +484,12 @@ class AsyncRecommendationClient:
 
     async def _refresh_catalog(self) -> None:
         view = self._view
-        if view.due() and view.checked(version := await self._redis.get(self.keys.catalog_version)):
+        if view.due() and view.checked(version := await self._catalog_version()):
             view.load(version, await self._redis.get(self.keys.catalog))
+
+    async def _catalog_version(self) -> bytes | None:
+        version = await self._redis.get(self.keys.catalog_version)
+        return await self._redis.get(self.keys.legacy_catalog_version) if version is None else version
 
     async def model_version(self) -> str | None:
         """The model version the scorer serves, or None before the first model."""

@@ -695,7 +695,8 @@ class ScorerService:
         def write() -> None:
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(self.keys.catalog, value)
-            pipe.set(self.keys.catalog_version, version)
+            pipe.set(self.keys.catalog_version, version)  # same slot as the catalog: after it
+            pipe.set(self.keys.legacy_catalog_version, version)  # for readers of earlier versions
             pipe.execute()
 
         self._retry("write the serving catalog", write)

@@ -14,8 +14,10 @@ from fastapi.testclient import TestClient
 from streamrec.api.app import create_app
 from streamrec.client import AsyncRecommendationClient, RecommendationClient
 from streamrec.embedded import start_redis
+from streamrec.redis_servers import RedisClusterServers
 from streamrec.shared.catalog import ItemRecord, ServingCatalog
 from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.redis_connection import connect
 from streamrec.shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -28,8 +30,13 @@ SHOES_POPULAR = CachedList([("i1", 9.0), ("s1", 4.5), ("s2", 3.5)], None, 1_700_
 SALE_POPULAR = CachedList([("s1", 4.5), ("s3", 4.0)], None, 1_700_000_001.0, "fallback")
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+@pytest.fixture(scope="module", params=["one server", "cluster"])
+def redis_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Every test runs on one redis-server and on a 6-node Redis Cluster (3 primaries)."""
+    if request.param == "cluster":
+        with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
+            yield cluster.url
+        return
     child, url = start_redis(Path(tmp_path_factory.mktemp("redis")))
     try:
         yield url
@@ -62,8 +69,8 @@ CATALOG = [
 
 @pytest.fixture
 def store(redis_url: str) -> Iterator[redis.Redis]:
-    connection = redis.Redis.from_url(redis_url)
-    connection.flushdb()
+    connection = connect(Settings(redis_url=redis_url))
+    connection.flushdb()  # on a cluster: on every primary
     connection.set(KEYS.recs("42"), OWN.encode())
     connection.set(KEYS.popular, POPULAR.encode())
     connection.set(KEYS.popular_in("shoes"), SHOES_POPULAR.encode())
@@ -128,6 +135,14 @@ def test_a_new_catalog_version_is_read_within_the_check_interval(
     while "i5" not in ids(client.get("42", n=10)):
         assert time.monotonic() < deadline, "the item was not served again after 5 s"
         time.sleep(0.05)
+
+
+def test_a_catalog_version_under_its_earlier_key_is_read(store: redis.Redis, redis_url: str) -> None:
+    # A scorer of an earlier version writes the version under {prefix}:catalog:version only.
+    store.delete(KEYS.catalog_version)
+    store.set(KEYS.legacy_catalog_version, "1")
+    with RecommendationClient(redis_url, prefix=PREFIX) as reader:
+        assert ids(reader.get("42", n=3)) == ["i1", "i2", "i4"]  # i0 hidden, i3 expired
 
 
 def test_without_a_catalog_nothing_is_filtered(store: redis.Redis, redis_url: str) -> None:
