@@ -106,6 +106,13 @@ def _plain_settings() -> Settings:
     return Settings(redis_url=None, redis_tls_ca_file=None, redis_tls_cert_file=None, redis_tls_key_file=None)
 
 
+def cluster_tools_missing() -> str | None:
+    """Why a Redis Cluster cannot be started here (no ``redis-cli``), or None if it can."""
+    if shutil.which("redis-cli") is None:
+        return "no redis-cli on PATH (Debian's redis-tools): cannot create a Redis Cluster"
+    return None
+
+
 def _redis_cli() -> str:
     found = shutil.which("redis-cli")
     if found is None:

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from streamrec.api.app import create_app
 from streamrec.client import AsyncRecommendationClient, RecommendationClient
 from streamrec.embedded import start_redis
-from streamrec.redis_servers import RedisClusterServers
+from streamrec.redis_servers import RedisClusterServers, cluster_tools_missing
 from streamrec.shared.catalog import ItemRecord, ServingCatalog
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.redis_connection import connect
@@ -34,6 +34,8 @@ SALE_POPULAR = CachedList([("s1", 4.5), ("s3", 4.0)], None, 1_700_000_001.0, "fa
 def redis_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Every test runs on one redis-server and on a 6-node Redis Cluster (3 primaries)."""
     if request.param == "cluster":
+        if reason := cluster_tools_missing():
+            pytest.skip(reason)
         with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
             yield cluster.url
         return

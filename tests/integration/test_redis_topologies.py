@@ -20,7 +20,7 @@ import redis
 import redis.cluster
 from pydantic import SecretStr
 
-from streamrec.redis_servers import RedisClusterServers, SentinelGroup
+from streamrec.redis_servers import RedisClusterServers, SentinelGroup, cluster_tools_missing
 from streamrec.shared.redis_connection import RedisCredentialsError, connect, connect_async, explain
 from streamrec.shared.settings import Settings
 
@@ -36,6 +36,8 @@ FAILOVER_SECONDS = 15.0
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServers]:
     """A 6-node Redis Cluster (3 primaries, 3 replicas) with a password."""
+    if reason := cluster_tools_missing():
+        pytest.skip(reason)
     with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster"), password=PASSWORD) as servers:
         print(f"\nredis cluster: 6 nodes ok in {servers.started_seconds:.1f}s")
         yield servers
