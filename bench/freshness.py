@@ -56,7 +56,7 @@ from streamrec.processes import StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import CachedList, RedisKeys, decode_feature_batch
 from streamrec.shared.kafka_config import aiokafka_config, client_config
-from streamrec.shared.redis_connection import connect, connect_async
+from streamrec.shared.redis_connection import connect, connect_async, get_many
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
@@ -453,7 +453,7 @@ def _lists(settings: Settings, users: list[str]) -> dict[str, tuple[str | None, 
     try:
         for start in range(0, len(users), 1000):
             chunk = users[start : start + 1000]
-            for user, raw in zip(chunk, store.mget([keys.recs(u) for u in chunk]), strict=True):
+            for user, raw in zip(chunk, get_many(store, [keys.recs(u) for u in chunk]), strict=True):
                 if (recs := decode(user, raw, 1, fallback=False)) is not None:
                     found[user] = (recs.model_version, recs.source)
     finally:
@@ -659,7 +659,7 @@ def _generated_at(settings: Settings, users: list[str]) -> list[float]:
     store = connect(settings, socket_timeout=None, connect_timeout=None)
     keys = RedisKeys(settings.redis_prefix)
     try:
-        raws = store.mget([keys.recs(user) for user in users])
+        raws = get_many(store, [keys.recs(user) for user in users])
     finally:
         store.close()
     return [CachedList.decode(raw).generated_at for raw in raws if raw is not None]

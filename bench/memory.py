@@ -45,7 +45,7 @@ import redis
 from streamrec.processes import ChildProcess, StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import CachedList, RedisKeys
-from streamrec.shared.redis_connection import connect
+from streamrec.shared.redis_connection import connect, get_many
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
@@ -236,7 +236,7 @@ def _redis_bytes(settings: Settings, users: list[str], result: RunResult, item_p
     lists: dict[str, CachedList] = {}
     for start in range(0, len(users), 1000):
         chunk = [keys.recs(user) for user in users[start : start + 1000]]
-        for key, raw in zip(chunk, store.mget(chunk), strict=True):
+        for key, raw in zip(chunk, get_many(store, chunk), strict=True):
             cached = None if raw is None else CachedList.decode(raw)
             if cached is not None and len(cached.items) == TOP_N:
                 lists[key] = cached

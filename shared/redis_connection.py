@@ -222,6 +222,17 @@ def connect_async(
     return sentinel.master_for(target.master_name, db=target.db, **kwargs)
 
 
+def get_many(client: SyncRedis, keys: list[str]) -> list[bytes | None]:
+    """The values of ``keys``, in order (None where missing), from one server or a cluster.
+
+    A cluster refuses an MGET whose keys live in different slots; its client's non-atomic MGET
+    asks each slot's node for its keys instead. Nothing here needs the keys read atomically.
+    """
+    if isinstance(client, redis.cluster.RedisCluster):
+        return client.mget_nonatomic(keys)
+    return client.mget(keys)
+
+
 def server_and_user(url: str) -> tuple[str, str]:
     """(``host:port`` or socket path, ACL user name) of a Redis URL, for messages; no password."""
     try:

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import click
 import pandas as pd
-import redis
 
 from .backlog import IngestStalled, wait_for_ingest
 from .client import RecommendationClient
@@ -26,7 +25,7 @@ from .publisher import Publisher, check_dataset_events, dataset_events, publish_
 from .shared.contracts import CachedList, RedisKeys
 from .shared.datasets import in_time_order, load_interactions
 from .shared.redaction import redacted_url
-from .shared.redis_connection import connect
+from .shared.redis_connection import SyncRedis, connect, get_many
 from .shared.settings import Settings
 from .stack import Stack, new_run_dir, settings_for_run
 from .synthetic import generate
@@ -120,10 +119,10 @@ def _wait(stack: Stack, done: Callable[[], bool], status: Callable[[], str], sta
     sys.stderr.write(f"\r      {status()}   \n")
 
 
-def _users_served(store: redis.Redis, keys: RedisKeys, user_ids: list[str], version: str) -> int:
+def _users_served(store: SyncRedis, keys: RedisKeys, user_ids: list[str], version: str) -> int:
     count = 0
     for start in range(0, len(user_ids), 1000):
-        for raw in store.mget([keys.recs(u) for u in user_ids[start : start + 1000]]):
+        for raw in get_many(store, [keys.recs(u) for u in user_ids[start : start + 1000]]):
             if raw is not None and CachedList.decode(raw).model_version == version:
                 count += 1
     return count

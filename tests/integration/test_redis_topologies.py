@@ -21,7 +21,13 @@ import redis.cluster
 from pydantic import SecretStr
 
 from streamrec.redis_servers import RedisClusterServers, SentinelGroup, cluster_tools_missing
-from streamrec.shared.redis_connection import RedisCredentialsError, connect, connect_async, explain
+from streamrec.shared.redis_connection import (
+    RedisCredentialsError,
+    connect,
+    connect_async,
+    explain,
+    get_many,
+)
 from streamrec.shared.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -83,6 +89,14 @@ def test_connect_reads_and_writes_across_the_cluster(cluster: RedisClusterServer
             await client.aclose()
 
     assert asyncio.run(through_asyncio()) == [b"yes", keys[0].encode()]
+
+    # Many keys of different slots at once (the demo's and the benchmarks' readers): a cluster
+    # refuses one MGET of them, get_many asks each node for its own.
+    store = connect(Settings(redis_url=cluster.url))
+    with pytest.raises(redis.RedisClusterException):
+        store.mget(keys)
+    assert get_many(store, [*keys, "topology:missing"]) == [key.encode() for key in keys] + [None]
+    store.close()
 
 
 def test_a_wrong_cluster_password_is_a_clear_error(cluster: RedisClusterServers) -> None:
