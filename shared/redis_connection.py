@@ -46,7 +46,12 @@ import redis.asyncio.cluster
 import redis.asyncio.sentinel
 import redis.cluster
 import redis.sentinel
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisClusterException
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisClusterException,
+    SlotNotCoveredError,
+)
 
 from .redaction import redacted_url
 from .redis_urls import RedisTarget, parse_redis_url
@@ -143,18 +148,41 @@ def _sentinel_kwargs(client_kwargs: dict[str, Any], settings: Settings) -> dict[
     return kwargs
 
 
-def _unreachable_cluster(exc: RedisClusterException, target: RedisTarget) -> BaseException:
-    """The blocking RedisCluster's construction error as what it is: its cause if that is a
-    refusal (credentials, ACL, TLS: :func:`explain` words those), else a ConnectionError naming
-    the nodes, which callers wait out like any unreachable Redis."""
+# redis-py's RedisClusterExceptions (not RedisErrors) of a cluster whose slot map it cannot read
+# whole from any node: every node down, or a failover under way. Outages, like a refused connection.
+CLUSTER_OUTAGE_MESSAGES = (
+    "Redis Cluster cannot be connected",
+    "All slots are not covered",
+    "startup_nodes could not agree",
+)
+
+
+class RedisClusterUnavailable(redis.exceptions.ConnectionError):
+    """No node of the cluster answers, or no node serves a key's slot (a failover under way).
+
+    redis-py raises these as ``RedisClusterException`` / ``SlotNotCoveredError``, which are not
+    ``RedisError``s; as this ``ConnectionError`` they are waited out like any unreachable Redis, and
+    ``except redis.RedisError`` (the API's 503, the CLI's one line) catches them.
+    """
+
+
+def cluster_error(exc: RedisClusterException, where: str) -> BaseException:
+    """What one of redis-py's ``RedisClusterException``s is: the refusal that caused it (wrong
+    credentials, ACL, TLS certificate; :func:`explain` words it), an outage
+    (:class:`RedisClusterUnavailable`), or ``exc`` itself: a command no cluster runs (keys of several
+    slots in one command or transaction), a bug to raise."""
     cause = exc.__cause__
     refused = isinstance(cause, AuthenticationError | NoPermissionError) or (
         isinstance(cause, redis.RedisError) and not isinstance(cause, redis.exceptions.ConnectionError)
     )
-    if refused or (cause is not None and explain(cause, "") is not cause):
+    if refused or (isinstance(cause, redis.RedisError) and explain(cause, "") is not cause):
         assert cause is not None
         return cause
-    return redis.exceptions.ConnectionError(f"no node of the Redis Cluster at {target.where} answers: {exc}")
+    if isinstance(exc, SlotNotCoveredError) or str(exc).startswith(CLUSTER_OUTAGE_MESSAGES):
+        error = RedisClusterUnavailable(f"{where} is unavailable: {exc}")
+        error.__cause__ = exc
+        return error
+    return exc
 
 
 def connect(
@@ -186,7 +214,7 @@ def connect(
                 startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in target.nodes], **kwargs
             )
         except RedisClusterException as exc:
-            raise _unreachable_cluster(exc, target) from exc
+            raise cluster_error(exc, f"Redis Cluster {target.where}") from exc
     sentinel = redis.sentinel.Sentinel(list(target.nodes), sentinel_kwargs=_sentinel_kwargs(kwargs, settings))
     assert target.master_name is not None
     return sentinel.master_for(target.master_name, db=target.db, **kwargs)
@@ -256,6 +284,9 @@ def explain(exc: BaseException, url: str) -> BaseException:
     if isinstance(exc, RedisCredentialsError | RedisPermissionError | RedisTlsError):
         return exc
     where, user = server_and_user(url)
+    if isinstance(exc, RedisClusterException):  # not a RedisError: see cluster_error
+        seen = cluster_error(exc, where)
+        return exc if seen is exc else explain(seen, url)
     detail = str(exc).rstrip(".")
     if isinstance(exc, AuthenticationError):
         parts = urlsplit(url)
@@ -307,7 +338,7 @@ class explained:  # lower-case: used like a function, ``with explained(url): ...
         return None
 
     def __exit__(self, exc_type: object, exc: BaseException | None, traceback: object) -> bool:
-        if not isinstance(exc, redis.exceptions.RedisError):
+        if not isinstance(exc, redis.exceptions.RedisError | RedisClusterException):
             return False
         clear = explain(exc, self.url)
         if clear is exc:

@@ -49,6 +49,7 @@ import orjson
 import redis
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
+from redis.exceptions import RedisClusterException
 
 from ..shared.catalog import ServingCatalog
 from ..shared.contracts import (
@@ -85,14 +86,17 @@ CATALOG_WRITE_SECONDS = 0.2  # a changed catalog is written to Redis at most thi
 STARTUP_FALLBACK_VERSIONS = 3  # earlier promoted versions tried at start-up when PROMOTED is refused
 RETRY_FIRST_DELAY_SECONDS = 0.2
 RETRY_MAX_DELAY_SECONDS = 5.0
-# Redis failures worth waiting out: the server is down, restarting, loading, failing over or full.
-# Anything else (wrong password, missing ACL permission, a bug) is raised.
+# Redis failures worth waiting out: the server is down, restarting, loading, failing over or full
+# (with ConnectionError, under which explain() puts a cluster nobody answers or a slot no node
+# serves). Anything else (wrong password, missing ACL permission, a bug) is raised.
 RETRYABLE_REDIS_ERRORS: tuple[type[Exception], ...] = (
+    redis.exceptions.ConnectionError,  # also a Sentinel group naming no primary (MasterNotFoundError)
     redis.exceptions.TimeoutError,
     redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ReadOnlyError,  # a demoted primary, until the client follows the failover
     redis.exceptions.OutOfMemoryError,
     redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,  # CLUSTERDOWN / MASTERDOWN: a cluster failing over
 )
 
 T = TypeVar("T")
@@ -593,12 +597,12 @@ class ScorerService:
         while True:
             try:
                 result = action()
-            except redis.exceptions.RedisError as exc:
+            except (redis.exceptions.RedisError, RedisClusterException) as exc:
                 # Refused credentials, a missing ACL permission or an unverifiable TLS certificate
                 # are configuration problems, not outages: stop with one clear line (no password).
                 if is_permanent(clear := explain(exc, self.redis_url)):
                     raise clear from exc
-                if not isinstance(exc, (redis.exceptions.ConnectionError, *RETRYABLE_REDIS_ERRORS)):
+                if not isinstance(clear, RETRYABLE_REDIS_ERRORS):
                     raise
                 failures += 1
                 self.redis_ok = False

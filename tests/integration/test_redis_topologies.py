@@ -4,7 +4,8 @@ The module starts (streamrec.redis_servers, on free loopback ports) a cluster of
 primaries, 3 replicas) and a Sentinel group (1 primary, 1 replica, 3 sentinels), both with
 passwords (the sentinels with their own). Through ``connect()`` / ``connect_async()`` and the
 ``redis+cluster://`` / ``redis+sentinel://`` URLs it writes and reads keys; then it kills -9 the
-Sentinel primary and a cluster primary and measures how long until writes succeed again.
+Sentinel primary and a cluster primary and measures how long until writes succeed again; then
+kills another cluster primary under the scorer's own writes, which must wait it out.
 
 The failover times are printed (run with ``-s`` to see them) and bounded by FAILOVER_SECONDS.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -21,6 +23,8 @@ import redis.cluster
 from pydantic import SecretStr
 
 from streamrec.redis_servers import RedisClusterServers, SentinelGroup, cluster_tools_missing
+from streamrec.scorer.service import REDIS_WRITE_ERRORS, ScoredLists, ScorerService
+from streamrec.shared.contracts import RedisKeys
 from streamrec.shared.redis_connection import (
     RedisCredentialsError,
     connect,
@@ -198,3 +202,42 @@ def test_a_cluster_client_follows_a_failover(cluster: RedisClusterServers) -> No
     cluster.wait_until_ok(30.0)
     assert old in cluster.replicas_of(new)
     store.close()
+
+
+def test_the_scorers_writes_go_on_through_a_cluster_failover(
+    cluster: RedisClusterServers, tmp_path: Path
+) -> None:
+    # The scorer's own pipeline and retry (services/scorer/service.py), writing users of every slot
+    # range while a primary is killed: each write returns only once every list is in the cluster.
+    scorer = ScorerService(Settings(kafka_bootstrap="127.0.0.1:1", redis_url=cluster.url, data_dir=tmp_path))
+    keys = RedisKeys(scorer.settings.redis_prefix)
+    users = [f"failover-user-{n}" for n in range(300)]
+
+    def write(round_: int) -> None:
+        scorer._write_lists(ScoredLists({user: b"%d" % round_ for user in users}, len(users), 0), "event")
+
+    write(0)
+    old = cluster.primaries()[0]
+    errors_before = REDIS_WRITE_ERRORS._value.get()
+    killed_at = cluster.kill(old)
+    round_, resumed = 0, None
+    while time.monotonic() - killed_at < 2 * FAILOVER_SECONDS:
+        round_ += 1
+        write(round_)  # blocks while the failover lasts
+        if resumed is None:
+            resumed = time.monotonic() - killed_at
+        time.sleep(0.05)
+    new = cluster.wait_for_promotion(old, timeout=FAILOVER_SECONDS)
+    retried = REDIS_WRITE_ERRORS._value.get() - errors_before
+    print(
+        f"\nscorer on a cluster failover: {old.name} killed; the first write returned after "
+        f"{resumed:.2f}s ({retried:.0f} retried attempts); {round_} rounds of {len(users)} lists"
+    )
+    assert resumed is not None and resumed < FAILOVER_SECONDS and retried >= 1 and scorer.redis_ok
+    store = connect(Settings(redis_url=cluster.url))
+    assert get_many(store, [keys.recs(user) for user in users]) == [b"%d" % round_] * len(users)
+    store.close()
+    scorer.close()
+    cluster.restart(old)
+    cluster.wait_until_ok(30.0)
+    assert old in cluster.replicas_of(new)
