@@ -342,10 +342,12 @@ class RedisKeys:
       popular items (fills a read filtered by categories).
     - ``{prefix}:catalog``        STRING, the serving catalog (``ServingCatalog.encode``,
       shared/catalog.py): availability and categories of every item that has either.
-    - ``{{prefix}:catalog}:version`` STRING, the catalog topic offset ``catalog`` holds: readers
-      re-read ``catalog`` when it changes. Its hash tag (``{…}``) puts it in the slot of
-      ``{prefix}:catalog`` on a Redis Cluster, so the scorer's pipeline writes both on one node, in
-      order: a reader never sees the new version before the new catalog.
+    - ``{prefix}:catalog:version:{{prefix}:catalog}`` STRING, the catalog topic offset ``catalog``
+      holds: readers re-read ``catalog`` when it changes. Its hash tag (``{…}``, the catalog's
+      name) puts it in the slot of ``{prefix}:catalog`` on a Redis Cluster, so the scorer's pipeline
+      writes both on one node, in order: a reader never sees the new version before the new
+      catalog. It starts with ``{prefix}:`` like every key, so ACL key patterns such as
+      ``~streamrec:*`` cover it.
     - ``{prefix}:catalog:version`` the same value under the name streamrec used before the hash
       tag, still written for readers of earlier versions (:attr:`legacy_catalog_version`).
 
@@ -390,8 +392,8 @@ class RedisKeys:
     @property
     def catalog_version(self) -> str:
         """Key of the serving catalog's version (the catalog topic offset it holds): hash-tagged
-        into the slot of :attr:`catalog`."""
-        return "{" + self.catalog + "}:version"
+        into the slot of :attr:`catalog`, under the prefix every key has."""
+        return f"{self.prefix}:catalog:version:{{{self.catalog}}}"
 
     @property
     def legacy_catalog_version(self) -> str:

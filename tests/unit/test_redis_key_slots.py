@@ -57,7 +57,16 @@ def test_only_the_catalog_version_carries_a_hash_tag(prefix: str) -> None:
         keys.legacy_catalog_version,
     ]
     assert not [name for name in names if "{" in name]
-    assert keys.catalog_version.startswith("{") and keys.catalog_version.count("{") == 1
+    assert keys.catalog_version.count("{") == 1
+
+
+@pytest.mark.parametrize("prefix", PREFIXES)
+def test_every_key_starts_with_the_prefix(prefix: str) -> None:
+    # ACL key patterns (`~streamrec:*`, docs/reliability.md) grant streamrec's keys by the prefix.
+    keys = RedisKeys(prefix)
+    names = [keys.recs("u1"), keys.popular, keys.model, keys.similar("i1"), keys.similar_model]
+    names += [keys.popular_in("shoes"), keys.catalog, keys.catalog_version, keys.legacy_catalog_version]
+    assert [name for name in names if not name.startswith(f"{prefix}:")] == []
 
 
 @pytest.mark.parametrize(("what", "key_of"), [("recs", RedisKeys.recs), ("similar", RedisKeys.similar)])
