@@ -16,10 +16,12 @@ Beyond one server (see :mod:`.redis_urls` for the URL forms):
 
 - ``redis+cluster://host:port[,host:port…]`` gives a :class:`redis.cluster.RedisCluster` (asyncio:
   :class:`redis.asyncio.cluster.RedisCluster`); it follows MOVED/ASK redirects and, when a
-  primary fails, refreshes the slot map and retries (redis-py's ``Retry``: 3 tries, exponential
-  backoff). The blocking one reads the slot map when it is built, so :func:`connect` reaches the
-  cluster at once (a ``redis.ConnectionError`` if no node answers); the asyncio one on its first
-  command.
+  node fails, reads the slot map again and retries the command (``cluster_error_retry_attempts``,
+  10 by default), then raises: callers that must not lose a write retry it themselves (the scorer).
+  Both read the slot map on their first command, not when built (the blocking one is wrapped in a
+  :class:`LazyRedisCluster`), so a service starts while the cluster is down, as with one server.
+  redis-py's errors of a cluster it cannot reach are not all ``RedisError``s: :func:`explain`
+  turns them into :class:`RedisClusterUnavailable`, a ``ConnectionError``.
 - ``redis+sentinel://host:port[,host:port…]/<master name>/<db>`` gives the primary's client of
   :meth:`redis.sentinel.Sentinel.master_for` (asyncio likewise): each new connection asks the
   sentinels where the primary is, so after a failover the next command reaches the promoted
@@ -37,6 +39,8 @@ never the password. Unreachable servers stay ``redis.ConnectionError``: callers 
 from __future__ import annotations
 
 import ssl
+import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,8 +61,8 @@ from .redaction import redacted_url
 from .redis_urls import RedisTarget, parse_redis_url
 from .settings import ENV_PREFIX, ConfigError, Settings
 
-# What connect() / connect_async() return: one server's or a Sentinel primary's client, or a cluster's.
-SyncRedis = redis.Redis | redis.cluster.RedisCluster
+# What connect_async() returns: one server's or a Sentinel primary's client, or a cluster's
+# (connect()'s is SyncRedis, below).
 AsyncRedis = redis.asyncio.Redis | redis.asyncio.cluster.RedisCluster
 
 # The TLS settings and the redis-py SSLConnection keyword each one becomes.
@@ -185,6 +189,74 @@ def cluster_error(exc: RedisClusterException, where: str) -> BaseException:
     return exc
 
 
+class LazyRedisCluster:
+    """A blocking :class:`redis.cluster.RedisCluster` built on first use, not when created.
+
+    redis-py's blocking RedisCluster reads the slot map from its startup nodes in its constructor,
+    so a scorer, an API or a client created while the cluster is down (or during a failover) would
+    fail at once, where one server's client, a Sentinel primary's and the asyncio cluster's connect
+    on their first command. This stands in for it: the first attribute asked for (a command,
+    ``pipeline()``) builds the client, under a lock, and a build that failed is tried again on the
+    next use. The build's error is that command's error: :class:`RedisClusterUnavailable` (a
+    ``ConnectionError``) while no node answers, redis-py's ``AuthenticationError`` for refused
+    credentials (:func:`explain` words it). A method taken before the build (``client.ping``) builds
+    when it is called. Once built, the client's methods are looked up once and kept on this object,
+    so a call costs what a call of the client itself does.
+    """
+
+    def __init__(self, build: Callable[[], redis.cluster.RedisCluster]) -> None:
+        self._build = build
+        self._client: redis.cluster.RedisCluster | None = None
+        self._lock = threading.Lock()
+
+    def cluster(self) -> redis.cluster.RedisCluster:
+        """The RedisCluster, built now if it was not yet (raises what the build raises)."""
+        client = self._client
+        if client is None:
+            with self._lock:
+                if self._client is None:
+                    self._client = self._build()
+                client = self._client
+        return client
+
+    @property
+    def built(self) -> bool:
+        """True once the client was built (the slot map read)."""
+        return self._client is not None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):  # copy, pickle and friends probing for protocols
+            raise AttributeError(name)
+        if self._client is None and callable(getattr(redis.cluster.RedisCluster, name, None)):
+            # A method taken before the first build (``retry(client.ping)``) builds when called.
+            def deferred(*args: Any, **kwargs: Any) -> Any:
+                return getattr(self.cluster(), name)(*args, **kwargs)
+
+            return deferred
+        value = getattr(self.cluster(), name)
+        if callable(value):
+            self.__dict__[name] = value  # found in the instance from now on: no __getattr__
+        return value
+
+    def close(self) -> None:
+        """Close the client's connections, if it was built."""
+        if self._client is not None:
+            self._client.close()
+
+    def __enter__(self) -> LazyRedisCluster:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<LazyRedisCluster {'built' if self._client is not None else 'not built yet'}>"
+
+
+# What connect() returns: one server's or a Sentinel primary's client, or a cluster's.
+SyncRedis = redis.Redis | redis.cluster.RedisCluster | LazyRedisCluster
+
+
 def connect(
     settings: Settings,
     *,
@@ -194,9 +266,9 @@ def connect(
 ) -> SyncRedis:
     """A blocking Redis client for ``settings`` (``url`` overrides ``settings.redis_url``).
 
-    One server or Sentinel: connects lazily, the first command opens the connection (and may
-    raise). A cluster: reads the slot map now (``redis.ConnectionError`` if no node answers). A
-    timeout of None waits forever (for a subscriber that idles).
+    Every kind connects lazily: the first command opens the connection (and may raise); for a
+    cluster, a :class:`LazyRedisCluster` reads the slot map then. A timeout of None waits forever
+    (for a subscriber that idles).
     """
     url = url or redis_url(settings)
     target = _target(url)
@@ -209,12 +281,17 @@ def connect(
         )
     kwargs = _client_kwargs(settings, url, target, socket_timeout, connect_timeout)
     if target.kind == "cluster":
-        try:
-            return redis.cluster.RedisCluster(
-                startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in target.nodes], **kwargs
-            )
-        except RedisClusterException as exc:
-            raise cluster_error(exc, f"Redis Cluster {target.where}") from exc
+
+        def build() -> redis.cluster.RedisCluster:
+            try:
+                return redis.cluster.RedisCluster(
+                    startup_nodes=[redis.cluster.ClusterNode(host, port) for host, port in target.nodes],
+                    **kwargs,
+                )
+            except RedisClusterException as exc:
+                raise cluster_error(exc, f"Redis Cluster {target.where}") from exc
+
+        return LazyRedisCluster(build)
     sentinel = redis.sentinel.Sentinel(list(target.nodes), sentinel_kwargs=_sentinel_kwargs(kwargs, settings))
     assert target.master_name is not None
     return sentinel.master_for(target.master_name, db=target.db, **kwargs)
@@ -256,7 +333,7 @@ def get_many(client: SyncRedis, keys: list[str]) -> list[bytes | None]:
     A cluster refuses an MGET whose keys live in different slots; its client's non-atomic MGET
     asks each slot's node for its keys instead. Nothing here needs the keys read atomically.
     """
-    if isinstance(client, redis.cluster.RedisCluster):
+    if isinstance(client, redis.cluster.RedisCluster | LazyRedisCluster):
         return client.mget_nonatomic(keys)
     return client.mget(keys)
 

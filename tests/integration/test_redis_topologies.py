@@ -5,7 +5,8 @@ primaries, 3 replicas) and a Sentinel group (1 primary, 1 replica, 3 sentinels),
 passwords (the sentinels with their own). Through ``connect()`` / ``connect_async()`` and the
 ``redis+cluster://`` / ``redis+sentinel://`` URLs it writes and reads keys; then it kills -9 the
 Sentinel primary and a cluster primary and measures how long until writes succeed again; then
-kills another cluster primary under the scorer's own writes, which must wait it out.
+kills another cluster primary under the scorer's own writes, which must wait it out. A last
+cluster is down when the scorer, the clients and the API are built: they start, and work once it is up.
 
 The failover times are printed (run with ``-s`` to see them) and bounded by FAILOVER_SECONDS.
 """
@@ -13,6 +14,10 @@ The failover times are printed (run with ``-s`` to see them) and bounded by FAIL
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,12 +25,16 @@ from pathlib import Path
 import pytest
 import redis
 import redis.cluster
+from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from streamrec.api.app import check_redis_access, create_app
+from streamrec.client import RecommendationClient
 from streamrec.redis_servers import RedisClusterServers, SentinelGroup, cluster_tools_missing
 from streamrec.scorer.service import REDIS_WRITE_ERRORS, ScoredLists, ScorerService
-from streamrec.shared.contracts import RedisKeys
+from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.redis_connection import (
+    LazyRedisCluster,
     RedisCredentialsError,
     connect,
     connect_async,
@@ -71,7 +80,7 @@ def sentinel_settings(group: SentinelGroup, sentinel_password: str | None = SENT
 
 def test_connect_reads_and_writes_across_the_cluster(cluster: RedisClusterServers) -> None:
     store = connect(Settings(redis_url=cluster.url))
-    assert isinstance(store, redis.cluster.RedisCluster)
+    assert isinstance(store, LazyRedisCluster) and isinstance(store.cluster(), redis.cluster.RedisCluster)
     keys = [f"topology:user-{n}" for n in range(60)]
     for key in keys:
         store.set(key, key.encode())
@@ -106,7 +115,7 @@ def test_connect_reads_and_writes_across_the_cluster(cluster: RedisClusterServer
 def test_a_wrong_cluster_password_is_a_clear_error(cluster: RedisClusterServers) -> None:
     url = cluster.url.replace(f":{PASSWORD}@", ":wrong@")
     with pytest.raises(redis.AuthenticationError) as refused:
-        connect(Settings(redis_url=url))
+        connect(Settings(redis_url=url)).ping()
     clear = explain(refused.value, url)
     assert isinstance(clear, RedisCredentialsError) and "Redis Cluster 127.0.0.1:" in str(clear)
     assert "wrong" not in str(clear)
@@ -241,3 +250,55 @@ def test_the_scorers_writes_go_on_through_a_cluster_failover(
     cluster.restart(old)
     cluster.wait_until_ok(30.0)
     assert old in cluster.replicas_of(new)
+
+
+def test_a_cluster_down_at_start_is_waited_for(tmp_path: Path) -> None:
+    servers = RedisClusterServers(tmp_path / "cluster", password=PASSWORD)  # ports chosen, nothing runs
+    settings = Settings(
+        kafka_bootstrap="127.0.0.1:1", redis_url=servers.url, data_dir=tmp_path / "data", redis_prefix="late"
+    )
+    keys = RedisKeys("late")
+    # Built while no node answers: the scorer, both clients and the API start all the same.
+    scorer = ScorerService(settings)
+    client = RecommendationClient(settings=settings)
+    app = create_app(settings)
+    check_redis_access(settings)  # only logs that Redis is unreachable
+    with pytest.raises(redis.ConnectionError, match="is unavailable"):
+        client.get("u1")
+    # The CLI says so in one line, without the password.
+    cli = subprocess.run(
+        [sys.executable, "-m", "streamrec", "recommend", "u1"],
+        env={**os.environ, "STREAMREC_REDIS_URL": servers.url},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cli.returncode == 1, cli.stderr
+    assert cli.stderr.startswith("streamrec: error: Redis is unreachable (Redis Cluster 127.0.0.1:")
+    assert cli.stderr.count("\n") == 1 and PASSWORD not in cli.stderr
+
+    connected = threading.Thread(target=scorer._retry, args=("connect to Redis", scorer.redis.ping))
+    with TestClient(app) as http:
+        assert http.get("/readyz").status_code == 503
+        assert http.get("/users/u1/recommendations").status_code == 503
+        connected.start()  # the scorer's start: it waits for Redis
+        time.sleep(1.0)
+        assert connected.is_alive() and not scorer.redis_ok
+        try:
+            servers.start()
+            connected.join(30)
+            assert not connected.is_alive() and scorer.redis_ok
+            # The same objects work now: the scorer writes, the clients and the API read.
+            written = CachedList([("i1", 2.0), ("i2", 1.0)], "m-1", time.time(), "personal")
+            scorer._write_lists(ScoredLists({"u1": written.encode()}, 1, 0), "event")
+            assert client.get("u1").items == written.items  # type: ignore[union-attr]
+            assert http.get("/readyz").status_code == 200
+            body = http.get("/users/u1/recommendations").json()
+            assert [row["item_id"] for row in body["items"]] == ["i1", "i2"]
+            assert servers.primary_for(keys.recs("u1")).client(PASSWORD).exists(keys.recs("u1"))
+        finally:
+            scorer.request_stop()  # ends the waiting thread if the cluster never came up
+            connected.join(10)
+            client.close()
+            scorer.close()
+            servers.stop()

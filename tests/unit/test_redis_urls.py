@@ -18,11 +18,14 @@ from pydantic import SecretStr
 
 from streamrec.shared.redaction import redacted_url
 from streamrec.shared.redis_connection import (
+    LazyRedisCluster,
+    RedisClusterUnavailable,
     RedisCredentialsError,
     connect,
     connect_async,
     connection_kwargs,
     explain,
+    get_many,
     server_and_user,
 )
 from streamrec.shared.redis_urls import RedisTarget, parse_redis_url, redis_kind
@@ -177,3 +180,62 @@ def test_refused_sentinel_password_is_a_credentials_error() -> None:
     assert "STREAMREC_REDIS_SENTINEL_PASSWORD" in str(clear) and "s1:26379,s2:26379" in str(clear)
     unreachable = redis.sentinel.MasterNotFoundError("No master found for 'mymaster' : ConnectionError(...)")
     assert explain(unreachable, url) is unreachable  # waited out like any outage
+
+
+class FakeCluster:
+    """What LazyRedisCluster builds, in these tests: records calls and closes."""
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.values = {"a": b"1", "b": b"2"}
+
+    def get(self, key: str) -> bytes | None:
+        return self.values.get(key)
+
+    def mget_nonatomic(self, keys: list[str]) -> list[bytes | None]:
+        return [self.values.get(key) for key in keys]
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_a_cluster_client_is_built_on_first_use_and_again_after_a_failed_build() -> None:
+    builds: list[str] = []
+    outcomes: list[BaseException | FakeCluster] = [
+        RedisClusterUnavailable("Redis Cluster h1:7000 is unavailable: Redis Cluster cannot be connected"),
+        FakeCluster(),
+    ]
+
+    def build() -> FakeCluster:
+        builds.append("build")
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return outcome
+
+    lazy = LazyRedisCluster(build)  # type: ignore[arg-type]
+    assert builds == [] and not lazy.built
+    lazy.close()  # nothing built: nothing to close
+    get = lazy.get  # taken before the build (as in `retry(client.ping)`): builds when called
+    assert builds == []
+    with pytest.raises(redis.ConnectionError, match="is unavailable"):  # the command's own error
+        get("a")
+    assert lazy.get("a") == b"1" and lazy.get("b") == b"2" and builds == ["build", "build"]
+    assert "get" in vars(lazy)  # the bound method is kept: later calls skip __getattr__
+    assert get_many(lazy, ["a", "missing", "b"]) == [b"1", None, b"2"]  # per node, as for a cluster
+    with lazy:
+        pass
+    assert lazy.cluster().closed and builds == ["build", "build"]
+    with pytest.raises(AttributeError):
+        lazy.__deepcopy__  # noqa: B018  # protocol probes do not build anything
+
+
+def test_connect_gives_a_cluster_client_without_reaching_the_cluster() -> None:
+    # No server listens on these: a service built while the cluster is down still starts.
+    client = connect(Settings(redis_url=f"redis+cluster://:{SECRET}@127.0.0.1:1,127.0.0.1:2"))
+    assert isinstance(client, LazyRedisCluster) and not client.built
+    with pytest.raises(redis.ConnectionError) as unreachable:
+        client.ping()
+    assert str(unreachable.value).startswith("Redis Cluster 127.0.0.1:1,127.0.0.1:2 is unavailable: ")
+    assert SECRET not in str(unreachable.value) and not client.built
+    client.close()
