@@ -20,23 +20,29 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import orjson
 import pandas as pd
 import pytest
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from streamrec.embedded import broker_binary, start_redis
-from streamrec.ingest.features import UserState, apply_event
 from streamrec.processes import ChildProcess, free_port, spawn, wait_for_port
 from streamrec.publisher import Publisher, dataset_events, publish_stream
-from streamrec.shared.contracts import RedisKeys, decode_feature_batch
-from streamrec.shared.events import Interaction, parse_event
+from streamrec.shared.contracts import RedisKeys
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
 
-from support import LiveStack, TcpProxy, metric_total, wait_for
+from support import (
+    FeatureReader,
+    LiveStack,
+    TcpProxy,
+    expected_features,
+    metric_total,
+    prefixed,
+    touch_events,
+    wait_for,
+    wait_fresh,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -163,68 +169,9 @@ def healthy(faults: FaultStack) -> Iterator[None]:
 # --- helpers -------------------------------------------------------------------------------------
 
 
-def prefixed(events: pd.DataFrame, prefix: str) -> pd.DataFrame:
-    """The same events for users of their own (so tests never share a user)."""
-    return events.assign(user_id=prefix + events.user_id)
-
-
-def expected_features(
-    events: pd.DataFrame, source: str, settings: Settings
-) -> dict[str, tuple[int, list[str]]]:
-    """Each user's (event_count, history) after ingest applies every event exactly once, in publish order."""
-    states: dict[str, UserState] = {}
-    for raw in dataset_events(events, source):
-        event = parse_event(orjson.dumps(raw))
-        assert isinstance(event, Interaction)
-        apply_event(states.setdefault(event.user_id, UserState()), event, settings)
-    return {user: (state.event_count, state.history_item_ids()) for user, state in states.items()}
-
-
-class FeatureReader:
-    """Follows the user-features topic from the start: each user's latest (event_count, history)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "unused"})
-        topic = settings.topic_user_features
-        self.consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
-        self.latest: dict[str, tuple[int, list[str]]] = {}
-        self.announced: dict[str, set[str]] = {}  # every event id announced per user (the trainer's data)
-        self.messages = 0
-        self.events = 0
-
-    def read(self, seconds: float = 1.0) -> dict[str, tuple[int, list[str]]]:
-        """Read for up to ``seconds``; a user's messages are on one partition, in order, so the last wins."""
-        deadline = time.monotonic() + seconds
-        while time.monotonic() < deadline:
-            for message in self.consumer.consume(1000, timeout=0.2):
-                if message.error():
-                    continue
-                self.messages += 1
-                batch = decode_feature_batch(message.value())
-                self.events += len(batch.events)
-                for user in batch.users:
-                    self.latest[user.user_id] = (user.event_count, user.history)
-                for event in batch.events:
-                    self.announced.setdefault(event.user_id, set()).add(event.event_id or "")
-        return self.latest
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
 def publish(live: LiveStack, events: pd.DataFrame, source: str) -> int:
     with Publisher(settings=live.settings) as publisher:
         return publish_stream(publisher, dataset_events(events, source), len(events), progress=False)
-
-
-def wait_fresh(live: LiveStack, users: list[str], since: float, timeout: float, what: str) -> None:
-    """Wait until every user's list in Redis was generated after ``since``."""
-
-    def fresh() -> bool:
-        lists = [live.cached(user) for user in users]
-        return all(cached is not None and cached.generated_at >= since for cached in lists)
-
-    wait_for(fresh, timeout, what)
 
 
 def trainer_position(faults: FaultStack) -> float:
@@ -255,20 +202,6 @@ def users_served_before(
     live.stream_in(events, source)
     wait_fresh(live, served, started, FRESH_TIMEOUT, f"every {prefix}* user's list before the fault")
     return served
-
-
-def touch_events(users: list[str], item: str, at: float) -> pd.DataFrame:
-    """One new event per user."""
-    return pd.DataFrame(
-        {
-            "user_id": users,
-            "item_id": item,
-            "timestamp": at,
-            "value": float("nan"),
-            "event_type": "click",
-            "row": range(len(users)),  # the event ids' suffix
-        }
-    )
 
 
 # --- 1. kill -9 of ingest in the middle of a replay -----------------------------------------------
