@@ -47,9 +47,12 @@ from urllib.parse import urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.cluster
+import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.cluster
+import redis.retry
 import redis.sentinel
+from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import (
     AuthenticationError,
     NoPermissionError,
@@ -144,11 +147,64 @@ def _client_kwargs(
     return kwargs
 
 
-def _sentinel_kwargs(client_kwargs: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    """Keywords of the connections to the sentinels: the same timeouts and TLS, their own password."""
+# redis-py's default retry of a client's connections: 10 more tries, exponential backoff with
+# jitter from 10 ms up to 1 s (redis._defaults).
+RETRIES, RETRY_BASE_SECONDS, RETRY_CAP_SECONDS = 10, 0.01, 1.0
+
+
+def _not_refused(is_retryable: Callable[[Exception], bool] | None) -> Callable[[Exception], bool]:
+    def retryable(error: Exception) -> bool:
+        if isinstance(error, AuthenticationError):  # a password: no retry changes the answer
+            return False
+        return is_retryable is None or is_retryable(error)
+
+    return retryable
+
+
+class RetryUnlessRefused(redis.retry.Retry):
+    """redis-py's default retry, except that a refused password is raised at once.
+
+    A connection's retry covers its handshake, and ``AuthenticationError`` is a ``ConnectionError``:
+    a sentinel refusing the password was asked 11 times with backoff, each sentinel in turn, so
+    the error took ~12 s to surface (3 sentinels). Given to the sentinels' clients.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(ExponentialWithJitterBackoff(RETRY_BASE_SECONDS, RETRY_CAP_SECONDS), RETRIES)
+
+    def call_with_retry(  # type: ignore[override]
+        self,
+        do: Callable[[], Any],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        return super().call_with_retry(do, fail, _not_refused(is_retryable), with_failure_count)
+
+
+class AsyncRetryUnlessRefused(redis.asyncio.retry.Retry):
+    """The asyncio twin of :class:`RetryUnlessRefused`."""
+
+    def __init__(self) -> None:
+        super().__init__(ExponentialWithJitterBackoff(RETRY_BASE_SECONDS, RETRY_CAP_SECONDS), RETRIES)
+
+    async def call_with_retry(  # type: ignore[override]
+        self,
+        do: Callable[[], Any],
+        fail: Callable[..., Any],
+        is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> Any:
+        return await super().call_with_retry(do, fail, _not_refused(is_retryable), with_failure_count)
+
+
+def _sentinel_kwargs(client_kwargs: dict[str, Any], settings: Settings, *, asyncio: bool) -> dict[str, Any]:
+    """Keywords of the connections to the sentinels: the same timeouts and TLS, their own password,
+    and a retry that gives up at once when they refuse that password."""
     kwargs = {k: v for k, v in client_kwargs.items() if k not in ("username", "password")}
     if settings.redis_sentinel_password is not None:
         kwargs["password"] = settings.redis_sentinel_password.get_secret_value()
+    kwargs["retry"] = AsyncRetryUnlessRefused() if asyncio else RetryUnlessRefused()
     return kwargs
 
 
@@ -292,7 +348,9 @@ def connect(
                 raise cluster_error(exc, f"Redis Cluster {target.where}") from exc
 
         return LazyRedisCluster(build)
-    sentinel = redis.sentinel.Sentinel(list(target.nodes), sentinel_kwargs=_sentinel_kwargs(kwargs, settings))
+    sentinel = redis.sentinel.Sentinel(
+        list(target.nodes), sentinel_kwargs=_sentinel_kwargs(kwargs, settings, asyncio=False)
+    )
     assert target.master_name is not None
     return sentinel.master_for(target.master_name, db=target.db, **kwargs)
 
@@ -321,7 +379,7 @@ def connect_async(
             **kwargs,
         )
     sentinel = redis.asyncio.sentinel.Sentinel(
-        list(target.nodes), sentinel_kwargs=_sentinel_kwargs(kwargs, settings)
+        list(target.nodes), sentinel_kwargs=_sentinel_kwargs(kwargs, settings, asyncio=True)
     )
     assert target.master_name is not None
     return sentinel.master_for(target.master_name, db=target.db, **kwargs)

@@ -13,14 +13,18 @@ import pytest
 import redis
 import redis.asyncio.cluster
 import redis.asyncio.sentinel
+import redis.retry
 import redis.sentinel
 from pydantic import SecretStr
+from redis.exceptions import AuthenticationError
 
 from streamrec.shared.redaction import redacted_url
 from streamrec.shared.redis_connection import (
+    AsyncRetryUnlessRefused,
     LazyRedisCluster,
     RedisClusterUnavailable,
     RedisCredentialsError,
+    RetryUnlessRefused,
     connect,
     connect_async,
     connection_kwargs,
@@ -239,3 +243,39 @@ def test_connect_gives_a_cluster_client_without_reaching_the_cluster() -> None:
     assert str(unreachable.value).startswith("Redis Cluster 127.0.0.1:1,127.0.0.1:2 is unavailable: ")
     assert SECRET not in str(unreachable.value) and not client.built
     client.close()
+
+
+def test_sentinels_refusing_the_password_are_not_asked_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(redis.retry, "sleep", sleeps.append)
+    calls: list[str] = []
+
+    def refused() -> None:
+        calls.append("refused")
+        raise AuthenticationError("WRONGPASS invalid username-password pair or user is disabled.")
+
+    def down() -> None:
+        calls.append("down")
+        raise redis.ConnectionError("Error 111 connecting to s1:26379. Connection refused.")
+
+    retry = RetryUnlessRefused()
+    with pytest.raises(AuthenticationError):
+        retry.call_with_retry(refused, lambda _error: None)
+    assert calls == ["refused"] and sleeps == []  # redis-py's own retry asked 10 more times
+    with pytest.raises(redis.ConnectionError):
+        retry.call_with_retry(down, lambda _error: None)
+    assert calls.count("down") == 11 and len(sleeps) == 10  # an outage: redis-py's retry, as before
+
+    # The sentinels' clients carry it, blocking and asyncio; the primary's keep redis-py's own.
+    url = "redis+sentinel://s1:26379,s2:26379/mymaster/0"
+    primary = connect(Settings(redis_url=url))
+    for sentinel in primary.connection_pool.sentinel_manager.sentinels:
+        assert isinstance(sentinel.connection_pool.connection_kwargs["retry"], RetryUnlessRefused)
+
+    async def build() -> None:
+        client = connect_async(Settings(redis_url=url))
+        for sentinel in client.connection_pool.sentinel_manager.sentinels:
+            assert isinstance(sentinel.connection_pool.connection_kwargs["retry"], AsyncRetryUnlessRefused)
+        await client.aclose()
+
+    asyncio.run(build())
