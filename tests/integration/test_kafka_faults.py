@@ -1,0 +1,377 @@
+"""Faults only a real broker has, on Apache Kafka itself (streamrec.kafka_cluster): each test ends
+with nothing lost.
+
+"Nothing lost": every accepted event is in its user's features (the user's last features on
+``streamrec.user-features`` equal an exactly-once run of ingest's ``apply_event``), in the user's
+next list (the scorers' committed offsets reach the end of the features and every list was written
+after the user's last features, none of the user's items in it), and in the trainer's log exactly
+once (its SQLite log read directly once it has read the features to their end).
+
+1. **A broker restart.** One node; kill -9 of the broker in the middle of a paced stream, restarted
+   on its log dir. The publisher counts only what Kafka acknowledged and publishes a chunk again
+   (same event ids: ingest drops repeats) when it was not. About 1 minute.
+
+Each test starts a Kafka and a stack (ingest, scorer, trainer, an embedded Redis) of its own. The
+trainer only keeps its log: no training cycle competes for the two cores.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import pandas as pd
+import pytest
+import redis
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+
+from streamrec.kafka_cluster import ApacheKafka, java_binary, kafka_libs
+from streamrec.processes import ChildProcess, StackError
+from streamrec.publisher import Publisher, PublishError, dataset_events
+from streamrec.shared.contracts import SCORER_GROUP, RedisKeys
+from streamrec.shared.events import Interaction, parse_event
+from streamrec.shared.settings import Settings
+from streamrec.stack import Stack
+from streamrec.synthetic import generate
+from streamrec.trainer.event_log import DB_FILE, log_directory
+
+from support import FeatureReader, LiveStack, expected_features, prefixed, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+
+SERVICES = ("ingest", "scorer", "trainer")
+READY_TIMEOUT = 120.0
+SETTLE_TIMEOUT = 180.0  # for everything published to reach features, lists and the trainer's log
+
+
+@pytest.fixture(autouse=True)
+def _kafka_fetched() -> None:
+    try:
+        kafka_libs()
+        java_binary()
+    except StackError as exc:
+        pytest.skip(str(exc))
+
+
+# --- a stack on Apache Kafka ----------------------------------------------------------------------
+
+
+@dataclass
+class KafkaStack:
+    """Apache Kafka, the stack on it, and the handles to break them."""
+
+    kafka: ApacheKafka
+    live: LiveStack
+
+    @property
+    def stack(self) -> Stack:
+        return self.live.stack
+
+    @property
+    def settings(self) -> Settings:
+        return self.live.settings
+
+    def child(self, name: str) -> ChildProcess:
+        return self.stack.children[name]
+
+    def port(self, name: str) -> int:
+        return self.stack.ops_ports[name]
+
+    def pids(self) -> dict[str, int]:
+        return {name: child.pid for name, child in self.stack.children.items()}
+
+    def kill9(self, name: str) -> None:
+        """SIGKILL a service instance: no handler runs, nothing is flushed or committed."""
+        child = self.child(name)
+        os.kill(child.pid, signal.SIGKILL)
+        child.popen.wait(10)
+
+    def ready(self, name: str) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{self.port(name)}/readyz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_ready(self, *names: str, timeout: float = READY_TIMEOUT) -> None:
+        for name in names or tuple(self.stack.children):
+            wait_for(lambda name=name: self.ready(name), timeout, f"{name} to be ready")  # type: ignore[misc]
+
+    def log_tails(self, lines: int = 30) -> str:
+        return "\n".join(
+            f"--- {name}:\n{child.log_tail(lines)}" for name, child in self.stack.processes().items()
+        )
+
+
+@contextmanager
+def kafka_stack(
+    run_dir: Path,
+    *,
+    nodes: int = 1,
+    server_properties: Mapping[str, str | int | float | bool] | None = None,
+    replicas: Mapping[str, int] | None = None,
+    **settings: Any,
+) -> Iterator[KafkaStack]:
+    """Apache Kafka of ``nodes`` nodes and ingest, scorer and trainer on it, every instance ready."""
+    kafka = ApacheKafka(run_dir / "kafka", nodes=nodes, server_properties=server_properties)
+    stack: Stack | None = None
+    try:
+        kafka.start()
+        base = Settings(
+            kafka_bootstrap=kafka.bootstrap,
+            partitions=2,
+            replication_factor=min(nodes, 3),
+            popular_publish_seconds=1.0,
+            scorer_batch_wait_ms=10,
+            top_n=20,
+            # The trainer only keeps its event log here: no training cycle competes for the CPU.
+            train_trigger="all",  # both conditions, neither ever met
+            train_min_new_events=10**9,
+            train_interval_seconds=10**6,
+            log_level="INFO",
+        )
+        stack = Stack(
+            base.model_copy(update=settings).with_data_dir(run_dir / "data"), run_dir, SERVICES, replicas
+        ).start()
+        live = stack.settings
+        handle = KafkaStack(
+            kafka,
+            LiveStack(stack, live, redis.Redis.from_url(live.redis_url or ""), RedisKeys(live.redis_prefix)),
+        )
+        handle.wait_ready()
+        yield handle
+    finally:
+        if stack is not None:
+            stack.stop()
+        kafka.stop()
+
+
+# --- nothing lost -----------------------------------------------------------------------------------
+
+
+def high_watermarks(settings: Settings, topic: str) -> dict[int, int]:
+    """Partition -> log end offset of ``topic``."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "unused"})
+    try:
+        return {
+            p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(settings.partitions)
+        }
+    finally:
+        consumer.close()
+
+
+def committed_offsets(settings: Settings, group: str, topic: str) -> dict[int, int]:
+    """Partition -> offset ``group`` committed on ``topic`` (-1 where none); joins no group."""
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": group})
+    try:
+        tps = [TopicPartition(topic, p) for p in range(settings.partitions)]
+        return {tp.partition: tp.offset for tp in consumer.committed(tps, timeout=10)}
+    finally:
+        consumer.close()
+
+
+def trainer_log(settings: Settings) -> tuple[dict[int, int], Counter[tuple[str, str, float]]]:
+    """The trainer's log as stored: its next offset per partition, and its events as a multiset of
+    (user, item, timestamp)."""
+    path = log_directory(settings) / DB_FILE
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+    try:
+        offsets = {
+            int(p): int(o)
+            for p, o in db.execute(
+                "SELECT partition, next_offset FROM offsets WHERE topic = ?", (settings.topic_user_features,)
+            )
+        }
+        rows = Counter(
+            (user, item, float(ts))
+            for user, item, ts in db.execute("SELECT user_id, item_id, timestamp FROM events")
+        )
+    finally:
+        db.close()
+    return offsets, rows
+
+
+def kafka_says(call: Any) -> Any:
+    """``call()``, or None while Kafka cannot answer (a broker starting or just killed)."""
+    try:
+        return call()
+    except KafkaException:
+        return None
+
+
+def accepted_rows(events: pd.DataFrame) -> Counter[tuple[str, str, float]]:
+    """What the trainer's log must hold of ``events``: each once, as (user, item, timestamp)."""
+    rows: Counter[tuple[str, str, float]] = Counter()
+    for raw in dataset_events(events, "rows"):
+        event = parse_event(orjson.dumps(raw))
+        assert isinstance(event, Interaction)
+        rows[(event.user_id, event.item_id, event.timestamp)] += 1
+    return rows
+
+
+def assert_nothing_lost(
+    ks: KafkaStack,
+    expected: dict[str, tuple[int, list[str]]],
+    logged: Counter[tuple[str, str, float]],
+    timeout: float = SETTLE_TIMEOUT,
+) -> None:
+    """Every accepted event is in its user's features, in the user's next list, and in the trainer's
+    log exactly once (``expected``: each user's features; ``logged``: the trainer's log's rows of
+    those users)."""
+    settings = ks.settings
+    reader = FeatureReader(settings)
+    try:
+
+        def features_complete() -> bool:
+            latest = reader.read(1.0)
+            return all(latest.get(user, (0,))[0] >= count for user, (count, _) in expected.items())
+
+        try:
+            wait_for(features_complete, timeout, f"the features of all {len(expected)} users")
+        except pytest.fail.Exception:
+            behind = {
+                user: (reader.latest.get(user, (0,))[0], count)
+                for user, (count, _) in expected.items()
+                if reader.latest.get(user, (0,))[0] < count
+            }
+            pytest.fail(
+                f"{len(behind)} users' features behind (got, expected): {dict(list(behind.items())[:10])}\n"
+                f"{ks.log_tails()}"
+            )
+        reader.read(2.0)  # anything still in flight (a double count would show up here)
+        wrong = {
+            user: (reader.latest[user][0], count)
+            for user, (count, history) in expected.items()
+            if reader.latest[user] != (count, history)
+        }
+        assert not wrong, (
+            f"{len(wrong)} users' features differ from an exactly-once run (got, expected): {wrong}"
+        )
+        updated_at = dict(reader.updated_at)
+    finally:
+        reader.close()
+
+    # The next list: the scorers committed every features message (they commit only what is in
+    # Redis), and each list was written after the user's last features.
+    topic = settings.topic_user_features
+    ends = high_watermarks(settings, topic)
+
+    def scored() -> bool:
+        committed = kafka_says(lambda: committed_offsets(settings, SCORER_GROUP, topic))
+        return committed is not None and all(committed[p] >= end for p, end in ends.items())
+
+    wait_for(scored, timeout, f"the scorers to commit the features to their end {ends}")
+    stale = {}
+    for user, (_count, history) in expected.items():
+        cached = ks.live.cached(user)
+        if (
+            cached is None
+            or cached.generated_at < updated_at[user]
+            or set(history) & {i for i, _ in cached.items}
+        ):
+            stale[user] = None if cached is None else (cached.generated_at, updated_at[user])
+    assert not stale, (
+        f"{len(stale)} users' lists do not follow their last features: {dict(list(stale.items())[:10])}"
+    )
+
+    # The trainer's log: read to the end, every event exactly once.
+    def logged_to_end() -> bool:
+        offsets, _rows = trainer_log(settings)
+        return all(offsets.get(p, 0) >= end for p, end in ends.items())
+
+    wait_for(logged_to_end, timeout, f"the trainer to log the features to their end {ends}")
+    _offsets, rows = trainer_log(settings)
+    users = set(expected)
+    mine = Counter({row: n for row, n in rows.items() if row[0] in users})
+    twice = {row: n for row, n in mine.items() if n > 1}
+    missing = logged - mine
+    extra = mine - logged
+    assert not twice, f"{len(twice)} events in the trainer's log more than once: {list(twice.items())[:10]}"
+    assert not missing, f"{sum(missing.values())} events missing from the trainer's log: {list(missing)[:10]}"
+    assert not extra, f"{sum(extra.values())} unexpected events in the trainer's log: {list(extra)[:10]}"
+
+
+# --- publishing through faults -----------------------------------------------------------------
+
+
+class ChunkedPublisher(threading.Thread):
+    """Publishes events in paced chunks; a chunk Kafka did not fully acknowledge is published again
+    (the same event ids: ingest drops the repeats), until every event is acknowledged."""
+
+    def __init__(self, settings: Settings, events: list[dict[str, Any]], chunks: int, pause: float) -> None:
+        super().__init__(name="chunked-publisher", daemon=True)
+        self.publisher = Publisher(settings=settings)  # checks the topic now, while the broker runs
+        self.events, self.chunks, self.pause = events, chunks, pause
+        self.acknowledged = 0
+        self.republished = 0  # chunks sent again
+        self.error: BaseException | None = None
+        self.done_at = 0.0
+
+    def run(self) -> None:
+        total = len(self.events)
+        try:
+            for k in range(self.chunks):
+                chunk = self.events[k * total // self.chunks : (k + 1) * total // self.chunks]
+                while True:
+                    for event in chunk:
+                        self.publisher.publish_event(event)
+                    try:
+                        self.publisher.flush(timeout=60)
+                        break
+                    except PublishError:
+                        self.republished += 1
+                self.acknowledged += len(chunk)
+                time.sleep(self.pause)
+            self.done_at = time.monotonic()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+
+# --- 1. a broker restart --------------------------------------------------------------------------------
+
+
+def test_broker_kill9_and_restart_mid_stream_loses_nothing(tmp_path: Path) -> None:
+    with kafka_stack(tmp_path) as ks:
+        events = prefixed(generate(users=150, items=120, clusters=5, events_per_user=(40, 80), seed=17), "b-")
+        expected = expected_features(events, "restart", ks.settings)
+        ordered = list(dataset_events(events, "restart"))
+        pids = ks.pids()
+        reader = FeatureReader(ks.settings)
+        publisher = ChunkedPublisher(ks.settings, ordered, chunks=60, pause=0.3)  # about 20 s
+        publisher.start()
+        try:
+            wait_for(
+                lambda: reader.read(0.3) and reader.events >= len(ordered) // 4,
+                120,
+                "a quarter of the stream",
+            )
+            reader.close()  # no client of the test's own retries the broker while it is away
+            at_kill = publisher.acknowledged
+            killed_at = time.monotonic()
+            ks.kafka.kill(0)
+            ks.kafka.restart(0)
+            back_at = time.monotonic()
+            wait_for(lambda: not publisher.is_alive(), 180, "the publisher to get every event acknowledged")
+        finally:
+            publisher.join(10)
+        assert publisher.error is None, repr(publisher.error)
+        assert at_kill < len(ordered) and publisher.done_at > back_at, (
+            "the stream did not go on past the restart"
+        )
+        assert_nothing_lost(ks, expected, accepted_rows(events))
+        assert ks.pids() == pids, "a service had to be restarted"
+        print(
+            f"broker killed at {at_kill}/{len(ordered)} acknowledged events, back after "
+            f"{back_at - killed_at:.1f} s; {publisher.republished} chunks published again"
+        )
