@@ -10,6 +10,11 @@ once (its SQLite log read directly once it has read the features to their end).
 1. **A broker restart.** One node; kill -9 of the broker in the middle of a paced stream, restarted
    on its log dir. The publisher counts only what Kafka acknowledged and publishes a chunk again
    (same event ids: ingest drops repeats) when it was not. About 1 minute.
+2. **Compaction.** Ingest's changelogs compacted by the broker's log cleaner (their segments roll
+   every 200 ms, the cleaner looks every 200 ms and cleans at once), until they have offset gaps;
+   ingest stopped, its local tables wiped, restarted: it restores them from the compacted
+   changelogs, and one more event per user gives the features of an exactly-once run. About 1
+   minute.
 
 Each test starts a Kafka and a stack (ingest, scorer, trainer, an embedded Redis) of its own. The
 trainer only keeps its log: no training cycle competes for the two cores.
@@ -18,6 +23,7 @@ trainer only keeps its log: no training cycle competes for the two cores.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import threading
@@ -35,18 +41,19 @@ import pandas as pd
 import pytest
 import redis
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from streamrec.kafka_cluster import ApacheKafka, java_binary, kafka_libs
 from streamrec.processes import ChildProcess, StackError
 from streamrec.publisher import Publisher, PublishError, dataset_events
-from streamrec.shared.contracts import SCORER_GROUP, RedisKeys
+from streamrec.shared.contracts import INGEST_GROUP, SCORER_GROUP, RedisKeys
 from streamrec.shared.events import Interaction, parse_event
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
 from streamrec.trainer.event_log import DB_FILE, log_directory
 
-from support import FeatureReader, LiveStack, expected_features, prefixed, wait_for
+from support import FeatureReader, LiveStack, expected_features, prefixed, touch_events, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -302,6 +309,49 @@ def assert_nothing_lost(
     assert not extra, f"{sum(extra.values())} unexpected events in the trainer's log: {list(extra)[:10]}"
 
 
+# --- Kafka's own view ------------------------------------------------------------------------------
+
+
+def changelog(table: str) -> str:
+    """The changelog topic of one of ingest's Faust tables."""
+    return f"{INGEST_GROUP}-{table}-changelog"
+
+
+def alter_topic(kafka: ApacheKafka, topic: str, configs: Mapping[str, str]) -> None:
+    """Set ``configs`` on ``topic`` (incremental: the topic's other settings stay)."""
+    resource = ConfigResource(
+        ResourceType.TOPIC,
+        topic,
+        incremental_configs=[
+            ConfigEntry(name, value, incremental_operation=AlterConfigOpType.SET)
+            for name, value in configs.items()
+        ],
+    )
+    for future in kafka.admin().incremental_alter_configs([resource]).values():
+        future.result(30)
+
+
+def offsets_held(settings: Settings, topic: str, partition: int) -> tuple[list[int], int, int]:
+    """The offsets of every record ``topic[partition]`` holds, its low and its high watermark."""
+    consumer = Consumer(
+        {"bootstrap.servers": settings.kafka_bootstrap, "group.id": "unused", "enable.auto.commit": False}
+    )
+    try:
+        low, high = consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)
+        offsets: list[int] = []
+        if high > low:
+            consumer.assign([TopicPartition(topic, partition, low)])
+
+            def read_to_end() -> bool:
+                offsets.extend(m.offset() for m in consumer.consume(10_000, 0.5) if m.error() is None)
+                return bool(offsets) and offsets[-1] >= high - 1  # compaction never removes the last record
+
+            wait_for(read_to_end, 60, f"{topic}[{partition}] read to its end {high}", interval=0)
+        return offsets, low, high
+    finally:
+        consumer.close()
+
+
 # --- publishing through faults -----------------------------------------------------------------
 
 
@@ -374,4 +424,62 @@ def test_broker_kill9_and_restart_mid_stream_loses_nothing(tmp_path: Path) -> No
         print(
             f"broker killed at {at_kill}/{len(ordered)} acknowledged events, back after "
             f"{back_at - killed_at:.1f} s; {publisher.republished} chunks published again"
+        )
+
+
+# --- 2. compaction -----------------------------------------------------------------------------------
+
+COMPACTED_TABLES = ("user_state", "item_popularity")
+COMPACT_FAST = {  # the changelogs' own settings: small segments, cleaned as soon as possible
+    "segment.ms": "200",
+    "min.cleanable.dirty.ratio": "0.01",
+    "min.compaction.lag.ms": "0",
+}
+
+
+def test_ingest_restores_its_tables_from_compacted_changelogs(tmp_path: Path) -> None:
+    cleaner = {"log.cleaner.backoff.ms": 200}  # the log cleaner looks for work every 200 ms (15 s by default)
+    with kafka_stack(tmp_path, server_properties=cleaner) as ks:
+        settings = ks.settings
+        for table in COMPACTED_TABLES:
+            alter_topic(ks.kafka, changelog(table), COMPACT_FAST)
+        # Many versions of every user's state: a paced stream, written back every half second.
+        events = prefixed(generate(users=100, items=120, clusters=5, events_per_user=(30, 60), seed=19), "c-")
+        ordered = list(dataset_events(events, "compact"))
+        publisher = ChunkedPublisher(settings, ordered, chunks=30, pause=0.3)
+        publisher.start()
+        wait_for(lambda: not publisher.is_alive(), 120, "the stream to be acknowledged")
+        assert publisher.error is None, repr(publisher.error)
+        users = sorted(events.user_id.unique())
+        assert_nothing_lost(ks, expected_features(events, "compact", settings), accepted_rows(events))
+
+        topic = changelog("user_state")
+        held: dict[int, tuple[list[int], int, int]] = {}
+
+        def compacted() -> bool:
+            held.update({p: offsets_held(settings, topic, p) for p in range(settings.partitions)})
+            return all(len(offsets) < high - low for offsets, low, high in held.values())
+
+        wait_for(compacted, 90, f"the log cleaner to compact every partition of {topic}", interval=1)
+        gaps = {p: (high - low - len(offsets), high) for p, (offsets, low, high) in held.items()}
+
+        ingest = ks.child("ingest")
+        assert ingest.stop() == 0, f"ingest did not stop cleanly:\n{ingest.log_tail()}"
+        shutil.rmtree(settings.data_dir / "ingest")  # its tables (RocksDB) and the clean-stop marker
+        restarted_at = time.monotonic()
+        ks.stack.supervise()
+        ks.wait_ready("ingest")
+        restore_seconds = time.monotonic() - restarted_at
+
+        # One more event per user: each is folded into the restored state.
+        touch = touch_events(users, "i-after", time.time())
+        ks.live.stream_in(touch, "compact-after")
+        both = pd.concat([events, touch], ignore_index=True)
+        expected = expected_features(events, "compact", settings)
+        for user, (count, history) in expected_features(touch, "compact-after", settings).items():
+            expected[user] = (expected[user][0] + count, [*expected[user][1], *history])
+        assert_nothing_lost(ks, expected, accepted_rows(both))
+        print(
+            f"user_state changelog records removed by compaction, of each partition's end: {gaps}; "
+            f"ingest restored and ready in {restore_seconds:.1f} s"
         )
