@@ -392,6 +392,13 @@ class EventLog:
                 )
                 offset = low
                 self._offsets[p] = low
+            elif offset == OFFSET_BEGINNING and low > 0:
+                # A new log (or one rebuilt after its directory was lost) starts at the partition's
+                # first message still held: the ``low`` before it are gone (retention, DeleteRecords).
+                log.warning(
+                    "events expired from Kafka before the trainer read them",
+                    extra={"topic": self.topic, "partition": p, "lost_messages": low},
+                )
             self._start_offsets[p] = low
             assignment.append(TopicPartition(self.topic, p, offset))
         # Re-assigning all (not just new) partitions is safe: every read so far is stored already.
