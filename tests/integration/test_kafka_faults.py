@@ -15,6 +15,13 @@ once (its SQLite log read directly once it has read the features to their end).
    ingest stopped, its local tables wiped, restarted: it restores them from the compacted
    changelogs, and one more event per user gives the features of an exactly-once run. About 1
    minute.
+3. **Retention.** Ingest and the trainer stopped; events published for the users of partition 0,
+   then partition 0 of the input, of ingest's user_state changelog and of the user features
+   emptied by DeleteRecords (low watermark = high watermark; the changelog made
+   ``compact,delete`` first: Kafka deletes no records of a compact-only topic); the trainer's log
+   wiped. Ingest comes back and goes on (from the input's new start: the expired events are gone,
+   every other one is counted once); the trainer rebuilds its log from what the features topic
+   still holds and logs how many messages of partition 0 it could not read. About 1 minute.
 
 Each test starts a Kafka and a stack (ingest, scorer, trainer, an embedded Redis) of its own. The
 trainer only keeps its log: no training cycle competes for the two cores.
@@ -40,12 +47,13 @@ import orjson
 import pandas as pd
 import pytest
 import redis
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
+from streamrec.ingest.bundles import partition_for
 from streamrec.kafka_cluster import ApacheKafka, java_binary, kafka_libs
 from streamrec.processes import ChildProcess, StackError
-from streamrec.publisher import Publisher, PublishError, dataset_events
+from streamrec.publisher import Publisher, PublishError, dataset_events, publish_stream
 from streamrec.shared.contracts import INGEST_GROUP, SCORER_GROUP, RedisKeys
 from streamrec.shared.events import Interaction, parse_event
 from streamrec.shared.settings import Settings
@@ -352,6 +360,24 @@ def offsets_held(settings: Settings, topic: str, partition: int) -> tuple[list[i
         consumer.close()
 
 
+def empty_partition(kafka: ApacheKafka, settings: Settings, topic: str, partition: int) -> int:
+    """Delete every record of ``topic[partition]`` as retention would (DeleteRecords); returns its
+    end offset, where it starts now."""
+    for future in kafka.admin().delete_records([TopicPartition(topic, partition, OFFSET_END)]).values():
+        future.result(30)
+    offsets, low, high = offsets_held(settings, topic, partition)
+    assert offsets == [] and low == high, f"{topic}[{partition}] still holds {offsets} ({low}..{high})"
+    return high
+
+
+def log_lines(child: ChildProcess, message: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a service whose ``msg`` is ``message``."""
+    lines = child.log_path.read_text(errors="replace").splitlines()
+    return [
+        entry for line in lines if line.startswith("{") and (entry := orjson.loads(line))["msg"] == message
+    ]
+
+
 # --- publishing through faults -----------------------------------------------------------------
 
 
@@ -482,4 +508,63 @@ def test_ingest_restores_its_tables_from_compacted_changelogs(tmp_path: Path) ->
         print(
             f"user_state changelog records removed by compaction, of each partition's end: {gaps}; "
             f"ingest restored and ready in {restore_seconds:.1f} s"
+        )
+
+
+# --- 3. retention -----------------------------------------------------------------------------------
+
+EXPIRED_LOG = "events expired from Kafka before the trainer read them"
+
+
+def test_retention_empties_partitions_ingest_goes_on_and_the_trainer_says_what_it_lost(
+    tmp_path: Path,
+) -> None:
+    with kafka_stack(tmp_path) as ks:
+        settings = ks.settings
+        events = prefixed(generate(users=120, items=100, clusters=4, events_per_user=(5, 15), seed=23), "r-")
+        users = sorted(events.user_id.unique())
+        publisher = ChunkedPublisher(settings, list(dataset_events(events, "retain")), chunks=10, pause=0.3)
+        publisher.start()  # in chunks: several features messages on each partition
+        wait_for(lambda: not publisher.is_alive(), 120, "the stream to be acknowledged")
+        assert publisher.error is None, repr(publisher.error)
+        assert_nothing_lost(ks, expected_features(events, "retain", settings), accepted_rows(events))
+
+        for name in ("ingest", "trainer"):
+            assert ks.child(name).stop() == 0, f"{name} did not stop cleanly:\n{ks.child(name).log_tail()}"
+        first = [user for user in users if partition_for(user, settings.partitions) == 0]
+        assert first and len(first) < len(users)
+        # Acknowledged while ingest is away, deleted before it reads them.
+        with Publisher(settings=settings) as publisher:
+            publish_stream(
+                publisher,
+                dataset_events(touch_events(first, "i-expired", time.time()), "expired"),
+                progress=False,
+            )
+        alter_topic(ks.kafka, changelog("user_state"), {"cleanup.policy": "compact,delete"})
+        input_end = empty_partition(ks.kafka, settings, settings.topic_interactions, 0)
+        changelog_end = empty_partition(ks.kafka, settings, changelog("user_state"), 0)
+        features_end = empty_partition(ks.kafka, settings, settings.topic_user_features, 0)
+        shutil.rmtree(log_directory(settings))  # the trainer's log, rebuilt from Kafka
+
+        ks.stack.supervise()
+        ks.wait_ready("ingest", "trainer")
+        wait_for(lambda: log_lines(ks.child("trainer"), EXPIRED_LOG), 60, "the trainer to say what it lost")
+        said = [
+            (entry["partition"], entry["lost_messages"])
+            for entry in log_lines(ks.child("trainer"), EXPIRED_LOG)
+        ]
+        assert said == [(0, features_end)], said
+
+        # One more event per user: ingest goes on from the state it had (its local tables).
+        touch = touch_events(users, "i-after", time.time())
+        ks.live.stream_in(touch, "retain-after")
+        expected = expected_features(events, "retain", settings)
+        for user, (count, history) in expected_features(touch, "retain-after", settings).items():
+            expected[user] = (expected[user][0] + count, [*expected[user][1], *history])
+        # The trainer's log: what partition 1 held of the stream, and the new events.
+        kept = events[~events.user_id.isin(first)]
+        assert_nothing_lost(ks, expected, accepted_rows(kept) + accepted_rows(touch))
+        print(
+            f"emptied: input[0] at {input_end} ({len(first)} events expired unread), user_state changelog[0] "
+            f"at {changelog_end}, user features[0] at {features_end} (the trainer's log lost them, and said so)"
         )
