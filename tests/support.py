@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -26,8 +27,10 @@ from streamrec.ingest.features import UserState, apply_event
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import CachedList, RedisKeys, decode_feature_batch
 from streamrec.shared.events import Interaction, parse_event
+from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
+from streamrec.synthetic import generate
 from streamrec.topics import MessageCounter, accepted_events_counter
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -344,3 +347,49 @@ def touch_events(users: list[str], item: str, at: float) -> pd.DataFrame:
             "row": range(len(users)),  # the event ids' suffix
         }
     )
+
+
+# --- Redis beyond one server (issue 27; the fixtures are in tests/integration/conftest.py) ---------
+
+REDIS_TOPOLOGIES = ("one server", "cluster")
+
+
+def on_each_redis(name: str) -> Any:
+    """A module's override of the session fixture ``name`` (``trained_stack`` or ``live_stack``)
+    that runs each of the module's tests that take it twice (``redis_topology``): on the session
+    stack (one redis-server), then on its twin whose services all use a Redis Cluster
+    (``cluster_<name>``, started at the first such test of the session;
+    tests/integration/conftest.py). In a module::
+
+        trained_stack = on_each_redis("trained_stack")
+
+    The parameter is ``redis_topology``'s, not this fixture's: a parametrised fixture named like the
+    session one would make pytest run the session one again for every test. Override one of the
+    two names in a module: the session's ``trained_stack`` asks for ``live_stack``, which must stay
+    the session's (a test of the live stack alone can take ``trained_stack.live``).
+    """
+
+    @pytest.fixture(name=name)
+    def on_each(request: pytest.FixtureRequest, redis_topology: str) -> Any:
+        return request.getfixturevalue(name if redis_topology == "one server" else f"cluster_{name}")
+
+    return on_each
+
+
+def train_once(live: LiveStack) -> TrainedStack:
+    """Stream the session's synthetic dataset in, wait for ingest, train once via the CLI: what
+    tests/conftest.py's ``trained_stack`` does to the session stack, for the cluster stack."""
+    events = generate(users=80, items=60, clusters=4, events_per_user=(6, 20), seed=3)
+    live.stream_in(events, "synthetic")
+    result = live.cli("train", "--once")
+    assert result.returncode == 0, result.stderr[-3000:]
+    version = ModelRegistry(live.settings.model_dir).promoted_version()
+    assert version is not None and version in result.stdout
+    return TrainedStack(live, events, version)
+
+
+def clear_prefix(store: Any, prefix: str) -> None:
+    """Delete every key under ``prefix`` (one server or a cluster: every primary), not the others'."""
+    keys = list(store.scan_iter(match=f"{prefix}:*", count=1000))
+    if keys:
+        store.delete(*keys)  # a cluster client sends one DEL per slot

@@ -1,4 +1,5 @@
-"""The item catalog end to end: items topic -> ingest -> scorer -> Redis -> every reader's filter."""
+"""The item catalog end to end: items topic -> ingest -> scorer -> Redis -> every reader's filter;
+on the session stack (one redis-server) and on its twin on a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -15,9 +16,11 @@ from confluent_kafka import Consumer, Producer
 from streamrec.client import RecommendationClient
 from streamrec.shared.contracts import CachedList
 
-from support import TrainedStack, wait_for
+from support import LiveStack, TrainedStack, on_each_redis, wait_for
 
 pytestmark = pytest.mark.integration
+
+trained_stack = on_each_redis("trained_stack")  # each test once on one server, once on a cluster
 
 
 def publish_items(live_stack, tmp_path: Path, entries: list[dict]) -> None:
@@ -177,8 +180,8 @@ def test_category_filters_and_the_popular_fill(
     assert httpx.get(f"{base}/users/{user}/recommendations", params={"category": " "}).status_code == 422
 
 
-def test_invalid_catalog_messages_go_to_their_dead_letter_topic(trained_stack: TrainedStack) -> None:
-    live = trained_stack.live
+def test_invalid_catalog_messages_go_to_their_dead_letter_topic(live_stack: LiveStack) -> None:
+    live = live_stack  # Kafka only: on the session stack alone
     marker = f"bad-item-{time.time_ns()}"
     garbage = [
         b"not json " + marker.encode(),

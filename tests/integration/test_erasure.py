@@ -31,9 +31,12 @@ from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 
-from support import LiveStack, TrainedStack, metric_total, wait_for
+from support import LiveStack, TrainedStack, metric_total, on_each_redis, wait_for
 
 pytestmark = pytest.mark.integration
+
+# The tests of the session stack run on it (one redis-server) and on its twin on a Redis Cluster.
+trained_stack = on_each_redis("trained_stack")
 
 ADMIN_TOKEN = "test-admin-token"  # tests/conftest.py sets it as STREAMREC_API_ADMIN_TOKEN
 USER_STATE_CHANGELOG = f"{INGEST_GROUP}-user_state-changelog"
@@ -224,8 +227,8 @@ def test_forget_via_the_cli_leaves_no_trace_and_a_new_event_starts_a_new_history
     assert latest_snapshot(settings, user) == ([items[1]], 1)
 
 
-def test_forget_via_http_needs_the_admin_token(live_stack: LiveStack) -> None:
-    live = live_stack
+def test_forget_via_http_needs_the_admin_token(trained_stack: TrainedStack) -> None:
+    live = trained_stack.live  # no model needed; trained_stack runs the test on both Redis
     user = new_user()
     publish(live, user, ["i1", "i2"], time.time() - 10)
     wait_for(lambda: live.cached(user), 60, "the user's list")

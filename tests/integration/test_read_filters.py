@@ -1,11 +1,11 @@
-"""Read-time filters on a real Redis: hidden and expired items, categories, exclude, the popular fill."""
+"""Read-time filters on a real Redis, one server and a Redis Cluster (``redis_url``, see
+tests/integration/conftest.py): hidden and expired items, categories, exclude, the popular fill."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
@@ -13,12 +13,12 @@ from fastapi.testclient import TestClient
 
 from streamrec.api.app import create_app
 from streamrec.client import AsyncRecommendationClient, RecommendationClient
-from streamrec.embedded import start_redis
-from streamrec.redis_servers import RedisClusterServers, cluster_tools_missing
 from streamrec.shared.catalog import ItemRecord, ServingCatalog
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.redis_connection import connect
 from streamrec.shared.settings import Settings
+
+from support import clear_prefix
 
 pytestmark = pytest.mark.integration
 
@@ -28,22 +28,6 @@ OWN = CachedList([(f"i{n}", 10.0 - n) for n in range(10)], "m-1", 1_700_000_000.
 POPULAR = CachedList([(f"p{n}", 5.0 - n) for n in range(5)], None, 1_700_000_001.0, "fallback")
 SHOES_POPULAR = CachedList([("i1", 9.0), ("s1", 4.5), ("s2", 3.5)], None, 1_700_000_001.0, "fallback")
 SALE_POPULAR = CachedList([("s1", 4.5), ("s3", 4.0)], None, 1_700_000_001.0, "fallback")
-
-
-@pytest.fixture(scope="module", params=["one server", "cluster"])
-def redis_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Every test runs on one redis-server and on a 6-node Redis Cluster (3 primaries)."""
-    if request.param == "cluster":
-        if reason := cluster_tools_missing():
-            pytest.skip(reason)
-        with RedisClusterServers(tmp_path_factory.mktemp("redis-cluster")) as cluster:
-            yield cluster.url
-        return
-    child, url = start_redis(Path(tmp_path_factory.mktemp("redis")))
-    try:
-        yield url
-    finally:
-        child.stop()
 
 
 def write_catalog(store: redis.Redis, entries: list[ItemRecord], version: int) -> None:
@@ -71,8 +55,8 @@ CATALOG = [
 
 @pytest.fixture
 def store(redis_url: str) -> Iterator[redis.Redis]:
-    connection = connect(Settings(redis_url=redis_url))
-    connection.flushdb()  # on a cluster: on every primary
+    connection = connect(Settings(redis_url=redis_url))  # one server, then a Redis Cluster (conftest)
+    clear_prefix(connection, PREFIX)
     connection.set(KEYS.recs("42"), OWN.encode())
     connection.set(KEYS.popular, POPULAR.encode())
     connection.set(KEYS.popular_in("shoes"), SHOES_POPULAR.encode())

@@ -1,4 +1,5 @@
-"""The read path on a real Redis: the Python client and the HTTP API (the scorer is not needed)."""
+"""The read path on a real Redis, one server and a Redis Cluster: the Python client and the HTTP
+API (the scorer is not needed)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import asyncio
 import math
 import re
 from collections.abc import Iterator
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -17,12 +17,12 @@ from hypothesis import strategies as st
 
 from streamrec.api.app import create_app
 from streamrec.client import AsyncRecommendationClient, RecommendationClient, Recommendations, resolve_user_id
-from streamrec.embedded import start_redis
 from streamrec.processes import free_port
 from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.redis_connection import connect
 from streamrec.shared.settings import Settings
 
-from support import only_the_strategies
+from support import clear_prefix, only_the_strategies
 
 pytestmark = pytest.mark.integration
 
@@ -32,21 +32,13 @@ PERSONAL = CachedList([("a", 3.0), ("b", 2.0), ("c", 0.0)], "m-1", 1_700_000_000
 POPULAR = CachedList([("p1", 9.0), ("p2", 8.0)], None, 1_700_000_001.0, "fallback")
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real, empty redis-server for this module."""
-    child, url = start_redis(Path(tmp_path_factory.mktemp("redis")))
-    try:
-        yield url
-    finally:
-        child.stop()
-
-
 @pytest.fixture
 def store(redis_url: str) -> Iterator[redis.Redis]:
-    """The Redis the client reads, emptied before each test; the user "42" has a personal list."""
-    connection = redis.Redis.from_url(redis_url)
-    connection.flushdb()
+    """The Redis the client reads (``redis_url``: one redis-server, then a Redis Cluster; see
+    tests/integration/conftest.py), without this module's keys before each test; the user "42"
+    has a personal list."""
+    connection = connect(Settings(redis_url=redis_url))
+    clear_prefix(connection, PREFIX)
     connection.set(RedisKeys(PREFIX).recs("42"), PERSONAL.encode())
     yield connection
     connection.close()
@@ -119,8 +111,9 @@ def test_api_rejects_bad_n_and_bad_user_ids_with_422(store: redis.Redis, redis_u
         assert http.get("/users/" + "u" * 300 + "/recommendations").status_code == 422
 
 
-def test_api_answers_503_not_a_traceback_when_redis_is_down() -> None:
-    dead = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+@pytest.mark.parametrize("scheme", ["redis", "redis+cluster"])
+def test_api_answers_503_not_a_traceback_when_redis_is_down(scheme: str) -> None:
+    dead = f"{scheme}://127.0.0.1:{free_port()}/0"  # nothing listens there
     with TestClient(create_app(settings_for(dead)), raise_server_exceptions=False) as http:
         response = http.get("/users/42/recommendations")
         assert response.status_code == 503 and "Redis" in response.json()["detail"]

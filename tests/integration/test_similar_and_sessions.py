@@ -1,4 +1,5 @@
-"""Similar items and anonymous sessions on the running stack: scorer, api and CLI as real processes."""
+"""Similar items and anonymous sessions on the running stack: scorer, api and CLI as real processes;
+on the session stack (one redis-server) and on its twin on a Redis Cluster."""
 
 from __future__ import annotations
 
@@ -13,18 +14,20 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-import redis
 from test_catalog import publish_items
 
 from streamrec.client import AsyncRecommendationClient, RecommendationClient
 from streamrec.publisher import Publisher
 from streamrec.scorer.model_runtime import ServedModel
 from streamrec.shared.contracts import ITEM_EMBEDDINGS_FILE, MANIFEST_FILE, CachedList
+from streamrec.shared.redis_connection import connect, get_many
 from streamrec.shared.registry import ModelRegistry, new_version
 
-from support import LiveStack, TrainedStack, wait_for
+from support import LiveStack, TrainedStack, on_each_redis, wait_for
 
 pytestmark = pytest.mark.integration
+
+trained_stack = on_each_redis("trained_stack")  # each test once on one server, once on a cluster
 
 
 def similar_lists_written(live: LiveStack, version: str) -> bool:
@@ -257,14 +260,14 @@ def test_similar_lists_and_sessions_move_to_a_new_model_without_a_gap(trained_st
     manifest = replace(registry.manifest(served), version=version)
     (registry.path(version) / MANIFEST_FILE).write_bytes(manifest.to_json())
 
-    reader = redis.Redis.from_url(live.settings.redis_url or "")
+    reader = connect(live.settings)
     keys = [live.keys.similar(item) for item in vocabulary]
     missing: list[str] = []
     stop = threading.Event()
 
     def poll() -> None:
         while not stop.is_set():
-            missing.extend(key for key, raw in zip(keys, reader.mget(keys), strict=True) if raw is None)
+            missing.extend(key for key, raw in zip(keys, get_many(reader, keys), strict=True) if raw is None)
             time.sleep(0.02)
 
     poller = threading.Thread(target=poll, daemon=True)
@@ -278,6 +281,6 @@ def test_similar_lists_and_sessions_move_to_a_new_model_without_a_gap(trained_st
         poller.join(5)
         reader.close()
     assert missing == []
-    for raw in live.redis.mget(keys):
+    for raw in get_many(live.redis, keys):
         assert CachedList.decode(raw).model_version == version  # type: ignore[arg-type]
     wait_for(lambda: session_version() == version, 60, f"the api to score sessions with {version}")
