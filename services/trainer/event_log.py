@@ -7,6 +7,11 @@ and a restart resumes at the stored offsets instead of re-reading the topic. Kaf
 offsets (group ``streamrec-trainer``) are written too, but only for visibility (lag monitoring):
 the database is the source of truth.
 
+Ingest announces an event again when it crashed after announcing it and before committing its
+input (it reads the input again from its last commit): the log keeps one row per user and event id
+(a unique index), so such an event is logged once. Events without an id cannot be told apart and
+are all kept.
+
 Only the most recent ``keep_events`` events are kept (by default ``settings.train_window_events``,
 the training window); older ones are pruned in the same transactions. A message's ``forgotten``
 users (``streamrec users forget``) lose every event the log holds of them, in the transaction of
@@ -40,7 +45,7 @@ CONSUMER_GROUP = TRAINER_GROUP
 DB_FILE = "events.sqlite"
 LOCK_FILE = "events.lock"
 WINDOW_COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "value"]
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: events.event_id, unique per user (1 had no ids; its rows keep none)
 
 # catch_up() shows a progress bar only when at least this many messages are behind.
 PROGRESS_BAR_MIN_MESSAGES = 20_000
@@ -56,8 +61,11 @@ CREATE TABLE IF NOT EXISTS events (
     item_id    TEXT NOT NULL,
     event_type TEXT NOT NULL,
     timestamp  REAL NOT NULL,
-    value      REAL
+    value      REAL,
+    event_id   TEXT
 );
+CREATE UNIQUE INDEX IF NOT EXISTS events_user_event ON events (user_id, event_id)
+    WHERE event_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS offsets (
     topic       TEXT NOT NULL,
     partition   INTEGER NOT NULL,
@@ -172,13 +180,13 @@ class EventLog:
                 )
                 continue
             rows.extend(
-                (event.user_id, event.item_id, event.event_type, event.timestamp, event.value)
+                (event.user_id, event.item_id, event.event_type, event.timestamp, event.value, event.event_id)
                 for event in events
             )
             erasures.extend((len(rows), user_id) for user_id in batch.forgotten)
-        if next_offsets:
-            self._append(rows, next_offsets, erasures)
-        return len(rows)
+        if not next_offsets:
+            return 0
+        return self._append(rows, next_offsets, erasures)
 
     def catch_up(self, timeout: float | None = 600.0, stop: threading.Event | None = None) -> int:
         """Consume until the end of every partition as of now; return the events appended.
@@ -294,30 +302,36 @@ class EventLog:
         rows: list[tuple[Any, ...]],
         next_offsets: dict[int, int],
         erasures: list[tuple[int, str]] | None = None,
-    ) -> None:
-        """Write events and their offsets in one transaction, then tell Kafka (best effort).
+    ) -> int:
+        """Write events and their offsets in one transaction, then tell Kafka (best effort); returns
+        the events appended (an event the log holds already, by user and event id, is not).
 
         ``erasures`` (position in ``rows``, user id): forgotten users whose events up to that
         point are deleted, in the same transaction (a later event of the user is kept: it is
         the user's new history)."""
         removed = 0
+        inserted = 0
         with self._db:  # one transaction: commits on success, rolls back on error
+            # An event logged already is not inserted at all (an insert the unique index refused
+            # would still use up a sequence number, and last_seq() counts events).
             insert = (
-                "INSERT INTO events (user_id, item_id, event_type, timestamp, value) VALUES (?, ?, ?, ?, ?)"
+                "INSERT INTO events (user_id, item_id, event_type, timestamp, value, event_id) "
+                "SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE ?6 IS NULL OR NOT EXISTS "
+                "(SELECT 1 FROM events WHERE user_id = ?1 AND event_id = ?6)"
             )
             start = 0
             for position, user_id in erasures or ():
-                self._db.executemany(insert, rows[start:position])
+                inserted += self._db.executemany(insert, rows[start:position]).rowcount
                 start = position
                 removed += self._db.execute("DELETE FROM events WHERE user_id = ?", (user_id,)).rowcount
-            self._db.executemany(insert, rows[start:])
+            inserted += self._db.executemany(insert, rows[start:]).rowcount
             self._db.executemany(
                 "INSERT INTO offsets (topic, partition, next_offset) VALUES (?, ?, ?) "
                 "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
                 [(self.topic, p, offset) for p, offset in next_offsets.items()],
             )
-            pruned = self._prune_if_needed(self._count + len(rows) - removed)
-        self._count += len(rows) - pruned - removed
+            pruned = self._prune_if_needed(self._count + inserted - removed)
+        self._count += inserted - pruned - removed
         if erasures:
             # secure_delete zeroed the deleted rows in the database; the WAL still holds the pages
             # as they were until a checkpoint: truncating it leaves no copy of them on disk.
@@ -325,6 +339,7 @@ class EventLog:
             log.info("erased users' events deleted", extra={"users": len(erasures), "events": removed})
         self._offsets.update(next_offsets)
         self._commit_to_kafka(next_offsets)
+        return inserted
 
     def _prune_if_needed(self, count: int) -> int:
         # Deleting in chunks of ~5% (not per batch) keeps the deletes rare and cheap.
@@ -440,11 +455,13 @@ def _open_database(path: Path) -> sqlite3.Connection:
     # (``streamrec users forget``) must not stay readable in the file.
     db.execute("PRAGMA secure_delete=ON")
     version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, SCHEMA_VERSION):
+    if version not in (0, 1, SCHEMA_VERSION):
         db.close()
         raise ConfigError(
             f"{path} has schema version {version}, expected {SCHEMA_VERSION}: delete it to rebuild"
         )
+    if version == 1:  # the rows logged so far have no event id: they stay as they are
+        db.execute("ALTER TABLE events ADD COLUMN event_id TEXT")
     db.executescript(_SCHEMA)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
     db.commit()
