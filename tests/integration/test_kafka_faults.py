@@ -22,6 +22,9 @@ once (its SQLite log read directly once it has read the features to their end).
    wiped. Ingest comes back and goes on (from the input's new start: the expired events are gone,
    every other one is counted once); the trainer rebuilds its log from what the features topic
    still holds and logs how many messages of partition 0 it could not read. About 1 minute.
+5. **Workers lost.** Three nodes, streamrec's topics at replication factor 3; two ingest workers
+   and two scorers; kill -9 of one of each in the middle of a paced stream (each had done work);
+   not restarted: the others take over their partitions, and nothing is lost. About 1.5 minutes.
 
 Each test starts a Kafka and a stack (ingest, scorer, trainer, an embedded Redis) of its own. The
 trainer only keeps its log: no training cycle competes for the two cores.
@@ -54,14 +57,22 @@ from streamrec.ingest.bundles import partition_for
 from streamrec.kafka_cluster import ApacheKafka, java_binary, kafka_libs
 from streamrec.processes import ChildProcess, StackError
 from streamrec.publisher import Publisher, PublishError, dataset_events, publish_stream
-from streamrec.shared.contracts import INGEST_GROUP, SCORER_GROUP, RedisKeys
+from streamrec.shared.contracts import INGEST_GROUP, SCORER_GROUP, CachedList, RedisKeys
 from streamrec.shared.events import Interaction, parse_event
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
 from streamrec.trainer.event_log import DB_FILE, log_directory
 
-from support import FeatureReader, LiveStack, expected_features, prefixed, touch_events, wait_for
+from support import (
+    FeatureReader,
+    LiveStack,
+    expected_features,
+    metric_total,
+    prefixed,
+    touch_events,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.reliability]
 
@@ -288,8 +299,15 @@ def assert_nothing_lost(
 
     wait_for(scored, timeout, f"the scorers to commit the features to their end {ends}")
     stale = {}
-    for user, (_count, history) in expected.items():
-        cached = ks.live.cached(user)
+    names = list(expected)
+    raw = [
+        value
+        for k in range(0, len(names), 1000)
+        for value in ks.live.redis.mget([ks.live.keys.recs(user) for user in names[k : k + 1000]])
+    ]
+    for user, value in zip(names, raw, strict=True):
+        _count, history = expected[user]
+        cached = None if value is None else CachedList.decode(value)
         if (
             cached is None
             or cached.generated_at < updated_at[user]
@@ -568,3 +586,41 @@ def test_retention_empties_partitions_ingest_goes_on_and_the_trainer_says_what_i
             f"emptied: input[0] at {input_end} ({len(first)} events expired unread), user_state changelog[0] "
             f"at {changelog_end}, user features[0] at {features_end} (the trainer's log lost them, and said so)"
         )
+
+
+# --- 5. workers lost ---------------------------------------------------------------------------------
+
+
+def test_an_ingest_worker_and_a_scorer_lost_the_others_take_over(tmp_path: Path) -> None:
+    with kafka_stack(tmp_path, nodes=3, partitions=4, replicas={"ingest": 2, "scorer": 2}) as ks:
+        settings = ks.settings
+        events = prefixed(generate(users=200, items=150, clusters=5, events_per_user=(20, 50), seed=29), "w-")
+        publisher = ChunkedPublisher(settings, list(dataset_events(events, "workers")), chunks=60, pause=0.3)
+        reader = FeatureReader(settings)
+        publisher.start()
+        try:
+            # Both instances of each kind have partitions (they did work) before the kill.
+            wait_for(
+                lambda: (
+                    reader.read(0.3) is not None
+                    and reader.events >= len(events) // 3
+                    and metric_total(ks.port("ingest-1"), "streamrec_ingest_events_total") > 0
+                    and metric_total(ks.port("scorer-1"), "streamrec_scorer_lists_total") > 0
+                ),
+                120,
+                "a third of the stream, with work done by ingest-1 and scorer-1",
+            )
+            at_kill = publisher.acknowledged
+            ks.kill9("ingest-1")
+            ks.kill9("scorer-1")
+            wait_for(lambda: not publisher.is_alive(), 180, "the stream to be acknowledged")
+        finally:
+            reader.close()
+            publisher.join(10)
+        assert publisher.error is None, repr(publisher.error)
+        assert at_kill < len(events), "the stream was over before the kill"
+        assert_nothing_lost(ks, expected_features(events, "workers", settings), accepted_rows(events))
+        # Not restarted: the survivors did the rest, on every partition.
+        assert not ks.child("ingest-1").alive() and not ks.child("scorer-1").alive()
+        assert ks.child("ingest-2").alive() and ks.child("scorer-2").alive()
+        print(f"ingest-1 and scorer-1 killed at {at_kill}/{len(events)} acknowledged events")
