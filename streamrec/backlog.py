@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from tqdm import tqdm
 
 from .shared.contracts import INGEST_GROUP, INGEST_REKEYED_TOPIC
@@ -22,7 +22,15 @@ from .shared.settings import Settings
 
 END_READ_SECONDS = 10.0  # longest the reads of the partitions' last record batches may take
 POLL_SECONDS = 0.5
-SUM_SECONDS = 30.0  # longest a count of what a group is behind may read
+SUM_SECONDS = 30.0
+COORDINATOR_WAIT_SECONDS = 30.0  # longest a group's offsets may be unreadable while its coordinator loads
+COORDINATOR_NOT_READY = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+    }
+)  # longest a count of what a group is behind may read
 
 
 class IngestStalled(RuntimeError):
@@ -82,9 +90,24 @@ class Offsets:
         return ends
 
     def committed(self, topic: str, partitions: Iterable[int]) -> dict[int, int]:
-        """The group's committed offset per partition (0 where it never committed)."""
-        offsets = self._group.committed([TopicPartition(topic, p) for p in partitions], timeout=10)
-        return {tp.partition: max(0, tp.offset) for tp in offsets}
+        """The group's committed offset per partition (0 where it never committed).
+
+        A broker whose group coordinator is still loading its offsets (Apache Kafka after a start,
+        or after the coordinator moved) answers with a retriable error: asked again until it
+        answers, for up to ``COORDINATOR_WAIT_SECONDS``.
+        """
+        wanted = [TopicPartition(topic, p) for p in partitions]
+        deadline = time.monotonic() + COORDINATOR_WAIT_SECONDS
+        while True:
+            try:
+                offsets = self._group.committed(wanted, timeout=10)
+                return {tp.partition: max(0, tp.offset) for tp in offsets}
+            except KafkaException as exc:
+                error = exc.args[0]
+                loading = error.retriable() or error.code() in COORDINATOR_NOT_READY
+                if not loading or time.monotonic() > deadline:
+                    raise
+                time.sleep(POLL_SECONDS)
 
     def behind(self, topic: str, ends: dict[int, int]) -> int:
         """Records of ``ends`` the group has not committed yet."""

@@ -171,7 +171,18 @@ class EagerConsumer(faust_aiokafka.Consumer):
         return super()._new_offset(tp)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
-        """Forget the runs of revoked partitions (the next owner reads them again from the commit)."""
+        """Commit what is done on the revoked partitions, then forget their runs (the next owner
+        reads the rest again from the commit).
+
+        Faust forgets the acknowledged offsets of revoked partitions before its rebalance handler
+        commits, so the work finished since the last periodic commit was never committed. With
+        eager rebalancing every partition is revoked, also those that stay with this worker: one
+        that then got no new event stayed uncommitted, and `streamrec train --once` waited for
+        ingest forever (seen on Apache Kafka, a second worker joining while the first had just
+        taken a backlog). Committing here is what Faust's handler itself does a moment later.
+        """
+        if self.assignment():
+            await self.commit()
         for tp in revoked:
             self._runs.pop(tp, None)
         await super().on_partitions_revoked(revoked)

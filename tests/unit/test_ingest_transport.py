@@ -1,0 +1,58 @@
+"""Ingest's Faust consumer (services/ingest/transport.py): what it commits when partitions go."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+
+import pytest
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from streamrec.ingest.transport import EagerConsumer
+
+
+def test_revoked_partitions_are_committed_before_their_finished_runs_are_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Faust forgets a revoked partition's acknowledged offsets before its rebalance handler commits:
+    # the consumer must commit them first, while it still knows them (and its runs).
+    kept, moved = TP("interactions", 0), TP("interactions", 1)
+    consumer = EagerConsumer.__new__(EagerConsumer)  # no app, no Kafka: only the revoke order
+    consumer._runs = {kept: deque(["run of partition 0"]), moved: deque(["run of partition 1"])}
+    calls: list[tuple[str, object]] = []
+
+    async def commit() -> bool:
+        calls.append(("commit", sorted(consumer._runs)))
+        return True
+
+    async def faust_forgets(self: object, revoked: set[TP]) -> None:
+        calls.append(("faust forgets", sorted(revoked)))
+
+    monkeypatch.setattr(consumer, "assignment", lambda: {kept, moved})
+    monkeypatch.setattr(consumer, "commit", commit)
+    monkeypatch.setattr(faust_aiokafka.Consumer, "on_partitions_revoked", faust_forgets)
+
+    asyncio.run(consumer.on_partitions_revoked({kept, moved}))  # eager rebalancing: all of them
+
+    assert calls == [("commit", [kept, moved]), ("faust forgets", [kept, moved])]
+    assert consumer._runs == {}
+
+
+def test_nothing_is_committed_without_an_assignment(monkeypatch: pytest.MonkeyPatch) -> None:
+    consumer = EagerConsumer.__new__(EagerConsumer)
+    consumer._runs = {}
+    committed: list[bool] = []
+
+    async def commit() -> bool:
+        committed.append(True)
+        return True
+
+    async def faust_forgets(self: object, revoked: set[TP]) -> None:
+        return None
+
+    monkeypatch.setattr(consumer, "assignment", set)
+    monkeypatch.setattr(consumer, "commit", commit)
+    monkeypatch.setattr(faust_aiokafka.Consumer, "on_partitions_revoked", faust_forgets)
+    asyncio.run(consumer.on_partitions_revoked(set()))
+    assert committed == []
