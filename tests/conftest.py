@@ -3,21 +3,20 @@
 A Faust worker needs 10-30 s to join its group, so the stack starts once per test session and
 the integration tests share it. Unit tests never touch it.
 
-``STREAMREC_TEST_BROKER=apache-kafka`` runs the shared stack on Apache Kafka itself (one KRaft node
-of streamrec.kafka_cluster, from the jars of scripts/fetch-kafka) instead of the embedded broker;
-unset (or ``embedded``), the embedded broker is used. Stacks that tests start of their own are not
-switched.
+The shared stack, and the stacks test modules start of their own, run on Apache Kafka itself (one
+KRaft node of streamrec.kafka_cluster, from the jars of scripts/fetch-kafka);
+``STREAMREC_TEST_BROKER=embedded`` runs them on the embedded broker instead. The tests of what runs
+on the embedded broker (`streamrec demo`, `streamrec dev`) and of the embedded broker itself keep
+it either way.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 import redis
 
-from streamrec.kafka_cluster import ApacheKafka
 from streamrec.processes import free_port
 from streamrec.shared.contracts import RedisKeys
 from streamrec.shared.registry import ModelRegistry
@@ -25,7 +24,7 @@ from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
 
-from support import LiveStack, TrainedStack
+from support import LiveStack, TrainedStack, broker_of_its_own, chosen_broker
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -33,33 +32,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: item.get_closest_marker("changes_model") is not None)  # stable
 
 
-BROKERS = ("embedded", "apache-kafka")
-
-
-def _chosen_broker() -> str:
-    broker = os.environ.get("STREAMREC_TEST_BROKER") or "embedded"
-    if broker not in BROKERS:
-        raise pytest.UsageError(f"STREAMREC_TEST_BROKER={broker}: expected one of {', '.join(BROKERS)}")
-    return broker
-
-
 def pytest_configure(config: pytest.Config) -> None:
     """Refuse an unknown STREAMREC_TEST_BROKER before any test runs."""
-    _chosen_broker()
+    chosen_broker()
 
 
 @pytest.fixture(scope="session")
 def shared_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
-    """Settings for the shared stack's broker: none (the stack starts the embedded one), or the
-    bootstrap of an Apache Kafka node started here (STREAMREC_TEST_BROKER=apache-kafka)."""
-    if _chosen_broker() == "embedded":
-        yield {}
-        return
-    kafka = ApacheKafka(tmp_path_factory.mktemp("apache-kafka"), nodes=1).start()
-    try:
-        yield {"kafka_bootstrap": kafka.bootstrap}
-    finally:
-        kafka.stop()
+    """Settings for the shared stack's broker (tests/support.py, ``broker_of_its_own``)."""
+    with broker_of_its_own(tmp_path_factory.mktemp("shared-broker")) as broker:
+        yield broker
 
 
 @pytest.fixture(scope="session")

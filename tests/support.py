@@ -24,6 +24,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.ingest.features import UserState, apply_event
+from streamrec.kafka_cluster import ApacheKafka
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import CachedList, RedisKeys, decode_feature_batch
 from streamrec.shared.events import Interaction, parse_event
@@ -34,6 +35,29 @@ from streamrec.synthetic import generate
 from streamrec.topics import MessageCounter, accepted_events_counter
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+BROKERS = ("apache-kafka", "embedded")
+
+
+def chosen_broker() -> str:
+    """The broker of the integration tests' stacks: ``STREAMREC_TEST_BROKER``, Apache Kafka by default."""
+    broker = os.environ.get("STREAMREC_TEST_BROKER") or BROKERS[0]
+    if broker not in BROKERS:
+        raise pytest.UsageError(f"STREAMREC_TEST_BROKER={broker}: expected one of {', '.join(BROKERS)}")
+    return broker
+
+
+@contextmanager
+def broker_of_its_own(run_dir: Path, nodes: int = 1) -> Iterator[dict[str, str]]:
+    """Settings for a stack's own broker: an Apache Kafka of ``nodes`` nodes started here (its
+    ``kafka_bootstrap``), or nothing with ``STREAMREC_TEST_BROKER=embedded`` (the stack starts the
+    embedded broker itself)."""
+    if chosen_broker() == "embedded":
+        yield {}
+        return
+    with ApacheKafka(run_dir / "apache-kafka", nodes=nodes) as kafka:
+        yield {"kafka_bootstrap": kafka.bootstrap}
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.25) -> object:

@@ -31,7 +31,7 @@ from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 
-from support import LiveStack, TrainedStack, metric_total, on_each_redis, wait_for
+from support import LiveStack, TrainedStack, broker_of_its_own, metric_total, on_each_redis, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -260,18 +260,22 @@ HOLD_SECONDS = 60.0
 def short_hold(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveStack]:
     """Broker, Redis, ingest and scorer with a one-minute erasure hold (the session stack's is 24 h)."""
     run_dir = tmp_path_factory.mktemp("erasure-hold")
-    settings = Settings(
-        data_dir=run_dir / "data",
-        partitions=2,
-        popular_publish_seconds=1.0,
-        erasure_hold_seconds=HOLD_SECONDS,
-    )
-    stack = Stack(settings, run_dir, ("ingest", "scorer")).start()
-    live = stack.settings
-    try:
-        yield LiveStack(stack, live, redis.Redis.from_url(live.redis_url or ""), RedisKeys(live.redis_prefix))
-    finally:
-        stack.stop()
+    with broker_of_its_own(run_dir) as broker:
+        settings = Settings(
+            **broker,
+            data_dir=run_dir / "data",
+            partitions=2,
+            popular_publish_seconds=1.0,
+            erasure_hold_seconds=HOLD_SECONDS,
+        )
+        stack = Stack(settings, run_dir, ("ingest", "scorer")).start()
+        live = stack.settings
+        try:
+            yield LiveStack(
+                stack, live, redis.Redis.from_url(live.redis_url or ""), RedisKeys(live.redis_prefix)
+            )
+        finally:
+            stack.stop()
 
 
 def wait_ready(live: LiveStack, name: str) -> None:

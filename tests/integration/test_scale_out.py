@@ -23,7 +23,7 @@ from streamrec.shared.registry import ModelRegistry
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
 
-from support import LiveStack, TrainedStack, wait_for
+from support import LiveStack, TrainedStack, broker_of_its_own, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +33,18 @@ WORKERS = {"ingest": 2, "scorer": 2}
 @pytest.fixture(scope="module")
 def scaled_stack(tmp_path_factory: pytest.TempPathFactory, live_stack: LiveStack) -> Iterator[LiveStack]:
     run_dir = tmp_path_factory.mktemp("scaled")
-    settings = live_stack.settings.model_copy(
-        update={"kafka_bootstrap": None, "redis_url": None, "api_port": free_port()}
-    ).with_data_dir(run_dir / "data")
-    stack = Stack(settings, run_dir, ("ingest", "scorer"), replicas=WORKERS).start()
-    live = stack.settings
-    try:
-        yield LiveStack(stack, live, redis.Redis.from_url(live.redis_url or ""), RedisKeys(live.redis_prefix))
-    finally:
-        stack.stop()
+    with broker_of_its_own(run_dir) as broker:
+        settings = live_stack.settings.model_copy(
+            update={"kafka_bootstrap": None, "redis_url": None, "api_port": free_port(), **broker}
+        ).with_data_dir(run_dir / "data")
+        stack = Stack(settings, run_dir, ("ingest", "scorer"), replicas=WORKERS).start()
+        live = stack.settings
+        try:
+            yield LiveStack(
+                stack, live, redis.Redis.from_url(live.redis_url or ""), RedisKeys(live.redis_prefix)
+            )
+        finally:
+            stack.stop()
 
 
 def final_features(live: LiveStack, prefix: str, expected_users: int) -> dict[str, tuple[int, list[str]]]:

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from streamrec.cli import cli
+from streamrec.kafka_cluster import KAFKA_VERSION
 from streamrec.shared.settings import ENV_PREFIX, MODEL_DEFAULTS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -550,3 +551,12 @@ def test_dockerfile_check_finds_problems():
     problems = " | ".join(dockerfile_problems(text, 'dependencies = ["torch==2.13.0"]'))
     for expected in ("FROM python:3.11-slim", "ENTRYPOINT", "runs as root", "torch 2.0.0"):
         assert expected in problems
+
+
+def test_compose_runs_the_kafka_version_the_tests_run():
+    # The integration tests run on Apache Kafka from scripts/fetch-kafka's jars.
+    fetched = re.search(
+        r"^KAFKA_VERSION=(\S+)$", (ROOT / "scripts" / "fetch-kafka").read_text(), re.MULTILINE
+    )
+    assert fetched is not None and fetched.group(1) == KAFKA_VERSION
+    assert load_compose()["services"]["kafka"]["image"] == f"apache/kafka:{KAFKA_VERSION}"
