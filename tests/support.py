@@ -20,7 +20,8 @@ import orjson
 import pandas as pd
 import pytest
 import redis
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.ingest.features import UserState, apply_event
@@ -28,6 +29,7 @@ from streamrec.kafka_cluster import ApacheKafka
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import CachedList, RedisKeys, decode_feature_batch
 from streamrec.shared.events import Interaction, parse_event
+from streamrec.shared.kafka_config import client_config
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
@@ -69,6 +71,18 @@ def wait_for(condition: Callable[[], object], timeout: float, what: str, interva
             return result
         time.sleep(interval)
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def group_members_with_partitions(settings: Settings, group: str) -> int:
+    """How many members of consumer ``group`` hold at least one partition (0 while it rebalances)."""
+    admin = AdminClient(client_config(settings))
+    try:
+        (description,) = admin.describe_consumer_groups([group], request_timeout=10).values()
+        return sum(
+            1 for member in description.result(timeout=15).members if member.assignment.topic_partitions
+        )
+    except KafkaException:
+        return 0
 
 
 @dataclass
