@@ -259,7 +259,8 @@ def test_the_scorers_writes_go_on_through_a_cluster_failover(
         f"\nscorer on a cluster failover: {old.name} killed; the first write returned after "
         f"{resumed:.2f}s ({retried:.0f} retried attempts); {round_} rounds of {len(users)} lists"
     )
-    assert resumed < FAILOVER_SECONDS and retried >= 1 and scorer.redis_ok
+    # (The retried count may be 0: redis-py itself retries a command the cluster answered CLUSTERDOWN.)
+    assert resumed < FAILOVER_SECONDS and scorer.redis_ok
     store = connect(Settings(redis_url=cluster.url))
     assert get_many(store, [keys.recs(user) for user in users]) == [b"%d" % round_] * len(users)
     store.close()
