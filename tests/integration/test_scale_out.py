@@ -18,12 +18,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.processes import free_port
-from streamrec.shared.contracts import INGEST_GROUP, SCORER_GROUP, CachedList, RedisKeys, decode_feature_batch
+from streamrec.shared.contracts import CachedList, RedisKeys, decode_feature_batch
 from streamrec.shared.registry import ModelRegistry
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
 
-from support import LiveStack, TrainedStack, broker_of_its_own, group_members_with_partitions, wait_for
+from support import LiveStack, TrainedStack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,28 +33,15 @@ WORKERS = {"ingest": 2, "scorer": 2}
 @pytest.fixture(scope="module")
 def scaled_stack(tmp_path_factory: pytest.TempPathFactory, live_stack: LiveStack) -> Iterator[LiveStack]:
     run_dir = tmp_path_factory.mktemp("scaled")
-    with broker_of_its_own(run_dir) as broker:
-        settings = live_stack.settings.model_copy(
-            update={"kafka_bootstrap": None, "redis_url": None, "api_port": free_port(), **broker}
-        ).with_data_dir(run_dir / "data")
-        stack = Stack(settings, run_dir, ("ingest", "scorer"), replicas=WORKERS).start()
-        live = stack.settings
-        try:
-            # Every worker holds its partitions before the stream: this test counts events, and a
-            # rebalance after a first worker took them all would move work mid-test.
-            for group, workers in ((INGEST_GROUP, WORKERS["ingest"]), (SCORER_GROUP, WORKERS["scorer"])):
-                wait_for(
-                    lambda group=group, workers=workers: (
-                        group_members_with_partitions(live, group) == workers
-                    ),
-                    120,
-                    f"{workers} members of {group} with partitions",
-                )
-            yield LiveStack(
-                stack, live, redis.Redis.from_url(live.redis_url or ""), RedisKeys(live.redis_prefix)
-            )
-        finally:
-            stack.stop()
+    settings = live_stack.settings.model_copy(
+        update={"kafka_bootstrap": None, "redis_url": None, "api_port": free_port()}
+    ).with_data_dir(run_dir / "data")
+    stack = Stack(settings, run_dir, ("ingest", "scorer"), replicas=WORKERS).start()
+    live = stack.settings
+    try:
+        yield LiveStack(stack, live, redis.Redis.from_url(live.redis_url or ""), RedisKeys(live.redis_prefix))
+    finally:
+        stack.stop()
 
 
 def final_features(live: LiveStack, prefix: str, expected_users: int) -> dict[str, tuple[int, list[str]]]:
