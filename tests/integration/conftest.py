@@ -6,10 +6,9 @@ a stack whose services use it, each started at the first test that asks for it.
   own prefix's keys, never the whole cluster. Fault tests (which kill nodes) start their own.
 - ``redis_url``: a module's Redis, once one redis-server and once that cluster (its tests run on
   both).
-- ``cluster_live_stack`` / ``cluster_trained_stack``: the session stack's twins (same settings, a
-  broker of their own: ``support.broker_of_its_own``) with every service on the cluster; a module
-  runs its tests of the session stack on both with ``support.on_each_redis`` (``redis_topology``
-  chooses).
+- ``cluster_live_stack`` / ``cluster_trained_stack``: the session stack's twins (same settings, an
+  embedded broker of their own) with every service on the cluster; a module runs its tests of the
+  session stack on both with ``support.on_each_redis`` (``redis_topology`` chooses).
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from streamrec.shared.contracts import RedisKeys
 from streamrec.shared.redis_connection import connect
 from streamrec.stack import Stack
 
-from support import REDIS_TOPOLOGIES, LiveStack, TrainedStack, broker_of_its_own, train_once
+from support import REDIS_TOPOLOGIES, LiveStack, TrainedStack, train_once
 
 
 @pytest.fixture(scope="session")
@@ -61,25 +60,19 @@ def redis_topology(request: pytest.FixtureRequest) -> str:
 def cluster_live_stack(
     tmp_path_factory: pytest.TempPathFactory, live_stack: LiveStack, redis_cluster: RedisClusterServers
 ) -> Iterator[LiveStack]:
-    """The session stack's settings, with every service on the cluster and a broker of its own."""
+    """The session stack's settings, with every service on the cluster (and an embedded broker)."""
     run_dir = tmp_path_factory.mktemp("cluster-stack")
-    with broker_of_its_own(run_dir) as broker:
-        settings = live_stack.settings.model_copy(
-            update={
-                "kafka_bootstrap": None,
-                "redis_url": redis_cluster.url,
-                "api_port": free_port(),
-                **broker,
-            }
-        ).with_data_dir(run_dir / "data")
-        stack = Stack(settings, run_dir, ("ingest", "scorer", "api")).start()
-        live = stack.settings
-        store = connect(live)
-        try:
-            yield LiveStack(stack, live, store, RedisKeys(live.redis_prefix))  # type: ignore[arg-type]
-        finally:
-            store.close()
-            stack.stop()
+    settings = live_stack.settings.model_copy(
+        update={"kafka_bootstrap": None, "redis_url": redis_cluster.url, "api_port": free_port()}
+    ).with_data_dir(run_dir / "data")
+    stack = Stack(settings, run_dir, ("ingest", "scorer", "api")).start()
+    live = stack.settings
+    store = connect(live)
+    try:
+        yield LiveStack(stack, live, store, RedisKeys(live.redis_prefix))  # type: ignore[arg-type]
+    finally:
+        store.close()
+        stack.stop()
 
 
 @pytest.fixture(scope="session")
