@@ -3,6 +3,7 @@
 python -m bench                     # every benchmark, full size
 python -m bench --quick             # small sizes, one pass: checks the suite runs (CI); no page
 python -m bench --only scoring      # one benchmark
+BENCH_BROKER=kafka3 python -m bench --only freshness   # on three Apache Kafka brokers (bench/brokers.py)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from . import (
     sessions,
     training,
 )
+from .brokers import chosen, fragment_names
 from .harness import FRAGMENTS, PAGE, render_page, render_section, write
 
 BENCHMARKS = {
@@ -36,6 +38,8 @@ BENCHMARKS = {
     "broker": broker.run,
     "sessions": sessions.run,
 }
+# Benchmarks that run on the broker BENCH_BROKER chooses: each broker's fragment is a file of its own.
+ON_CHOSEN_BROKER = ("freshness",)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -51,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.quick:
             print(fragment)
         else:
-            write(FRAGMENTS / f"{name}.md", fragment)
+            stem = chosen().fragment(name) if name in ON_CHOSEN_BROKER else name
+            write(FRAGMENTS / f"{stem}.md", fragment)
     if not args.quick:
-        present = [FRAGMENTS / f"{name}.md" for name in BENCHMARKS if (FRAGMENTS / f"{name}.md").exists()]
+        stems = [stem for name in BENCHMARKS for stem in fragment_names(name)]
+        present = [FRAGMENTS / f"{stem}.md" for stem in stems if (FRAGMENTS / f"{stem}.md").exists()]
         write(PAGE, render_page([path.read_text(encoding="utf-8") for path in present]))
         print(f"wrote {PAGE}", file=sys.stderr)
     return 0

@@ -27,6 +27,10 @@ linger, default 50 as the Publisher's); quick mode is tiny. ``BENCH_FRESHNESS_TR
 every matched event's times (published, features built, list written, partition) per run as JSON
 lines, to look at a tail closely. Any ``STREAMREC_*`` setting
 (e.g. ``STREAMREC_KAFKA_FETCH_WAIT_MS``) applies to the stack, so knobs can be compared.
+
+``BENCH_BROKER`` chooses the broker (``bench/brokers.py``): ``embedded`` (default), ``kafka`` (one
+Apache Kafka broker) or ``kafka3`` (three, topics at replication factor 3, min.insync.replicas 2);
+each broker's sections go to a fragment of their own (``freshness-kafka3.md``), named in the title.
 """
 
 from __future__ import annotations
@@ -64,6 +68,7 @@ from streamrec.synthetic import generate
 from streamrec.topics import accepted_events_counter
 
 from .broker_cost import count_record_batches
+from .brokers import Broker, broker, chosen
 from .harness import RUNS, Figure, Section, image_path, percentile
 from .plots import latency_cdf
 from .progress import PipelineProgress
@@ -284,7 +289,8 @@ async def _one_hop(settings: Settings, size: Size, run: int) -> list[float]:
     """Latencies (ms) of the same producer at the same rate, read back by one consumer."""
     topic = BASELINE_TOPIC.format(run=run)
     admin = AdminClient(client_config(settings, {"log_level": 4}))
-    for future in admin.create_topics([NewTopic(topic, PARTITIONS, 1)]).values():
+    # Replicated as streamrec's topics are: on three brokers, one replicated hop.
+    for future in admin.create_topics([NewTopic(topic, PARTITIONS, settings.replication_factor)]).values():
         future.result(30)
     consumer = AIOKafkaConsumer(**aiokafka_config(settings, fetch_max_wait_ms=settings.kafka_fetch_wait_ms))
     await consumer.start()
@@ -516,13 +522,14 @@ def _warm_up(stack: Stack, size: Size) -> tuple[list[str], list[str], str]:
 
 
 def _run_once(
-    stack: Stack, size: Size, run: int, users: list[str], items: list[str], version: str
+    stack: Stack, size: Size, run: int, users: list[str], items: list[str], version: str, kafka: Broker
 ) -> RunResult:
     settings = stack.settings
     marks = _marks(settings)
     written_before = _written(settings)
     _progress(f"  run {run + 1}/{size.runs}: {size.events:,} events at {size.rate:,.0f}/s")
-    pids = {name: child.pid for name, child in stack.processes().items()}
+    pids = {name: child.pid for name, child in stack.processes().items()} | kafka.pids()
+    brokers = [name for name in pids if name == "broker" or name.startswith("kafka-")]
     pids["benchmark (producer, Redis listener)"] = os.getpid()  # it shares the cores too
     cpu_before, started = {name: _cpu_seconds(pid) for name, pid in pids.items()}, time.monotonic()
     stolen_before = _stolen_seconds()
@@ -551,10 +558,10 @@ def _run_once(
     lists = _lists(settings, users)
     personal = sum(1 for v, source in lists.values() if source == "personal" and v == version)
     _progress(f"  one-hop baseline: {size.baseline_seconds:.0f}s at {size.rate:,.0f}/s")
-    broker_before = _cpu_seconds(pids["broker"])
+    broker_before = sum(_cpu_seconds(pids[name]) for name in brokers)
     with _no_gc_pauses():
         baseline = asyncio.run(_one_hop(settings, size, run))
-    baseline_broker = _cpu_seconds(pids["broker"]) - broker_before
+    baseline_broker = sum(_cpu_seconds(pids[name]) for name in brokers) - broker_before
     trace = _trace(settings, tracker, run, marks)
     _log_tail(run, trace)
     return RunResult(
@@ -565,7 +572,7 @@ def _run_once(
         personal_share=100 * personal / len(users),
         cpu={name: 100 * seconds / elapsed for name, seconds in cpu_used.items()},
         stolen_cpu=stolen,
-        broker_cpu_seconds=cpu_used["broker"],
+        broker_cpu_seconds=sum(cpu_used.get(name, 0.0) for name in brokers),
         written=_delta(written_before, written_after, lambda topic: topic != settings.topic_interactions),
         input_written=_delta(
             written_before, written_after, lambda topic: topic == settings.topic_interactions
@@ -581,7 +588,9 @@ def _run_once(
 def _written(settings: Settings) -> dict[str, tuple[int, int]]:
     """(record batches, records) of every topic but the benchmark's own, from their beginnings."""
     admin = AdminClient(client_config(settings, {"log_level": 4}))
-    topics = [name for name in admin.list_topics(timeout=30).topics if not name.startswith("bench.")]
+    # Not the broker's internal topics either (Apache Kafka lists __consumer_offsets; the embedded
+    # broker does not): the figures compare what streamrec's services write on either broker.
+    topics = [name for name in admin.list_topics(timeout=30).topics if not name.startswith(("bench.", "__"))]
     del admin
     return count_record_batches(settings, topics)
 
@@ -645,7 +654,7 @@ def _drain(stack: Stack, run: int, users: list[str], items: list[str], size: Dra
     last_written = max(_generated_at(settings, chosen))
     topic = BASELINE_TOPIC.format(run=f"drain-{run}")
     admin = AdminClient(client_config(settings, {"log_level": 4}))
-    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result(30)
+    admin.create_topics([NewTopic(topic, PARTITIONS, settings.replication_factor)])[topic].result(30)
     del admin
     publish_started = time.perf_counter()
     with Publisher(settings=settings, topic=topic) as publisher:
@@ -709,16 +718,21 @@ def _cpu_seconds(pid: int) -> float:
 def run(quick: bool) -> list[Section]:
     """The freshness section: publish → list in Redis, against one produce→consume hop."""
     size = _size(quick)
-    with tempfile.TemporaryDirectory() as tmp:
+    choice = chosen()
+    with tempfile.TemporaryDirectory() as tmp, broker(Path(tmp), choice) as kafka:
         run_dir = Path(tmp)
         requested = Settings(
-            data_dir=run_dir / "data", partitions=PARTITIONS, metrics_port=0, log_level="WARNING"
+            data_dir=run_dir / "data",
+            partitions=PARTITIONS,
+            metrics_port=0,
+            log_level="WARNING",
+            **kafka.overrides,
         )
         stack = Stack(requested, run_dir, ("ingest", "scorer")).start()
         try:
             settings = stack.settings
             users, items, version = _warm_up(stack, size)
-            results = [_run_once(stack, size, n, users, items, version) for n in range(size.runs)]
+            results = [_run_once(stack, size, n, users, items, version, kafka) for n in range(size.runs)]
             drain_size = _drain_size(quick)
             drains = [_drain(stack, n, users, items, drain_size) for n in range(size.runs)]
         finally:
@@ -732,21 +746,22 @@ def run(quick: bool) -> list[Section]:
                 "publish → features built": [t[0] for r in results for t in r.trace],
                 "publish → list in Redis": [ms for r in results for ms in r.tracker.latencies_ms()],
             },
-            image_path("freshness-cdf.png", quick),
-            title=f"Freshness at {size.rate:,.0f} events/s, {size.runs} runs pooled",
+            image_path(f"{choice.fragment('freshness-cdf')}.png", quick),
+            title=f"Freshness at {size.rate:,.0f} events/s, {size.runs} runs pooled ({choice.label})",
         )
     ]
-    command = _command(size, quick)
+    command = choice.env + _command(size, quick)
+    on = "" if choice.embedded else f" — {choice.label}"
     return [
         Section(
-            "Freshness (figure 2)",
+            f"Freshness (figure 2){on}",
             command,
             _figures(size, results),
-            description=_description(size, settings),
+            description=_description(size, settings, choice.label),
             images=images,
         ),
         Section(
-            "Broker cost per event (figure 8)",
+            f"Broker cost per event (figure 8){on}",
             command,
             _broker_figures(size, results),
             description=(
@@ -761,7 +776,7 @@ def run(quick: bool) -> list[Section]:
             ),
         ),
         Section(
-            "End-to-end drain (figure 9)",
+            f"End-to-end drain (figure 9){on}",
             command,
             _drain_figures(drains, drain_size),
             description=(
@@ -901,10 +916,15 @@ def _command(size: Size, quick: bool) -> str:
     return " ".join([*env, *knobs, "python -m bench --only freshness"])
 
 
-def _description(size: Size, settings: Settings) -> str:
+def _description(size: Size, settings: Settings, broker_label: str) -> str:
+    replicated = (
+        f", topics at replication factor {settings.replication_factor} (min.insync.replicas 2)"
+        if settings.replication_factor > 1
+        else ""
+    )
     return (
-        f"{size.runs} run{'s' if size.runs > 1 else ''} on one stack (embedded broker and Redis, one ingest worker, one scorer, "
-        f"{PARTITIONS} partitions). Warm-up: a synthetic stream over {size.users:,} users, one SASRec model "
+        f"{size.runs} run{'s' if size.runs > 1 else ''} on one stack ({broker_label}{replicated}, embedded "
+        f"Redis, one ingest worker, one scorer, {PARTITIONS} partitions). Warm-up: a synthetic stream over {size.users:,} users, one SASRec model "
         f"trained ({TRAIN_EPOCHS} epochs) and served, every list from it. Each run publishes {size.events:,} "
         f"events at {size.rate:,.0f}/s ({size.seconds:g} s), cycling over the users (one event per user every "
         f"{size.users / size.rate:g} s), with a paced aiokafka producer (linger {PRODUCER_LINGER_MS} ms), and "
