@@ -55,6 +55,7 @@ from ..shared.catalog import ServingCatalog
 from ..shared.contracts import (
     SCORER_GROUP,
     CachedList,
+    CachedListDecodeError,
     CatalogChange,
     FeatureBatchDecodeError,
     ModelAnnouncement,
@@ -66,12 +67,13 @@ from ..shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
 from ..shared.kafka_config import client_config
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
-from ..shared.redis_connection import connect, explain, is_permanent
+from ..shared.redis_connection import connect, explain, get_many, is_permanent
 from ..shared.registry import ModelIntegrityError, ModelRegistry
 from ..shared.settings import ConfigError, Settings
 from ..topics import existing_topics
 from .catalog import ScorerCatalog
 from .model_runtime import ServedModel
+from .recent_users import PartitionTail, RecentUsers
 from .similar_items import FALLBACK_WRITE_SECONDS, CoOccurrence, SimilarListWriter, load_item_embeddings
 
 log = get_logger(__name__)
@@ -138,57 +140,6 @@ class ScoredLists:
     fallback: int
 
 
-HISTORY_SEPARATOR = "\x00"
-
-
-@dataclass(slots=True)
-class RecentUser:
-    """What the scorer remembers of a user to re-score them when a new model arrives."""
-
-    # The history as one string, its items joined by NUL (which no id may hold: ingest refuses
-    # it). A list holds a string object per item, about 60 bytes each; and orjson's output would
-    # keep its 4 KiB buffer allocated, whatever its length.
-    joined_history: str
-    partition: int  # of topic_user_features: only the scorer owning it should write the user
-
-    @property
-    def history(self) -> list[str]:
-        """The user's latest history, oldest item first."""
-        return self.joined_history.split(HISTORY_SEPARATOR) if self.joined_history else []
-
-
-class RecentUsers:
-    """The latest history of recently seen users, least recently seen evicted first."""
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self._users: OrderedDict[str, RecentUser] = OrderedDict()
-
-    def remember(self, user_id: str, history: list[str], partition: int) -> None:
-        """Store (or refresh) a user's latest history."""
-        if self.capacity == 0:
-            return
-        self._users[user_id] = RecentUser(HISTORY_SEPARATOR.join(history), partition)
-        self._users.move_to_end(user_id)
-        if len(self._users) > self.capacity:
-            self._users.popitem(last=False)
-
-    def get(self, user_id: str) -> RecentUser | None:
-        """The remembered user, or None if never seen or evicted."""
-        return self._users.get(user_id)
-
-    def forget(self, user_id: str) -> None:
-        """Drop an erased user (``streamrec users forget``): never re-scored again."""
-        self._users.pop(user_id, None)
-
-    def most_recent_first(self) -> list[str]:
-        """User ids, most recently seen first."""
-        return list(reversed(self._users))
-
-    def __len__(self) -> int:
-        return len(self._users)
-
-
 class ScorerService:
     """The scorer loop and its state: served model, popular fallback, recent users, consumers."""
 
@@ -208,6 +159,11 @@ class ScorerService:
         self._blocked: tuple[str, frozenset[str], np.ndarray] | None = None  # model version, items, indices
         self.recent = RecentUsers(settings.scorer_recent_users)
         self.rescore_queue: OrderedDict[str, None] = OrderedDict()
+        # Queued users read back from Kafka on assignment: re-scored only if their list in Redis is
+        # not from the served model (the partition's previous owner may have re-scored them).
+        self.rescore_unless_current: set[str] = set()
+        self.tail: PartitionTail | None = None
+        self.scored_to: dict[int, int] = {}  # partition -> next offset after the last batch written
         self.refused_versions: set[str] = set()
         self.promoted_seen: str | None = None
         self.assigned_partitions: set[int] = set()
@@ -265,6 +221,19 @@ class ScorerService:
                 },
             )
         )
+        self.tail = PartitionTail(
+            Consumer(
+                client_config(
+                    self.settings,
+                    {
+                        "group.id": SCORER_GROUP,  # to read its committed offsets; never subscribes
+                        "enable.auto.commit": False,
+                        "client.id": f"streamrec-scorer-tail-{uuid.uuid4().hex[:8]}",
+                    },
+                )
+            ),
+            self.settings.topic_user_features,
+        )
         self.users.subscribe(
             [self.settings.topic_user_features], on_assign=self._on_assign, on_revoke=self._on_revoke
         )
@@ -305,13 +274,13 @@ class ScorerService:
     def close(self) -> None:
         """Leave the consumer group and close every connection (idempotent)."""
         started = self.users is not None
-        for consumer in (self.users, self.control):
+        for consumer in (self.users, self.control, self.tail.consumer if self.tail else None):
             if consumer is not None:
                 try:
                     consumer.close()
                 except (KafkaException, RuntimeError) as exc:
                     log.warning("closing a Kafka consumer failed", extra={"error": str(exc)})
-        self.users = self.control = None
+        self.users = self.control = self.tail = None
         self.redis.close()
         if started:
             log.info("scorer stopped", extra=self.counts)
@@ -400,8 +369,50 @@ class ScorerService:
     # --- consumer-group callbacks ------------------------------------------------------------
 
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.assigned_partitions |= {tp.partition for tp in partitions}
+        gained = sorted({tp.partition for tp in partitions} - self.assigned_partitions)
+        self.assigned_partitions |= set(gained)
         log.info("partitions assigned", extra={"partitions": sorted(self.assigned_partitions)})
+        # Before any of their messages is scored: what the real-time path sees next is newer.
+        for partition in gained:
+            self._recall_users(partition)
+
+    def _recall_users(self, partition: int) -> None:
+        """Remember the users the partition's previous owner scored last (unless this scorer was
+        that owner), and queue them for re-scoring if a model is served (their lists may be from an
+        older one)."""
+        if self.tail is None or self.recent.capacity == 0:
+            return
+        started = time.monotonic()
+        try:
+            committed = self.tail.committed(partition)
+        except KafkaException as exc:
+            log.warning("cannot read the committed offset to recall users", extra={"error": str(exc)})
+            return
+        if committed == self.scored_to.get(partition):
+            return  # this scorer scored the partition last: what it remembers is current
+        self.recent.forget_partition(partition)
+        lookback = max(1, self.recent.capacity // max(1, self.settings.partitions))
+        histories = self.tail.latest_histories(partition, committed, lookback) if committed >= 0 else {}
+        recalled = [
+            user
+            for user, history in reversed(histories.items())  # most recent first: each goes behind
+            if self.recent.remember_older(user, history, partition)
+        ]
+        if self.model is not None:
+            if recalled and not self.rescore_queue:
+                self._rescore_started = time.monotonic()
+            for user in recalled:
+                if user not in self.rescore_queue:
+                    self.rescore_queue[user] = None
+                    self.rescore_unless_current.add(user)
+        log.info(
+            "recent users of a partition recalled",
+            extra={
+                "partition": partition,
+                "users": len(recalled),
+                "seconds": round(time.monotonic() - started, 2),
+            },
+        )
 
     def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Every batch is written before the next poll; what is owed is only its commit.
@@ -451,6 +462,7 @@ class ScorerService:
                 updated_at[user.user_id] = batch.updated_at
                 self.recent.remember(user.user_id, user.history, message.partition())
                 self.rescore_queue.pop(user.user_id, None)  # scored now, with the current model
+                self.rescore_unless_current.discard(user.user_id)
             # In message order: an earlier message's list of an erased user is not written, a
             # later one (the user's new history) is, after the delete.
             for user_id in batch.forgotten:
@@ -459,6 +471,7 @@ class ScorerService:
                 updated_at.pop(user_id, None)
                 self.recent.forget(user_id)
                 self.rescore_queue.pop(user_id, None)
+                self.rescore_unless_current.discard(user_id)
         if erased:
             self._delete_lists(list(erased))
         self._observe_cooccurrence(histories.values())
@@ -474,6 +487,7 @@ class ScorerService:
             for user in part:
                 FRESHNESS_SECONDS.observe(max(0.0, written_at - updated_at[user]))
         self.owed_offsets.update(next_offsets)
+        self.scored_to.update({partition: offset for (_topic, partition), offset in next_offsets.items()})
         self._update_lag(next_offsets)
         self.counts["batches"] += 1
         self.counts["messages"] += len(messages)
@@ -774,6 +788,7 @@ class ScorerService:
     def _queue_rescore(self) -> None:
         """Re-score every remembered user, most recent first, in chunks between real-time batches."""
         self.rescore_queue = OrderedDict.fromkeys(self.recent.most_recent_first())
+        self.rescore_unless_current.clear()  # every list predates this model
         self._rescore_started = time.monotonic()
 
     def _seconds_until_rescore(self) -> float:
@@ -794,6 +809,8 @@ class ScorerService:
             # A user whose partition moved to another scorer is that scorer's to write now.
             if remembered is not None and remembered.partition in self.assigned_partitions:
                 histories[user] = remembered.history
+        for user in self._current_already(histories):
+            del histories[user]
         self._write_lists(self._score(histories), trigger="rescore")
         self.counts["rescored"] += len(histories)
         RESCORE_QUEUE.set(len(self.rescore_queue))
@@ -807,6 +824,24 @@ class ScorerService:
                     "seconds": round(time.monotonic() - self._rescore_started, 2),
                 },
             )
+
+    def _current_already(self, histories: dict[str, list[str]]) -> list[str]:
+        """The recalled users among ``histories`` whose list in Redis is from the served model."""
+        check = [user for user in histories if user in self.rescore_unless_current]
+        if not check or self.model is None:
+            return []
+        self.rescore_unless_current.difference_update(check)
+        keys = [self.keys.recs(user) for user in check]
+        values = self._retry("read recalled users' lists", lambda: get_many(self.redis, keys))
+        version = self.model.version
+        current = []
+        for user, raw in zip(check, values, strict=True):
+            try:
+                if raw is not None and CachedList.decode(raw).model_version == version:
+                    current.append(user)
+            except CachedListDecodeError:
+                pass  # unreadable: re-score it
+        return current
 
     # --- similar items -----------------------------------------------------------------------
 

@@ -1,8 +1,9 @@
 """Two ingest workers and two scorers share the partitions: every event counts once, every user is served.
 
-A stack of its own (embedded broker and Redis) runs ingest-1, ingest-2, scorer-1 and scorer-2.
-The same events are replayed into it and into the session's single-worker stack; the final
-features of every user must be identical in both.
+A stack of its own (its own broker, Apache Kafka unless ``STREAMREC_TEST_BROKER=embedded``, and
+Redis) runs ingest-1, ingest-2, scorer-1 and scorer-2. The same events are replayed into it and into
+the session's single-worker stack; the final features of every user must be identical in both. Then
+scorer-2 leaves, and a new model must still reach the users of the partitions scorer-1 took over.
 """
 
 from __future__ import annotations
@@ -18,12 +19,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.processes import free_port
-from streamrec.shared.contracts import CachedList, RedisKeys, decode_feature_batch
+from streamrec.shared.contracts import INGEST_GROUP, SCORER_GROUP, CachedList, RedisKeys, decode_feature_batch
 from streamrec.shared.registry import ModelRegistry
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
 
-from support import LiveStack, TrainedStack, wait_for
+from support import LiveStack, TrainedStack, broker_of_its_own, group_members_with_partitions, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -33,15 +34,28 @@ WORKERS = {"ingest": 2, "scorer": 2}
 @pytest.fixture(scope="module")
 def scaled_stack(tmp_path_factory: pytest.TempPathFactory, live_stack: LiveStack) -> Iterator[LiveStack]:
     run_dir = tmp_path_factory.mktemp("scaled")
-    settings = live_stack.settings.model_copy(
-        update={"kafka_bootstrap": None, "redis_url": None, "api_port": free_port()}
-    ).with_data_dir(run_dir / "data")
-    stack = Stack(settings, run_dir, ("ingest", "scorer"), replicas=WORKERS).start()
-    live = stack.settings
-    try:
-        yield LiveStack(stack, live, redis.Redis.from_url(live.redis_url or ""), RedisKeys(live.redis_prefix))
-    finally:
-        stack.stop()
+    with broker_of_its_own(run_dir) as broker:
+        settings = live_stack.settings.model_copy(
+            update={"kafka_bootstrap": None, "redis_url": None, "api_port": free_port(), **broker}
+        ).with_data_dir(run_dir / "data")
+        stack = Stack(settings, run_dir, ("ingest", "scorer"), replicas=WORKERS).start()
+        live = stack.settings
+        try:
+            # Every worker holds its partitions before the stream: this test counts events, and a
+            # rebalance after a first worker took them all would move work mid-test.
+            for group, workers in ((INGEST_GROUP, WORKERS["ingest"]), (SCORER_GROUP, WORKERS["scorer"])):
+                wait_for(
+                    lambda group=group, workers=workers: (
+                        group_members_with_partitions(live, group) == workers
+                    ),
+                    120,
+                    f"{workers} members of {group} with partitions",
+                )
+            yield LiveStack(
+                stack, live, redis.Redis.from_url(live.redis_url or ""), RedisKeys(live.redis_prefix)
+            )
+        finally:
+            stack.stop()
 
 
 def final_features(live: LiveStack, prefix: str, expected_users: int) -> dict[str, tuple[int, list[str]]]:
@@ -130,3 +144,21 @@ def test_two_ingest_workers_and_two_scorers_count_every_event_once(
         )
 
     assert [name for name in ("scorer-1", "scorer-2") if wrote_them(name)] in (["scorer-1"], ["scorer-2"])
+
+    # A scorer leaves: the other takes its partitions and recalls their users from the features
+    # topic, so the next model reaches them too, though none of them acts again.
+    scaled_stack.stack.children.pop("scorer-2").stop()
+    wait_for(
+        lambda: group_members_with_partitions(scaled_stack.settings, SCORER_GROUP) == 1,
+        120,
+        "scorer-1 alone in its group",
+    )
+    result = scaled_stack.cli("train", "--once", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    newer = orjson.loads(result.stdout)["version"]
+    assert newer != version
+    if ModelRegistry(scaled_stack.settings.model_dir).promoted_version() != newer:  # the gate's call
+        promoted = scaled_stack.cli("models", "promote", newer)
+        assert promoted.returncode == 0, promoted.stderr[-3000:]
+    version = newer
+    wait_for(all_served, 120, f"every user's list from {newer}, those of scorer-2's partitions included")

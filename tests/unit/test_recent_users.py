@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from streamrec.scorer.service import RecentUsers
+from collections import OrderedDict
+
+from streamrec.scorer.recent_users import PartitionTail, RecentUsers
+from streamrec.shared.contracts import FeatureBatch, UserSnapshot
 
 
 def test_recent_users_keep_the_latest_history_and_evict_the_least_recently_seen() -> None:
@@ -29,3 +32,55 @@ def test_a_capacity_of_zero_remembers_nobody() -> None:
     recent = RecentUsers(capacity=0)
     recent.remember("a", ["i1"], partition=0)
     assert len(recent) == 0 and recent.get("a") is None
+
+
+def test_users_read_back_from_kafka_are_older_than_any_seen_and_never_override_them() -> None:
+    recent = RecentUsers(capacity=3)
+    recent.remember("seen", ["new"], partition=0)
+    assert recent.remember_older("seen", ["old"], partition=0) is False  # what was seen is newer
+    assert recent.remember_older("r1", ["a"], partition=1) is True  # most recent of those read back
+    assert recent.remember_older("r2", ["b"], partition=1) is True
+    assert recent.remember_older("r3", ["c"], partition=1) is False  # full: the oldest has no room
+
+    assert recent.most_recent_first() == ["seen", "r1", "r2"]
+    assert recent.get("seen").history == ["new"]  # type: ignore[union-attr]
+    recent.remember("x", ["d"], partition=0)  # a new user evicts the oldest read back first
+    assert recent.most_recent_first() == ["x", "seen", "r1"]
+
+    recent.forget_partition(0)  # another scorer had it: what is remembered of it is stale
+    assert recent.most_recent_first() == ["r1"]
+
+
+class _Message:
+    """What PartitionTail reads of a confluent-kafka message."""
+
+    def __init__(self, offset: int, users: dict[str, list[str]], forgotten: tuple[str, ...] = ()) -> None:
+        self._offset = offset
+        self._value = FeatureBatch(
+            users=[UserSnapshot(user, history, len(history)) for user, history in users.items()],
+            events=[],
+            updated_at=0.0,
+            forgotten=list(forgotten),
+        ).to_json()
+
+    def error(self) -> None:
+        return None
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+
+def test_a_partition_tail_keeps_each_users_latest_history_in_order_and_leaves_erased_users_out() -> None:
+    histories: OrderedDict[str, list[str]] = OrderedDict()
+    batch = [
+        _Message(10, {"a": ["1"], "b": ["2"]}),
+        _Message(11, {"a": ["1", "3"]}),  # a again: now the most recent
+        _Message(12, {"c": ["4"]}, forgotten=["b"]),  # b erased: never re-scored
+        _Message(13, {"d": ["5"]}),  # at the committed offset: the group has not scored it
+    ]
+    assert PartitionTail._fold(batch[:2], end=13, histories=histories) is False  # more to read
+    assert PartitionTail._fold(batch[2:], end=13, histories=histories) is True
+    assert list(histories.items()) == [("a", ["1", "3"]), ("c", ["4"])]
