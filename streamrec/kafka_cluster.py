@@ -20,10 +20,8 @@ Node ids are 0..N-1, the same numbers Kafka reports as partition leaders and rep
 from __future__ import annotations
 
 import base64
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import time
 import uuid
@@ -33,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .processes import ChildProcess, StackError, free_port, spawn, wait_for_port
+from .processes import ChildProcess, StackError, free_port, spawn, stop_all, wait_for_port
 from .shared.logs import get_logger
 
 log = get_logger(__name__)
@@ -327,9 +325,7 @@ class ApacheKafka:
         """SIGKILL one node, as a crash would; its data stays for :meth:`restart`."""
         target = self._node(node)
         if target.process is not None and target.process.alive():
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(target.process.pid, signal.SIGKILL)
-            target.process.popen.wait(10)
+            target.process.kill()
         log.info("kafka node killed", extra={"node": node})
 
     def stop_node(self, node: int, timeout: float = 30.0) -> None:
@@ -354,14 +350,7 @@ class ApacheKafka:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop every node: SIGTERM to all at once, SIGKILL to any still running after ``timeout``."""
-        running = [node.process for node in self.nodes if node.process is not None]
-        for child in running:
-            if child.alive():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(child.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in running:
-            child.stop(max(deadline - time.monotonic(), 0.1))
+        stop_all((node.process for node in self.nodes if node.process is not None), timeout)
         self._admin = None
 
     def pids(self) -> dict[int, int]:

@@ -10,7 +10,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,12 +57,31 @@ class ChildProcess:
         _signal_group(self.popen.pid, signal.SIGKILL)
         return self.popen.returncode
 
+    def kill(self) -> float:
+        """SIGKILL the process group, as a crash would; wait for it. Returns the monotonic time of the kill."""
+        _signal_group(self.popen.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        self.popen.wait(10)
+        return killed_at
+
     def log_tail(self, lines: int = 20) -> str:
         """Last lines of the log, for error messages."""
         try:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+
+def stop_all(children: Iterable[ChildProcess], timeout: float) -> None:
+    """Stop several processes at once: SIGTERM to all, then wait for each within one shared
+    ``timeout`` (SIGKILL to any still running after it)."""
+    children = list(children)
+    for child in children:
+        if child.alive():
+            _signal_group(child.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for child in children:
+        child.stop(max(deadline - time.monotonic(), 0.1))
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

@@ -31,9 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterable
@@ -46,7 +44,7 @@ from urllib.parse import quote
 import redis
 
 from .embedded import redis_binary
-from .processes import ChildProcess, StackError, free_port, spawn, wait_for_port
+from .processes import ChildProcess, StackError, free_port, spawn, stop_all, wait_for_port
 from .shared.logs import get_logger
 from .shared.redis_connection import connect
 from .shared.settings import Settings
@@ -195,10 +193,7 @@ class _Servers:
         """SIGKILL ``node``'s process, as a crash would; returns the monotonic time of the kill."""
         if node.process is None or not node.alive():
             raise StackError(f"{node.name} does not run")
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(node.process.pid, signal.SIGKILL)
-        killed_at = time.monotonic()
-        node.process.popen.wait(10)
+        killed_at = node.process.kill()
         log.info("redis node killed", extra={"node": node.name, "pid": node.process.pid})
         return killed_at
 
@@ -212,14 +207,7 @@ class _Servers:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop every process started: SIGTERM to all at once, SIGKILL after ``timeout``."""
-        running = [node.process for node in self.nodes if node.process is not None]
-        for child in running:
-            if child.alive():
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(child.pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        for child in running:
-            child.stop(max(deadline - time.monotonic(), 0.1))
+        stop_all((node.process for node in self.nodes if node.process is not None), timeout)
 
     def pids(self) -> dict[str, int]:
         """Node name -> PID of every process started so far (running or not)."""

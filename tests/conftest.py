@@ -19,12 +19,10 @@ import redis
 
 from streamrec.processes import free_port
 from streamrec.shared.contracts import RedisKeys
-from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
-from streamrec.synthetic import generate
 
-from support import LiveStack, TrainedStack, broker_of_its_own, chosen_broker
+from support import LiveStack, TrainedStack, broker_of_its_own, chosen_broker, train_once
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -75,11 +73,4 @@ def live_stack(
 @pytest.fixture(scope="session")
 def trained_stack(live_stack: LiveStack) -> TrainedStack:
     """Stream a synthetic dataset in, wait for ingest, train once via the CLI, wait for the scorer."""
-    events = generate(users=80, items=60, clusters=4, events_per_user=(6, 20), seed=3)
-    live_stack.stream_in(events, "synthetic")
-
-    result = live_stack.cli("train", "--once")
-    assert result.returncode == 0, result.stderr[-3000:]
-    version = ModelRegistry(live_stack.settings.model_dir).promoted_version()
-    assert version is not None and version in result.stdout
-    return TrainedStack(live_stack, events, version)
+    return train_once(live_stack)

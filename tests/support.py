@@ -25,7 +25,8 @@ from confluent_kafka.admin import AdminClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.ingest.features import UserState, apply_event
-from streamrec.kafka_cluster import ApacheKafka
+from streamrec.kafka_cluster import ApacheKafka, java_binary, kafka_libs
+from streamrec.processes import StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import CachedList, RedisKeys, decode_feature_batch
 from streamrec.shared.events import Interaction, parse_event
@@ -60,6 +61,15 @@ def broker_of_its_own(run_dir: Path, nodes: int = 1) -> Iterator[dict[str, str]]
         return
     with ApacheKafka(run_dir / "apache-kafka", nodes=nodes) as kafka:
         yield {"kafka_bootstrap": kafka.bootstrap}
+
+
+def require_apache_kafka() -> None:
+    """Skip the calling test if Apache Kafka's jars or Java are missing (``scripts/fetch-kafka``)."""
+    try:
+        kafka_libs()
+        java_binary()
+    except StackError as exc:
+        pytest.skip(str(exc))
 
 
 def wait_for(condition: Callable[[], object], timeout: float, what: str, interval: float = 0.25) -> object:
@@ -415,8 +425,8 @@ def on_each_redis(name: str) -> Any:
 
 
 def train_once(live: LiveStack) -> TrainedStack:
-    """Stream the session's synthetic dataset in, wait for ingest, train once via the CLI: what
-    tests/conftest.py's ``trained_stack`` does to the session stack, for the cluster stack."""
+    """Stream the session's synthetic dataset in, wait for ingest, train once via the CLI (the
+    session stack's ``trained_stack``, and the cluster stack's)."""
     events = generate(users=80, items=60, clusters=4, events_per_user=(6, 20), seed=3)
     live.stream_in(events, "synthetic")
     result = live.cli("train", "--once")

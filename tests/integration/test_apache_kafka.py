@@ -22,10 +22,10 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import NewTopic
 
-from streamrec.kafka_cluster import ApacheKafka, java_binary, kafka_libs
+from streamrec.kafka_cluster import ApacheKafka
 from streamrec.processes import StackError
 
-from support import wait_for
+from support import require_apache_kafka, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -34,11 +34,7 @@ REPLICATED = "replicated"
 
 @pytest.fixture(autouse=True)
 def _kafka_fetched() -> None:
-    try:
-        kafka_libs()
-        java_binary()
-    except StackError as exc:
-        pytest.skip(str(exc))
+    require_apache_kafka()
 
 
 def _running(pid: int) -> bool:

@@ -54,8 +54,8 @@ from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
 from streamrec.ingest.bundles import partition_for
-from streamrec.kafka_cluster import ApacheKafka, java_binary, kafka_libs
-from streamrec.processes import ChildProcess, StackError
+from streamrec.kafka_cluster import ApacheKafka
+from streamrec.processes import ChildProcess
 from streamrec.publisher import Publisher, PublishError, dataset_events, publish_stream
 from streamrec.shared.contracts import INGEST_GROUP, SCORER_GROUP, CachedList, RedisKeys
 from streamrec.shared.events import Interaction, parse_event
@@ -70,6 +70,7 @@ from support import (
     expected_features,
     metric_total,
     prefixed,
+    require_apache_kafka,
     touch_events,
     wait_for,
 )
@@ -83,11 +84,7 @@ SETTLE_TIMEOUT = 180.0  # for everything published to reach features, lists and 
 
 @pytest.fixture(autouse=True)
 def _kafka_fetched() -> None:
-    try:
-        kafka_libs()
-        java_binary()
-    except StackError as exc:
-        pytest.skip(str(exc))
+    require_apache_kafka()
 
 
 # --- a stack on Apache Kafka ----------------------------------------------------------------------
