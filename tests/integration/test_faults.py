@@ -1,7 +1,8 @@
 """Crashes and outages: real kills and real outages of a stack of its own; nothing is lost.
 
-One stack for the whole module (so the shared session stack is never disturbed): an embedded
-broker reached only through a :class:`support.TcpProxy` (the broker advertises the proxy's
+One stack for the whole module (so the shared session stack is never disturbed): a broker of its
+own (one Apache Kafka node; the embedded broker with ``STREAMREC_TEST_BROKER=embedded``) reached
+only through a :class:`support.TcpProxy` (the broker advertises the proxy's
 address, so every client goes through it), a Redis this module starts and stops itself, and
 ingest, scorer and trainer as real processes. The tests run in file order and each leaves the
 stack healthy: kill -9 of ingest mid-replay, kill -9 of the scorer, Redis down for 10 s, the
@@ -16,6 +17,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ import pytest
 import redis
 
 from streamrec.embedded import broker_binary, start_redis
+from streamrec.kafka_cluster import ApacheKafka
 from streamrec.processes import ChildProcess, free_port, spawn, wait_for_port
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import RedisKeys
@@ -36,6 +39,7 @@ from support import (
     FeatureReader,
     LiveStack,
     TcpProxy,
+    chosen_broker,
     expected_features,
     metric_total,
     prefixed,
@@ -94,64 +98,88 @@ class FaultStack:
         wait_for(ready, timeout, f"{name} to be ready")
 
 
+@contextmanager
+def broker_behind_a_proxy(run_dir: Path) -> Iterator[TcpProxy]:
+    """A broker of the module's own that listens on a port of its own but advertises the proxy's:
+    metadata sends every client (after bootstrap) to the proxy, so cutting the proxy cuts the
+    broker off for everyone. One Apache Kafka node, or the embedded broker with
+    ``STREAMREC_TEST_BROKER=embedded``."""
+    proxy_port = free_port()
+    if chosen_broker() == "embedded":
+        broker_port = free_port()
+        broker = spawn(
+            "broker",
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url",
+                f"tcp://127.0.0.1:{broker_port}",
+                "--advertised-listener-url",
+                f"tcp://127.0.0.1:{proxy_port}",
+            ],
+            run_dir / "broker.log",
+        )
+        proxy = TcpProxy(("127.0.0.1", broker_port), proxy_port)
+        try:
+            wait_for_port("127.0.0.1", broker_port, 30, broker)
+            yield proxy
+        finally:
+            proxy.close()
+            broker.stop()
+        return
+    kafka = ApacheKafka(
+        run_dir / "apache-kafka",
+        server_properties={"advertised.listeners": f"PLAINTEXT://127.0.0.1:{proxy_port}"},
+    )
+    proxy = TcpProxy(("127.0.0.1", kafka.nodes[0].broker_port), proxy_port)
+    try:
+        with kafka:  # its readiness check already goes through the proxy
+            yield proxy
+    finally:
+        proxy.close()
+
+
 @pytest.fixture(scope="module")
 def faults(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultStack]:
     run_dir = tmp_path_factory.mktemp("faults")
-    broker_port, proxy_port, redis_port = free_port(), free_port(), free_port()
-    # The broker listens on its own port but advertises the proxy's: metadata sends every client
-    # (after bootstrap) to the proxy, so cutting the proxy cuts the broker off for everyone.
-    broker = spawn(
-        "broker",
-        [
-            broker_binary(),
-            "broker",
-            "--listener-url",
-            f"tcp://127.0.0.1:{broker_port}",
-            "--advertised-listener-url",
-            f"tcp://127.0.0.1:{proxy_port}",
-        ],
-        run_dir / "broker.log",
-    )
-    proxy = TcpProxy(("127.0.0.1", broker_port), proxy_port)
+    redis_port = free_port()
     redis_dir = run_dir / "redis"
-    redis_child, redis_url = start_redis(redis_dir, port=redis_port)
     handle: FaultStack | None = None
     stack: Stack | None = None
-    try:
-        wait_for_port("127.0.0.1", broker_port, 30, broker)
-        settings = Settings(
-            kafka_bootstrap=proxy.address,
-            redis_url=redis_url,
-            partitions=2,
-            popular_publish_seconds=1.0,
-            scorer_batch_wait_ms=10,
-            top_n=20,
-            # The trainer only keeps its event log here: no training cycle competes for the CPU.
-            train_trigger="all",  # both conditions, neither ever met (a first cycle would be due at once)
-            train_min_new_events=10**9,
-            train_interval_seconds=10**6,
-            log_level="INFO",
-            ingest_stop_timeout_seconds=10.0,  # test 6 waits for it
-        ).with_data_dir(run_dir / "data")
-        stack = Stack(settings, run_dir, ("ingest", "scorer", "trainer")).start()
-        live = stack.settings
-        client = redis.Redis.from_url(live.redis_url or "")
-        handle = FaultStack(
-            LiveStack(stack, live, client, RedisKeys(live.redis_prefix)),
-            proxy,
-            redis_child,
-            redis_port,
-            redis_dir,
-        )
-        for name in ("ingest", "scorer", "trainer"):
-            handle.wait_ready(name)
-        yield handle
-    finally:
-        if stack is not None:
-            stack.stop()
-        (handle.redis_child if handle else redis_child).stop()
-        proxy.close()
-        broker.stop()
+    with broker_behind_a_proxy(run_dir) as proxy:
+        redis_child, redis_url = start_redis(redis_dir, port=redis_port)
+        try:
+            settings = Settings(
+                kafka_bootstrap=proxy.address,
+                redis_url=redis_url,
+                partitions=2,
+                popular_publish_seconds=1.0,
+                scorer_batch_wait_ms=10,
+                top_n=20,
+                # The trainer only keeps its event log here: no training cycle competes for the CPU.
+                train_trigger="all",  # both conditions, neither ever met (a first cycle would be due at once)
+                train_min_new_events=10**9,
+                train_interval_seconds=10**6,
+                log_level="INFO",
+                ingest_stop_timeout_seconds=10.0,  # test 6 waits for it
+            ).with_data_dir(run_dir / "data")
+            stack = Stack(settings, run_dir, ("ingest", "scorer", "trainer")).start()
+            live = stack.settings
+            client = redis.Redis.from_url(live.redis_url or "")
+            handle = FaultStack(
+                LiveStack(stack, live, client, RedisKeys(live.redis_prefix)),
+                proxy,
+                redis_child,
+                redis_port,
+                redis_dir,
+            )
+            for name in ("ingest", "scorer", "trainer"):
+                handle.wait_ready(name)
+            yield handle
+        finally:
+            if stack is not None:
+                stack.stop()
+            (handle.redis_child if handle else redis_child).stop()
 
 
 @pytest.fixture(autouse=True)
