@@ -218,6 +218,7 @@ class ScorerService:
                     # and holds a first join for half the session timeout.
                     "fetch.wait.max.ms": self.settings.kafka_fetch_wait_ms,
                     "session.timeout.ms": self.settings.kafka_session_timeout_ms,
+                    "on_commit": self._on_commit,
                 },
             )
         )
@@ -261,7 +262,7 @@ class ScorerService:
                 if batch:
                     self._process_user_batch(batch)
                 if self.owed_offsets and time.monotonic() - self.committed_at >= COMMIT_SECONDS:
-                    self._commit_owed()  # also when traffic stopped: the last batches get committed
+                    self._commit_owed(wait=False)  # also when traffic stopped: the last batches get committed
                 self._rescore_step()
                 self._similar_step()
                 self._write_catalog_if_due()
@@ -492,8 +493,11 @@ class ScorerService:
         self.counts["batches"] += 1
         self.counts["messages"] += len(messages)
 
-    def _commit_owed(self, partitions: set[int] | None = None) -> None:
-        """Commit the offsets of written batches (of ``partitions`` only, if given)."""
+    def _commit_owed(self, partitions: set[int] | None = None, wait: bool = True) -> None:
+        """Commit the offsets of written batches (of ``partitions`` only, if given). With ``wait``
+        False the commit is sent and the loop goes on (the periodic commit: a replicated commit took
+        10-330 ms on three brokers, a stall of every list behind it); a failure is then logged by
+        :meth:`_on_commit`. Revoke and stop wait: the next owner starts from what they commit."""
         assert self.users is not None
         owed = {
             key: offset
@@ -507,10 +511,16 @@ class ScorerService:
             return
         offsets = [TopicPartition(topic, part, offset) for (topic, part), offset in owed.items()]
         try:
-            self.users.commit(offsets=offsets, asynchronous=False)
+            self.users.commit(offsets=offsets, asynchronous=not wait)
         except KafkaException as exc:
+            self._on_commit(exc.args[0] if exc.args else exc, offsets)
+
+    @staticmethod
+    def _on_commit(error: object, _offsets: list[TopicPartition]) -> None:
+        """The outcome of a commit (a consumer callback for those not waited for)."""
+        if error is not None:
             # E.g. the partition moved to another scorer meanwhile: it re-delivers and re-scores.
-            log.warning("offset commit failed; the batches will be re-scored", extra={"error": str(exc)})
+            log.warning("offset commit failed; the batches will be re-scored", extra={"error": str(error)})
 
     # --- scoring -----------------------------------------------------------------------------
 
