@@ -68,7 +68,7 @@ from streamrec.synthetic import generate
 from streamrec.topics import accepted_events_counter
 
 from .broker_cost import count_record_batches
-from .brokers import Broker, broker, chosen
+from .brokers import Broker, BrokerChoice, broker, chosen
 from .harness import RUNS, Figure, Section, image_path, percentile
 from .plots import latency_cdf
 from .progress import PipelineProgress
@@ -527,7 +527,9 @@ def _run_once(
     settings = stack.settings
     marks = _marks(settings)
     written_before = _written(settings)
-    _progress(f"  run {run + 1}/{size.runs}: {size.events:,} events at {size.rate:,.0f}/s")
+    warm_up = kafka.choice.warm_up_runs
+    label = f"warm-up run {run + 1}/{warm_up}" if run < warm_up else f"run {run - warm_up + 1}/{size.runs}"
+    _progress(f"  {label}: {size.events:,} events at {size.rate:,.0f}/s")
     pids = {name: child.pid for name, child in stack.processes().items()} | kafka.pids()
     brokers = [name for name in pids if name == "broker" or name.startswith("kafka-")]
     pids["benchmark (producer, Redis listener)"] = os.getpid()  # it shares the cores too
@@ -548,7 +550,7 @@ def _run_once(
     if latencies:
         p50, p99 = percentile(latencies, 50), percentile(latencies, 99)
         _progress(
-            f"  run {run + 1}: publish -> list p50 {p50:,.0f} ms, p99 {p99:,.0f} ms "
+            f"  {label}: publish -> list p50 {p50:,.0f} ms, p99 {p99:,.0f} ms "
             f"(the host stole {stolen:.0f}% of a core)"
         )
     _progress(f"  record batches written during the run, per topic: {per_topic}")
@@ -732,7 +734,9 @@ def run(quick: bool) -> list[Section]:
         try:
             settings = stack.settings
             users, items, version = _warm_up(stack, size)
-            results = [_run_once(stack, size, n, users, items, version, kafka) for n in range(size.runs)]
+            warm_up = kafka.choice.warm_up_runs  # measured, then discarded: a JVM broker warms up
+            runs = range(warm_up + size.runs)
+            results = [_run_once(stack, size, n, users, items, version, kafka) for n in runs][warm_up:]
             drain_size = _drain_size(quick)
             drains = [_drain(stack, n, users, items, drain_size) for n in range(size.runs)]
         finally:
@@ -757,7 +761,7 @@ def run(quick: bool) -> list[Section]:
             f"Freshness (figure 2){on}",
             command,
             _figures(size, results),
-            description=_description(size, settings, choice.label),
+            description=_description(size, settings, choice),
             images=images,
         ),
         Section(
@@ -916,7 +920,14 @@ def _command(size: Size, quick: bool) -> str:
     return " ".join([*env, *knobs, "python -m bench --only freshness"])
 
 
-def _description(size: Size, settings: Settings, broker_label: str) -> str:
+def _description(size: Size, settings: Settings, choice: BrokerChoice) -> str:
+    broker_label = choice.label
+    warm_up = (
+        f" Before the measured runs, {choice.warm_up_runs} runs the same are made and discarded: a JVM "
+        "broker compiles its hot paths as it runs (`bench/brokers.py`)."
+        if choice.warm_up_runs
+        else ""
+    )
     replicated = (
         f", topics at replication factor {settings.replication_factor} (min.insync.replicas 2)"
         if settings.replication_factor > 1
@@ -925,7 +936,7 @@ def _description(size: Size, settings: Settings, broker_label: str) -> str:
     return (
         f"{size.runs} run{'s' if size.runs > 1 else ''} on one stack ({broker_label}{replicated}, embedded "
         f"Redis, one ingest worker, one scorer, {PARTITIONS} partitions). Warm-up: a synthetic stream over {size.users:,} users, one SASRec model "
-        f"trained ({TRAIN_EPOCHS} epochs) and served, every list from it. Each run publishes {size.events:,} "
+        f"trained ({TRAIN_EPOCHS} epochs) and served, every list from it.{warm_up} Each run publishes {size.events:,} "
         f"events at {size.rate:,.0f}/s ({size.seconds:g} s), cycling over the users (one event per user every "
         f"{size.users / size.rate:g} s), with a paced aiokafka producer (linger {PRODUCER_LINGER_MS} ms), and "
         "times each user's next list rewrite from Redis keyspace notifications. The baseline is the same "
