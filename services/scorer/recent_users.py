@@ -107,11 +107,13 @@ class PartitionTail:
         [tp] = self.consumer.committed([TopicPartition(self.topic, partition)], timeout=self.timeout_s)
         return tp.offset if tp.offset >= 0 else -1
 
-    def latest_histories(self, partition: int, end: int, messages: int) -> OrderedDict[str, list[str]]:
-        """Each user's latest history in (at most) the last ``messages`` messages before offset
-        ``end`` of ``partition``, least recently seen first. Users erased there are left out. What
-        Kafka does not give within the timeout is missed (those users are re-scored only once they
-        act again), never wrong."""
+    def latest_histories(
+        self, partition: int, end: int, messages: int, users: int
+    ) -> OrderedDict[str, list[str]]:
+        """The latest history of (at most) the ``users`` most recently seen users in (at most) the
+        last ``messages`` messages before offset ``end`` of ``partition``, least recently seen
+        first. Users erased there are left out. What Kafka does not give within the timeout is
+        missed (those users are re-scored only once they act again), never wrong."""
         histories: OrderedDict[str, list[str]] = OrderedDict()
         deadline = time.monotonic() + self.timeout_s
         try:
@@ -130,7 +132,7 @@ class PartitionTail:
                 if not batch:  # the rest was compacted or deleted away: nothing more to read
                     break
                 position = batch[-1].offset() + 1
-                if self._fold(batch, end, histories):
+                if self._fold(batch, end, histories, users):
                     break
             else:
                 log.warning(
@@ -150,9 +152,17 @@ class PartitionTail:
         return histories
 
     @staticmethod
-    def _fold(batch: list[Message], end: int, histories: OrderedDict[str, list[str]]) -> bool:
-        """Fold messages below ``end`` into ``histories`` as the real-time path would; True once
-        ``end`` is reached."""
+    def _fold(batch: list[Message], end: int, histories: OrderedDict[str, list[str]], users: int) -> bool:
+        """Fold messages below ``end`` into ``histories`` as the real-time path would, keeping the
+        ``users`` most recently seen; True once ``end`` is reached."""
+        done = PartitionTail._fold_messages(batch, end, histories)
+        while len(histories) > users:  # a backlog's messages hold thousands of users each
+            histories.popitem(last=False)
+        return done
+
+    @staticmethod
+    def _fold_messages(batch: list[Message], end: int, histories: OrderedDict[str, list[str]]) -> bool:
+        """:meth:`_fold` without the bound on users."""
         for message in batch:
             if message.error():
                 continue

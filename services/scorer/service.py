@@ -81,6 +81,9 @@ log = get_logger(__name__)
 IDLE_POLL_SECONDS = (
     0.25  # longest block waiting for traffic; bounds the reaction time to control messages (a hidden item)
 )
+# At most this many user-features messages are read back per partition gained (a message holds the
+# users of one ingest run: a dozen in a live stream, thousands in a backlog), within 10 s.
+RECALL_MESSAGES = 5000
 COMMIT_SECONDS = 1.0  # offsets of written batches are committed at most this often (and on revoke, stop)
 PROMOTED_CHECK_SECONDS = 10.0  # re-read the registry's PROMOTED this often (covers lost announcements)
 PROGRESS_LOG_SECONDS = 60.0
@@ -392,8 +395,12 @@ class ScorerService:
         if committed == self.scored_to.get(partition):
             return  # this scorer scored the partition last: what it remembers is current
         self.recent.forget_partition(partition)
-        lookback = max(1, self.recent.capacity // max(1, self.settings.partitions))
-        histories = self.tail.latest_histories(partition, committed, lookback) if committed >= 0 else {}
+        share = max(1, self.recent.capacity // max(1, self.settings.partitions))
+        histories = (
+            self.tail.latest_histories(partition, committed, min(share, RECALL_MESSAGES), share)
+            if committed >= 0
+            else {}
+        )
         recalled = [
             user
             for user, history in reversed(histories.items())  # most recent first: each goes behind

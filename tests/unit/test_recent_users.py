@@ -81,6 +81,10 @@ def test_a_partition_tail_keeps_each_users_latest_history_in_order_and_leaves_er
         _Message(12, {"c": ["4"]}, forgotten=["b"]),  # b erased: never re-scored
         _Message(13, {"d": ["5"]}),  # at the committed offset: the group has not scored it
     ]
-    assert PartitionTail._fold(batch[:2], end=13, histories=histories) is False  # more to read
-    assert PartitionTail._fold(batch[2:], end=13, histories=histories) is True
+    assert PartitionTail._fold(batch[:2], end=13, histories=histories, users=10) is False  # more to read
+    assert PartitionTail._fold(batch[2:], end=13, histories=histories, users=10) is True
     assert list(histories.items()) == [("a", ["1", "3"]), ("c", ["4"])]
+
+    kept: OrderedDict[str, list[str]] = OrderedDict()
+    PartitionTail._fold(batch, end=13, histories=kept, users=1)  # room for one: the most recent
+    assert list(kept.items()) == [("c", ["4"])]

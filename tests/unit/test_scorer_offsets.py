@@ -1,0 +1,139 @@
+"""The scorer's offsets, no server: an offset is owed (and then committed) only once the lists of its
+batch are written, and a partition gained has its users recalled unless this scorer scored it last.
+
+The same against real brokers: tests/integration/test_faults.py (kill -9 of the scorer) and
+test_scale_out.py (a model swap after a scorer left).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from confluent_kafka import TopicPartition
+
+from streamrec.scorer.service import ScoredLists, ScorerService
+from streamrec.shared.contracts import FeatureBatch, UserSnapshot
+from streamrec.shared.settings import Settings
+
+TOPIC = "streamrec.user-features"
+
+
+class Message:
+    """What the scorer reads of a confluent-kafka message."""
+
+    def __init__(self, partition: int, offset: int, users: dict[str, list[str]]) -> None:
+        self._partition, self._offset = partition, offset
+        self._value = FeatureBatch(
+            users=[UserSnapshot(user, history, len(history)) for user, history in users.items()],
+            events=[],
+            updated_at=0.0,
+        ).to_json()
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
+
+
+class Commits:
+    """Stands in for the scorer's group consumer: records the commits asked for."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[tuple[int, int]], bool]] = []
+
+    def commit(self, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.calls.append(([(tp.partition, tp.offset) for tp in offsets], asynchronous))
+
+    def get_watermark_offsets(self, partition: TopicPartition, cached: bool = False) -> tuple[int, int]:
+        return (0, 100)  # for the lag gauge
+
+    def close(self) -> None:
+        pass
+
+
+class Tail:
+    """Stands in for PartitionTail: a committed offset and the users before it, per partition."""
+
+    def __init__(self, committed: dict[int, int], histories: dict[int, dict[str, list[str]]]) -> None:
+        self._committed, self._histories = committed, histories
+        self.read: list[int] = []
+        self.consumer = Commits()
+
+    def committed(self, partition: int) -> int:
+        return self._committed.get(partition, -1)
+
+    def latest_histories(self, partition: int, end: int, messages: int, users: int) -> OrderedDict:
+        self.read.append(partition)
+        return OrderedDict(self._histories.get(partition, {}))
+
+
+@pytest.fixture
+def scorer(tmp_path: Path) -> Iterator[ScorerService]:
+    service = ScorerService(
+        Settings(kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:1/0", data_dir=tmp_path)
+    )
+    service.users = Commits()  # type: ignore[assignment]
+    service._score = lambda histories: ScoredLists({u: b"list" for u in histories}, len(histories), 0)  # type: ignore[method-assign]
+    yield service
+    service.close()
+
+
+def test_an_offset_is_owed_only_once_its_lists_are_written(
+    scorer: ScorerService, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def redis_down(scored: ScoredLists, trigger: str) -> None:
+        raise redis.ConnectionError("Redis is away")
+
+    monkeypatch.setattr(scorer, "_write_lists", redis_down)
+    with pytest.raises(redis.ConnectionError):
+        scorer._process_user_batch([Message(0, 41, {"a": ["i1"]})])  # type: ignore[list-item]
+    assert scorer.owed_offsets == {}
+    scorer._commit_owed(wait=False)
+    assert scorer.users.calls == []  # type: ignore[union-attr]
+
+    written: list[str] = []
+    monkeypatch.setattr(scorer, "_write_lists", lambda scored, trigger: written.extend(scored.values))
+    scorer._process_user_batch([Message(0, 41, {"a": ["i1"]}), Message(1, 7, {"b": ["i2"]})])  # type: ignore[list-item]
+    assert sorted(written) == ["a", "b"]
+    assert scorer.owed_offsets == {(TOPIC, 0): 42, (TOPIC, 1): 8}  # the next offsets to read
+
+    scorer._commit_owed(wait=False)  # the periodic commit does not wait for the broker
+    scorer._process_user_batch([Message(1, 8, {"b": ["i2", "i3"]})])  # type: ignore[list-item]
+    scorer._commit_owed({1})  # a revoke waits, and commits only the revoked partition's
+    assert scorer.users.calls == [([(0, 42), (1, 8)], True), ([(1, 9)], False)]  # type: ignore[union-attr]
+    assert scorer.owed_offsets == {}
+
+
+def test_a_partition_gained_has_its_users_recalled_unless_this_scorer_scored_it_last(
+    scorer: ScorerService,
+) -> None:
+    scorer._write_lists = lambda scored, trigger: None  # type: ignore[method-assign]
+    scorer._process_user_batch([Message(0, 9, {"mine": ["i1"]}), Message(1, 4, {"stale": ["i0"]})])  # type: ignore[list-item]
+    scorer.assigned_partitions = {0, 1}
+    scorer._commit_owed()
+    # Another scorer had partition 1 meanwhile and scored up to offset 20.
+    scorer.tail = Tail({0: 10, 1: 20}, {0: {"mine": ["old"]}, 1: {"stale": ["i0", "i5"], "x": ["i6"]}})  # type: ignore[assignment]
+    scorer.model = object()  # type: ignore[assignment]  # a served model: recalled users are queued
+
+    scorer._on_revoke(None, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
+    scorer._on_assign(None, [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)])  # type: ignore[arg-type]
+
+    assert scorer.tail.read == [1]  # type: ignore[attr-defined]  # partition 0: this scorer's memory is current
+    assert scorer.recent.get("mine").history == ["i1"]  # type: ignore[union-attr]
+    assert scorer.recent.get("stale").history == ["i0", "i5"]  # type: ignore[union-attr]  # what the other saw
+    assert list(scorer.rescore_queue) == ["x", "stale"]  # most recently seen first
+    assert scorer.rescore_unless_current == {"x", "stale"}
