@@ -28,7 +28,7 @@ from streamrec.ingest.features import UserState, apply_event
 from streamrec.kafka_cluster import ApacheKafka, java_binary, kafka_libs
 from streamrec.processes import StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
-from streamrec.shared.contracts import CachedList, RedisKeys, decode_feature_batch
+from streamrec.shared.contracts import CachedList, FeatureBatch, RedisKeys, UserSnapshot, decode_feature_batch
 from streamrec.shared.events import Interaction, parse_event
 from streamrec.shared.kafka_config import client_config
 from streamrec.shared.registry import ModelRegistry
@@ -61,6 +61,42 @@ def broker_of_its_own(run_dir: Path, nodes: int = 1) -> Iterator[dict[str, str]]
         return
     with ApacheKafka(run_dir / "apache-kafka", nodes=nodes) as kafka:
         yield {"kafka_bootstrap": kafka.bootstrap}
+
+
+class FeatureMessage:
+    """A user-features message as confluent-kafka hands it over (for unit tests of its readers):
+    the users with their histories, the users erased, and where it sits."""
+
+    def __init__(
+        self,
+        offset: int,
+        users: dict[str, list[str]],
+        forgotten: tuple[str, ...] = (),
+        partition: int = 0,
+        topic: str = "streamrec.user-features",
+    ) -> None:
+        self._offset, self._partition, self._topic = offset, partition, topic
+        self._value = FeatureBatch(
+            users=[UserSnapshot(user, history, len(history)) for user, history in users.items()],
+            events=[],
+            updated_at=0.0,
+            forgotten=list(forgotten),
+        ).to_json()
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return self._topic
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return self._value
 
 
 def require_apache_kafka() -> None:

@@ -102,10 +102,13 @@ class PartitionTail:
         self.topic = topic
         self.timeout_s = timeout_s
 
-    def committed(self, partition: int) -> int:
-        """The group's committed offset of ``partition`` (-1 if none); raises KafkaException."""
-        [tp] = self.consumer.committed([TopicPartition(self.topic, partition)], timeout=self.timeout_s)
-        return tp.offset if tp.offset >= 0 else -1
+    def committed(self, partitions: list[int]) -> dict[int, int]:
+        """The group's committed offset of each of ``partitions`` (-1 if none), in one request;
+        raises KafkaException."""
+        asked = [TopicPartition(self.topic, partition) for partition in partitions]
+        return {
+            tp.partition: max(tp.offset, -1) for tp in self.consumer.committed(asked, timeout=self.timeout_s)
+        }
 
     def latest_histories(
         self, partition: int, end: int, messages: int, users: int

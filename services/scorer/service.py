@@ -161,10 +161,10 @@ class ScorerService:
         self._catalog_written_at = 0.0  # monotonic; the catalog is dirty if it changed since
         self._blocked: tuple[str, frozenset[str], np.ndarray] | None = None  # model version, items, indices
         self.recent = RecentUsers(settings.scorer_recent_users)
-        self.rescore_queue: OrderedDict[str, None] = OrderedDict()
-        # Queued users read back from Kafka on assignment: re-scored only if their list in Redis is
-        # not from the served model (the partition's previous owner may have re-scored them).
-        self.rescore_unless_current: set[str] = set()
+        # User -> whether to check Redis first: users read back from Kafka on assignment are
+        # re-scored only if their list is not from the served model (the partition's previous owner
+        # may have re-scored them already).
+        self.rescore_queue: OrderedDict[str, bool] = OrderedDict()
         self.tail: PartitionTail | None = None
         self.scored_to: dict[int, int] = {}  # partition -> next offset after the last batch written
         self.refused_versions: set[str] = set()
@@ -376,22 +376,23 @@ class ScorerService:
         gained = sorted({tp.partition for tp in partitions} - self.assigned_partitions)
         self.assigned_partitions |= set(gained)
         log.info("partitions assigned", extra={"partitions": sorted(self.assigned_partitions)})
+        if not gained or self.tail is None or self.recent.capacity == 0:
+            return
+        try:
+            committed = self.tail.committed(gained)
+        except KafkaException as exc:
+            log.warning("cannot read the committed offsets to recall users", extra={"error": str(exc)})
+            return
         # Before any of their messages is scored: what the real-time path sees next is newer.
         for partition in gained:
-            self._recall_users(partition)
+            self._recall_users(partition, committed.get(partition, -1))
 
-    def _recall_users(self, partition: int) -> None:
-        """Remember the users the partition's previous owner scored last (unless this scorer was
-        that owner), and queue them for re-scoring if a model is served (their lists may be from an
-        older one)."""
-        if self.tail is None or self.recent.capacity == 0:
-            return
+    def _recall_users(self, partition: int, committed: int) -> None:
+        """Remember the users the partition's previous owner scored last, up to the group's
+        ``committed`` offset (unless this scorer was that owner), and queue them for re-scoring if
+        a model is served (their lists may be from an older one)."""
+        assert self.tail is not None
         started = time.monotonic()
-        try:
-            committed = self.tail.committed(partition)
-        except KafkaException as exc:
-            log.warning("cannot read the committed offset to recall users", extra={"error": str(exc)})
-            return
         if committed == self.scored_to.get(partition):
             return  # this scorer scored the partition last: what it remembers is current
         self.recent.forget_partition(partition)
@@ -410,9 +411,7 @@ class ScorerService:
             if recalled and not self.rescore_queue:
                 self._rescore_started = time.monotonic()
             for user in recalled:
-                if user not in self.rescore_queue:
-                    self.rescore_queue[user] = None
-                    self.rescore_unless_current.add(user)
+                self.rescore_queue.setdefault(user, True)
         log.info(
             "recent users of a partition recalled",
             extra={
@@ -470,7 +469,6 @@ class ScorerService:
                 updated_at[user.user_id] = batch.updated_at
                 self.recent.remember(user.user_id, user.history, message.partition())
                 self.rescore_queue.pop(user.user_id, None)  # scored now, with the current model
-                self.rescore_unless_current.discard(user.user_id)
             # In message order: an earlier message's list of an erased user is not written, a
             # later one (the user's new history) is, after the delete.
             for user_id in batch.forgotten:
@@ -479,7 +477,6 @@ class ScorerService:
                 updated_at.pop(user_id, None)
                 self.recent.forget(user_id)
                 self.rescore_queue.pop(user_id, None)
-                self.rescore_unless_current.discard(user_id)
         if erased:
             self._delete_lists(list(erased))
         self._observe_cooccurrence(histories.values())
@@ -804,8 +801,7 @@ class ScorerService:
 
     def _queue_rescore(self) -> None:
         """Re-score every remembered user, most recent first, in chunks between real-time batches."""
-        self.rescore_queue = OrderedDict.fromkeys(self.recent.most_recent_first())
-        self.rescore_unless_current.clear()  # every list predates this model
+        self.rescore_queue = OrderedDict.fromkeys(self.recent.most_recent_first(), False)  # all predate it
         self._rescore_started = time.monotonic()
 
     def _seconds_until_rescore(self) -> float:
@@ -820,13 +816,16 @@ class ScorerService:
         if self._seconds_until_rescore() > 0:
             return
         histories: dict[str, list[str]] = {}
+        check: list[str] = []  # of those, the users to re-score only if Redis holds an older list
         while self.rescore_queue and len(histories) < self.settings.scorer_batch_size:
-            user, _ = self.rescore_queue.popitem(last=False)
+            user, check_first = self.rescore_queue.popitem(last=False)
             remembered = self.recent.get(user)
             # A user whose partition moved to another scorer is that scorer's to write now.
             if remembered is not None and remembered.partition in self.assigned_partitions:
                 histories[user] = remembered.history
-        for user in self._current_already(histories):
+                if check_first:
+                    check.append(user)
+        for user in self._current_already(check):
             del histories[user]
         self._write_lists(self._score(histories), trigger="rescore")
         self.counts["rescored"] += len(histories)
@@ -842,12 +841,10 @@ class ScorerService:
                 },
             )
 
-    def _current_already(self, histories: dict[str, list[str]]) -> list[str]:
-        """The recalled users among ``histories`` whose list in Redis is from the served model."""
-        check = [user for user in histories if user in self.rescore_unless_current]
+    def _current_already(self, check: list[str]) -> list[str]:
+        """The users among ``check`` whose list in Redis is from the served model."""
         if not check or self.model is None:
             return []
-        self.rescore_unless_current.difference_update(check)
         keys = [self.keys.recs(user) for user in check]
         values = self._retry("read recalled users' lists", lambda: get_many(self.redis, keys))
         version = self.model.version

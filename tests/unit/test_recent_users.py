@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections import OrderedDict
 
 from streamrec.scorer.recent_users import PartitionTail, RecentUsers
-from streamrec.shared.contracts import FeatureBatch, UserSnapshot
+
+from support import FeatureMessage
 
 
 def test_recent_users_keep_the_latest_history_and_evict_the_least_recently_seen() -> None:
@@ -51,35 +52,13 @@ def test_users_read_back_from_kafka_are_older_than_any_seen_and_never_override_t
     assert recent.most_recent_first() == ["r1"]
 
 
-class _Message:
-    """What PartitionTail reads of a confluent-kafka message."""
-
-    def __init__(self, offset: int, users: dict[str, list[str]], forgotten: tuple[str, ...] = ()) -> None:
-        self._offset = offset
-        self._value = FeatureBatch(
-            users=[UserSnapshot(user, history, len(history)) for user, history in users.items()],
-            events=[],
-            updated_at=0.0,
-            forgotten=list(forgotten),
-        ).to_json()
-
-    def error(self) -> None:
-        return None
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
-
-
 def test_a_partition_tail_keeps_each_users_latest_history_in_order_and_leaves_erased_users_out() -> None:
     histories: OrderedDict[str, list[str]] = OrderedDict()
     batch = [
-        _Message(10, {"a": ["1"], "b": ["2"]}),
-        _Message(11, {"a": ["1", "3"]}),  # a again: now the most recent
-        _Message(12, {"c": ["4"]}, forgotten=["b"]),  # b erased: never re-scored
-        _Message(13, {"d": ["5"]}),  # at the committed offset: the group has not scored it
+        FeatureMessage(10, {"a": ["1"], "b": ["2"]}),
+        FeatureMessage(11, {"a": ["1", "3"]}),  # a again: now the most recent
+        FeatureMessage(12, {"c": ["4"]}, forgotten=["b"]),  # b erased: never re-scored
+        FeatureMessage(13, {"d": ["5"]}),  # at the committed offset: the group has not scored it
     ]
     assert PartitionTail._fold(batch[:2], end=13, histories=histories, users=10) is False  # more to read
     assert PartitionTail._fold(batch[2:], end=13, histories=histories, users=10) is True

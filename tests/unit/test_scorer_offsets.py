@@ -16,37 +16,11 @@ import redis
 from confluent_kafka import TopicPartition
 
 from streamrec.scorer.service import ScoredLists, ScorerService
-from streamrec.shared.contracts import FeatureBatch, UserSnapshot
 from streamrec.shared.settings import Settings
 
+from support import FeatureMessage
+
 TOPIC = "streamrec.user-features"
-
-
-class Message:
-    """What the scorer reads of a confluent-kafka message."""
-
-    def __init__(self, partition: int, offset: int, users: dict[str, list[str]]) -> None:
-        self._partition, self._offset = partition, offset
-        self._value = FeatureBatch(
-            users=[UserSnapshot(user, history, len(history)) for user, history in users.items()],
-            events=[],
-            updated_at=0.0,
-        ).to_json()
-
-    def error(self) -> None:
-        return None
-
-    def topic(self) -> str:
-        return TOPIC
-
-    def partition(self) -> int:
-        return self._partition
-
-    def offset(self) -> int:
-        return self._offset
-
-    def value(self) -> bytes:
-        return self._value
 
 
 class Commits:
@@ -73,8 +47,8 @@ class Tail:
         self.read: list[int] = []
         self.consumer = Commits()
 
-    def committed(self, partition: int) -> int:
-        return self._committed.get(partition, -1)
+    def committed(self, partitions: list[int]) -> dict[int, int]:
+        return {partition: self._committed.get(partition, -1) for partition in partitions}
 
     def latest_histories(self, partition: int, end: int, messages: int, users: int) -> OrderedDict:
         self.read.append(partition)
@@ -100,19 +74,24 @@ def test_an_offset_is_owed_only_once_its_lists_are_written(
 
     monkeypatch.setattr(scorer, "_write_lists", redis_down)
     with pytest.raises(redis.ConnectionError):
-        scorer._process_user_batch([Message(0, 41, {"a": ["i1"]})])  # type: ignore[list-item]
+        scorer._process_user_batch([FeatureMessage(41, partition=0, users={"a": ["i1"]})])  # type: ignore[list-item]
     assert scorer.owed_offsets == {}
     scorer._commit_owed(wait=False)
     assert scorer.users.calls == []  # type: ignore[union-attr]
 
     written: list[str] = []
     monkeypatch.setattr(scorer, "_write_lists", lambda scored, trigger: written.extend(scored.values))
-    scorer._process_user_batch([Message(0, 41, {"a": ["i1"]}), Message(1, 7, {"b": ["i2"]})])  # type: ignore[list-item]
+    scorer._process_user_batch(
+        [
+            FeatureMessage(41, partition=0, users={"a": ["i1"]}),
+            FeatureMessage(7, partition=1, users={"b": ["i2"]}),
+        ]
+    )  # type: ignore[list-item]
     assert sorted(written) == ["a", "b"]
     assert scorer.owed_offsets == {(TOPIC, 0): 42, (TOPIC, 1): 8}  # the next offsets to read
 
     scorer._commit_owed(wait=False)  # the periodic commit does not wait for the broker
-    scorer._process_user_batch([Message(1, 8, {"b": ["i2", "i3"]})])  # type: ignore[list-item]
+    scorer._process_user_batch([FeatureMessage(8, partition=1, users={"b": ["i2", "i3"]})])  # type: ignore[list-item]
     scorer._commit_owed({1})  # a revoke waits, and commits only the revoked partition's
     assert scorer.users.calls == [([(0, 42), (1, 8)], True), ([(1, 9)], False)]  # type: ignore[union-attr]
     assert scorer.owed_offsets == {}
@@ -122,7 +101,12 @@ def test_a_partition_gained_has_its_users_recalled_unless_this_scorer_scored_it_
     scorer: ScorerService,
 ) -> None:
     scorer._write_lists = lambda scored, trigger: None  # type: ignore[method-assign]
-    scorer._process_user_batch([Message(0, 9, {"mine": ["i1"]}), Message(1, 4, {"stale": ["i0"]})])  # type: ignore[list-item]
+    scorer._process_user_batch(
+        [
+            FeatureMessage(9, partition=0, users={"mine": ["i1"]}),
+            FeatureMessage(4, partition=1, users={"stale": ["i0"]}),
+        ]
+    )  # type: ignore[list-item]
     scorer.assigned_partitions = {0, 1}
     scorer._commit_owed()
     # Another scorer had partition 1 meanwhile and scored up to offset 20.
@@ -135,5 +119,5 @@ def test_a_partition_gained_has_its_users_recalled_unless_this_scorer_scored_it_
     assert scorer.tail.read == [1]  # type: ignore[attr-defined]  # partition 0: this scorer's memory is current
     assert scorer.recent.get("mine").history == ["i1"]  # type: ignore[union-attr]
     assert scorer.recent.get("stale").history == ["i0", "i5"]  # type: ignore[union-attr]  # what the other saw
-    assert list(scorer.rescore_queue) == ["x", "stale"]  # most recently seen first
-    assert scorer.rescore_unless_current == {"x", "stale"}
+    # Most recently seen first, each re-scored only if Redis holds a list from an older model.
+    assert list(scorer.rescore_queue.items()) == [("x", True), ("stale", True)]
