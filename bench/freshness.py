@@ -401,7 +401,7 @@ def _trace(
     return trace
 
 
-def _log_tail(run: int, trace: list[tuple[float, float, float]], over_ms: float = 500.0) -> None:
+def _log_tail(label: str, trace: list[tuple[float, float, float]], over_ms: float = 500.0) -> None:
     """Log each step's p50/p99 and the seconds of the run holding most events slower than ``over_ms``
     (a tail spread over the run is load; one clustered in a few seconds is a stall)."""
     if not trace:
@@ -416,7 +416,7 @@ def _log_tail(run: int, trace: list[tuple[float, float, float]], over_ms: float 
     worst = ", ".join(f"s{second}: {count}" for second, count in sorted(slow.most_common(8)))
     began = time.strftime("%H:%M:%S", time.gmtime(start))
     _progress(
-        f"  run {run + 1} steps: {described}; events over {over_ms:.0f} ms by second since {began} UTC: "
+        f"  {label} steps: {described}; events over {over_ms:.0f} ms by second since {began} UTC: "
         f"{worst or 'none'}"
     )
 
@@ -565,7 +565,7 @@ def _run_once(
         baseline = asyncio.run(_one_hop(settings, size, run))
     baseline_broker = sum(_cpu_seconds(pids[name]) for name in brokers) - broker_before
     trace = _trace(settings, tracker, run, marks)
-    _log_tail(run, trace)
+    _log_tail(label, trace)
     return RunResult(
         tracker=tracker,
         publish_rate=rate,
