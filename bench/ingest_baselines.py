@@ -173,7 +173,7 @@ def _faust_worker(topic: str, expected: int) -> None:
         topic_disable_leader=True,  # no leader topic to create: nothing of the per-message path
         # Tansu holds a first join for half the session timeout (Faust's default: 60 s).
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
-        broker_heartbeat_interval=settings.kafka_session_timeout_ms / 3000,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
     )
     source = app.topic(topic, key_serializer="raw", value_serializer="raw")
     count, first = 0, 0.0

@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "fetch.wait.max.ms": args.fetch_wait_ms,
             # Tansu holds a first join for half the session timeout (librdkafka's default: 45 s).
             "session.timeout.ms": args.session_timeout_ms,
-            "heartbeat.interval.ms": args.session_timeout_ms // 3,
+            "heartbeat.interval.ms": min(3000, args.session_timeout_ms // 3),
         },
         on_message_processed=on_processed,
         loglevel="WARNING",

@@ -126,9 +126,11 @@ class Settings(BaseSettings):
         "lower = fresher, more idle requests (docs/latency-tuning.md).",
     )
     kafka_session_timeout_ms: int = Field(
-        10_000,
+        30_000,
         ge=1000,
-        description="Consumer group session timeout: how fast a dead consumer's partitions move.",
+        description="Consumer group session timeout: how fast a dead consumer's partitions move. Above "
+        "a Kafka cluster's failover time (a KRaft broker is fenced 9 s after it dies), so that a consumer "
+        "keeps its partitions while its group coordinator moves; the embedded broker uses 10 s.",
     )
 
     # --- Kafka security (shared/kafka_config.py turns these into every client's config) ---
@@ -444,6 +446,12 @@ class Settings(BaseSettings):
             self.model_dir = self.data_dir / "models"
             self._model_dir_follows_data_dir = True
         return self
+
+    @property
+    def kafka_heartbeat_interval_ms(self) -> int:
+        """How often a group member heartbeats: Kafka's 3 s, or a third of a shorter session timeout.
+        It is also how soon a member learns that its group rebalances."""
+        return min(3000, self.kafka_session_timeout_ms // 3)
 
     def with_data_dir(self, data_dir: Path) -> Settings:
         """A copy rooted at another data dir; the model dir moves too unless it was set explicitly."""

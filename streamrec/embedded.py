@@ -15,6 +15,8 @@ from .shared.settings import Settings
 from .topics import create_topics
 
 log = get_logger(__name__)
+# The session timeout on the embedded broker, unless set (see start_missing_servers).
+EMBEDDED_SESSION_TIMEOUT_MS = 10_000
 
 
 def broker_binary() -> str:
@@ -91,12 +93,16 @@ def start_missing_servers(settings: Settings, run_dir: Path) -> EmbeddedServers:
     Returns settings that name the servers in use (started or external) and creates topics.
     """
     servers = EmbeddedServers(settings)
-    updates: dict[str, str] = {}
+    updates: dict[str, object] = {}
     try:
         if settings.kafka_bootstrap is None:
             child, bootstrap = start_broker(run_dir)
             servers.processes.append(child)
             updates["kafka_bootstrap"] = bootstrap
+            if "kafka_session_timeout_ms" not in settings.model_fields_set:
+                # The embedded broker holds a consumer's first join for half the session timeout,
+                # and, one broker, has no failover to outlast.
+                updates["kafka_session_timeout_ms"] = EMBEDDED_SESSION_TIMEOUT_MS
             log.info("embedded broker started", extra={"bootstrap": bootstrap, "pid": child.pid})
         if settings.redis_url is None:
             child, url = start_redis(run_dir)

@@ -26,10 +26,10 @@ import subprocess
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Literal
 
 from .processes import ChildProcess, StackError, free_port, spawn, stop_all, wait_for_port
 from .shared.logs import get_logger
@@ -102,6 +102,81 @@ logger.authorizer.level = WARN
 """
 
 
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+
+
+@dataclass(frozen=True)
+class SecureListener:
+    """One more listener on every node, for clients that speak TLS or log in.
+
+    ``protocol``: ``SSL``, ``SASL_SSL`` or ``SASL_PLAINTEXT`` (its listener is named after it).
+    TLS: the broker's certificate and its key, PEM (the key unencrypted, PKCS#8, as
+    ``openssl req -nodes`` writes it). SASL: ``users`` (name -> password) may log in with every
+    mechanism of :data:`SASL_MECHANISMS`; their SCRAM credentials are written when the storage is
+    formatted. Brokers and controllers keep talking to each other in plaintext.
+    """
+
+    protocol: Literal["SSL", "SASL_SSL", "SASL_PLAINTEXT"]
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    users: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        """The listener's name in the broker's configuration."""
+        return self.protocol
+
+    @property
+    def tls(self) -> bool:
+        """True if clients speak TLS to it."""
+        return self.protocol != "SASL_PLAINTEXT"
+
+    @property
+    def sasl(self) -> bool:
+        """True if clients log in."""
+        return self.protocol.startswith("SASL")
+
+    def properties(self) -> dict[str, str]:
+        """The broker settings of this listener (``listener.name.<name>.*``)."""
+        prefix = f"listener.name.{self.name.lower()}."
+        properties: dict[str, str] = {}
+        if self.tls:
+            if self.cert_file is None or self.key_file is None:
+                raise ValueError(f"a {self.protocol} listener needs cert_file and key_file")
+            properties[prefix + "ssl.keystore.type"] = "PEM"
+            properties[prefix + "ssl.keystore.location"] = str(self._keystore_path())
+        if self.sasl:
+            properties[prefix + "sasl.enabled.mechanisms"] = ",".join(SASL_MECHANISMS)
+            plain_users = " ".join(f'user_{name}="{password}"' for name, password in self.users.items())
+            properties[prefix + "plain.sasl.jaas.config"] = (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+            )
+            for mechanism in SASL_MECHANISMS[1:]:
+                properties[f"{prefix}{mechanism.lower()}.sasl.jaas.config"] = (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                )
+        return properties
+
+    def _keystore_path(self) -> Path:
+        assert self.cert_file is not None
+        return self.cert_file.with_name(f"{self.cert_file.stem}-keystore.pem")
+
+    def write_keystore(self) -> None:
+        """Kafka's PEM keystore: the key and the certificate in one file."""
+        if self.tls:
+            assert self.cert_file is not None and self.key_file is not None
+            self._keystore_path().write_text(self.key_file.read_text() + self.cert_file.read_text())
+
+    def format_arguments(self) -> list[str]:
+        """``kafka-storage format`` arguments that create the SCRAM credentials of ``users``."""
+        return [
+            argument
+            for name, password in self.users.items()
+            for mechanism in SASL_MECHANISMS[1:]
+            for argument in ("--add-scram", f"{mechanism}=[name={name},password={password}]")
+        ]
+
+
 @dataclass
 class KafkaNode:
     """One KRaft node: its id, ports, directory, and its process while it runs."""
@@ -110,6 +185,7 @@ class KafkaNode:
     broker_port: int
     controller_port: int
     directory: Path
+    secure_ports: dict[str, int] = field(default_factory=dict)  # listener name -> port
     process: ChildProcess | None = None
 
     @property
@@ -150,6 +226,7 @@ class ApacheKafka:
         heap: str = "512m",
         jvm_options: Sequence[str] = (),
         start_timeout: float = 120.0,
+        secure_listeners: Sequence[SecureListener] = (),
     ) -> None:
         """Describe the cluster; nothing starts until :meth:`start`."""
         if nodes < 1:
@@ -161,12 +238,20 @@ class ApacheKafka:
         self.jvm_options = list(jvm_options)
         self.start_timeout = start_timeout
         self.cluster_id = new_cluster_id()
+        self.secure_listeners = list(secure_listeners)
         ports: set[int] = set()
-        while len(ports) < 2 * nodes:
+        per_node = 2 + len(self.secure_listeners)
+        while len(ports) < per_node * nodes:
             ports.add(free_port())
-        broker_ports, controller_ports = sorted(ports)[:nodes], sorted(ports)[nodes:]
+        free = iter(sorted(ports))
         self.nodes = [
-            KafkaNode(i, broker_ports[i], controller_ports[i], self.run_dir / f"kafka-{i}")
+            KafkaNode(
+                i,
+                next(free),
+                next(free),
+                self.run_dir / f"kafka-{i}",
+                {listener.name: next(free) for listener in self.secure_listeners},
+            )
             for i in range(nodes)
         ]
         self._admin: Any = None
@@ -177,6 +262,10 @@ class ApacheKafka:
     def bootstrap(self) -> str:
         """The brokers' addresses, comma-separated, for ``bootstrap.servers``."""
         return ",".join(f"127.0.0.1:{node.broker_port}" for node in self.nodes)
+
+    def bootstrap_of(self, listener: SecureListener) -> str:
+        """The brokers' addresses on one of the secure listeners."""
+        return ",".join(f"127.0.0.1:{node.secure_ports[listener.name]}" for node in self.nodes)
 
     def default_properties(self) -> dict[str, str]:
         """Broker settings for tests: replication as the cluster's size allows, fast group joins."""
@@ -205,18 +294,33 @@ class ApacheKafka:
 
     def _properties(self, node: KafkaNode) -> dict[str, str]:
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
+        secure = [
+            f"{listener.name}://127.0.0.1:{node.secure_ports[listener.name]}"
+            for listener in self.secure_listeners
+        ]
+        protocols = [f"{listener.name}:{listener.protocol}" for listener in self.secure_listeners]
         properties = {
             "process.roles": "broker,controller",
             "node.id": str(node.node_id),
             "controller.quorum.voters": voters,
-            "listeners": f"PLAINTEXT://127.0.0.1:{node.broker_port},CONTROLLER://127.0.0.1:{node.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{node.broker_port}",
+            "listeners": ",".join(
+                [
+                    f"PLAINTEXT://127.0.0.1:{node.broker_port}",
+                    f"CONTROLLER://127.0.0.1:{node.controller_port}",
+                    *secure,
+                ]
+            ),
+            "advertised.listeners": ",".join([f"PLAINTEXT://127.0.0.1:{node.broker_port}", *secure]),
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map": ",".join(
+                ["PLAINTEXT:PLAINTEXT", "CONTROLLER:PLAINTEXT", *protocols]
+            ),
             "log.dirs": str(node.data_dir),
             **self.default_properties(),
         }
+        for listener in self.secure_listeners:
+            properties.update(listener.properties())
         for key, value in self.extra_properties.items():
             properties[key] = str(value).lower() if isinstance(value, bool) else str(value)
         return properties
@@ -256,6 +360,8 @@ class ApacheKafka:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self._log4j_config.write_text(_LOG4J2_PROPERTIES)
         try:
+            for listener in self.secure_listeners:
+                listener.write_keystore()
             for node in self.nodes:
                 self._write_config(node)
             self._format()
@@ -293,7 +399,13 @@ class ApacheKafka:
                         self.cluster_id = line.split("=", 1)[1].strip()
                 continue
             argv = self._java(
-                "kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(node.config_path)
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                self.cluster_id,
+                "-c",
+                str(node.config_path),
+                *(argument for listener in self.secure_listeners for argument in listener.format_arguments()),
             )
             with open(node.directory / "format.log", "wb") as out:
                 pending.append((node, subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)))

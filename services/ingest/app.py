@@ -236,9 +236,9 @@ def create_app(settings: Settings) -> faust.App:
         # record batches; the embedded broker's cost grows with batches, so a run's go in one.
         producer_max_batch_size=PRODUCER_MAX_BATCH_BYTES,
         producer_acks=-1,  # a commit only follows messages the broker has fully acknowledged
-        # Tansu holds a first join for half the session timeout; a short one also fails over faster.
+        # Longer than a broker's failover, so a coordinator moving costs no rebalance (shared/settings.py).
         broker_session_timeout=settings.kafka_session_timeout_ms / 1000,
-        broker_heartbeat_interval=settings.kafka_session_timeout_ms / 3000,
+        broker_heartbeat_interval=settings.kafka_heartbeat_interval_ms / 1000,
         table_standby_replicas=0,  # recovery reads the changelog; standbys only pay off at scale
         # The check compares a table's persisted changelog offset with the topic's end as ListOffsets
         # reports it, which Tansu under-reports (the last batch's base offset + 1): every restart

@@ -221,6 +221,7 @@ class ScorerService:
                     # and holds a first join for half the session timeout.
                     "fetch.wait.max.ms": self.settings.kafka_fetch_wait_ms,
                     "session.timeout.ms": self.settings.kafka_session_timeout_ms,
+                    "heartbeat.interval.ms": self.settings.kafka_heartbeat_interval_ms,
                     "on_commit": self._on_commit,
                 },
             )
