@@ -87,6 +87,16 @@ class EmbeddedServers:
         self.processes.clear()
 
 
+def embedded_broker_settings(settings: Settings, bootstrap: str) -> dict[str, object]:
+    """The settings that change when the embedded broker at ``bootstrap`` stands in for Kafka."""
+    updates: dict[str, object] = {"kafka_bootstrap": bootstrap}
+    if "kafka_session_timeout_ms" not in settings.model_fields_set:
+        # The embedded broker holds a consumer's first join for half the session timeout, and,
+        # one broker, has no failover to outlast.
+        updates["kafka_session_timeout_ms"] = EMBEDDED_SESSION_TIMEOUT_MS
+    return updates
+
+
 def start_missing_servers(settings: Settings, run_dir: Path) -> EmbeddedServers:
     """Start an embedded broker / Redis for each URL the settings leave unset.
 
@@ -98,11 +108,7 @@ def start_missing_servers(settings: Settings, run_dir: Path) -> EmbeddedServers:
         if settings.kafka_bootstrap is None:
             child, bootstrap = start_broker(run_dir)
             servers.processes.append(child)
-            updates["kafka_bootstrap"] = bootstrap
-            if "kafka_session_timeout_ms" not in settings.model_fields_set:
-                # The embedded broker holds a consumer's first join for half the session timeout,
-                # and, one broker, has no failover to outlast.
-                updates["kafka_session_timeout_ms"] = EMBEDDED_SESSION_TIMEOUT_MS
+            updates.update(embedded_broker_settings(settings, bootstrap))
             log.info("embedded broker started", extra={"bootstrap": bootstrap, "pid": child.pid})
         if settings.redis_url is None:
             child, url = start_redis(run_dir)

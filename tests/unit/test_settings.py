@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from streamrec.embedded import EMBEDDED_SESSION_TIMEOUT_MS, embedded_broker_settings
 from streamrec.shared.settings import ConfigError, Settings, configuration_markdown, load_settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
@@ -117,3 +118,21 @@ def test_kafka_password_never_prints_but_reaches_child_processes(monkeypatch: py
     with pytest.raises(ConfigError) as error:
         load_settings()
     assert secret not in str(error.value)
+
+
+def test_session_timeout_outlasts_a_kafka_failover_but_not_on_the_embedded_broker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("STREAMREC_KAFKA_SESSION_TIMEOUT_MS", raising=False)
+    settings = Settings()
+    assert settings.kafka_session_timeout_ms == 30_000  # above a KRaft broker's 9 s fencing
+    assert settings.kafka_heartbeat_interval_ms == 3000
+    embedded = settings.model_copy(update=embedded_broker_settings(settings, "127.0.0.1:9"))
+    assert embedded.kafka_bootstrap == "127.0.0.1:9"
+    assert embedded.kafka_session_timeout_ms == EMBEDDED_SESSION_TIMEOUT_MS == 10_000
+    assert embedded.kafka_heartbeat_interval_ms == 3000
+    # A session timeout the user set is theirs, on any broker.
+    monkeypatch.setenv("STREAMREC_KAFKA_SESSION_TIMEOUT_MS", "6000")
+    chosen = Settings()
+    assert chosen.model_copy(update=embedded_broker_settings(chosen, "x:1")).kafka_session_timeout_ms == 6000
+    assert chosen.kafka_heartbeat_interval_ms == 2000
