@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RUNS = 3  # every figure is the median of at least this many runs
+PROGRESS_SECONDS = 5.0  # between progress lines of a long wait or a paced run
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGE = DOCS / "benchmarks.md"
 FRAGMENTS = DOCS / "benchmarks"  # one Markdown fragment per benchmark, and the PNGs; the page joins them
@@ -77,6 +79,21 @@ def timed(action: Callable[[], object]) -> float:
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
+
+
+def latencies(read: Callable[[], object], requests: int) -> list[float]:
+    """Seconds each of ``requests`` sequential calls of ``read`` takes."""
+    timings = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        read()
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def log_progress(line: str) -> None:
+    """Tell the person running the benchmark how far it got (stderr: the page is on stdout in quick mode)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def machine() -> str:
