@@ -74,6 +74,25 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank]
 
 
+def latency_figure(
+    name: str,
+    runs: list[list[float]],
+    baseline_name: str,
+    baseline_runs: list[list[float]],
+    q: float,
+    target: str,
+) -> Figure:
+    """The q-th percentile of each run's latencies (seconds) against the same of a baseline's runs, in ms."""
+    return Figure(
+        name,
+        "ms",
+        [percentile(run, q) * 1000 for run in runs],
+        baseline_name,
+        [percentile(run, q) * 1000 for run in baseline_runs],
+        target=target,
+    )
+
+
 def timed(action: Callable[[], object]) -> float:
     """Seconds ``action`` takes."""
     started = time.perf_counter()
