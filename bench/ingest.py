@@ -31,17 +31,16 @@ from pathlib import Path
 import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from bench.harness import RUNS, Figure, Section, image_path, log_progress
+from bench.ingest_baselines import bare_confluent_rate, empty_faust_rate, quix_python, quix_rate
+from bench.plots import throughput_bars
+from bench.stack import publish_events
 from streamrec.embedded import start_missing_servers
 from streamrec.processes import ChildProcess, spawn
-from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import feature_batch_event_count
 from streamrec.shared.kafka_config import client_config
 from streamrec.shared.settings import Settings
 from streamrec.synthetic import generate
-
-from .harness import RUNS, Figure, Section, image_path
-from .ingest_baselines import bare_confluent_rate, empty_faust_rate, quix_python, quix_rate
-from .plots import throughput_bars
 
 PARTITIONS = 4
 EVENTS_PER_USER = 10  # 100,000 events over 10,000 users: the figure-1 topic
@@ -148,8 +147,7 @@ def filled_broker(events: pd.DataFrame) -> Iterator[tuple[Settings, Path, int]]:
         run_dir = Path(tmp)
         servers = start_missing_servers(Settings(data_dir=run_dir / "data", partitions=PARTITIONS), run_dir)
         try:
-            with Publisher(settings=servers.settings) as publisher:
-                sent = publish_stream(publisher, dataset_events(events, "bench"), len(events), progress=False)
+            sent = publish_events(servers.settings, events, "bench")
             yield servers.settings, run_dir, sent
         finally:
             servers.stop()
@@ -168,11 +166,11 @@ def run(quick: bool) -> list[Section]:
         with filled_broker(events) as (settings, run_dir, sent):
             # All four on the same filled broker, one after another (none shares the cores).
             for name, measure in measures.items():
-                print(f"  ingest run {n + 1}: {name}…", file=sys.stderr, flush=True)
+                log_progress(f"  ingest run {n + 1}: {name}…")
                 baselines[name].append(measure(settings, settings.topic_interactions, sent))
-            print(f"  ingest run {n + 1}: one worker…", file=sys.stderr, flush=True)
+            log_progress(f"  ingest run {n + 1}: one worker…")
             one_worker.append(_ingest_rate(settings, run_dir, sent, quick=quick))
-        print(f"  ingest run {n + 1}: two workers…", file=sys.stderr, flush=True)
+        log_progress(f"  ingest run {n + 1}: two workers…")
         with filled_broker(events) as (settings, run_dir, sent):
             two_workers.append(_ingest_rate(settings, run_dir, sent, workers=2, quick=quick))
     command = (
