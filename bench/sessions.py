@@ -21,45 +21,18 @@ import httpx
 import numpy as np
 
 from bench.harness import RUNS, Section, latencies, latency_figure
+from bench.models import publish_default_model
 from bench.stack import api_process, embedded_redis
 from streamrec.client import RecommendationClient
 from streamrec.processes import free_port
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.redis_connection import connect
-from streamrec.shared.registry import ModelManifest, ModelRegistry, new_version
+from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
-from streamrec.trainer.export import export_model
-from streamrec.trainer.model import build_model
 
 N_ITEMS = 10_000
 SESSION_ITEMS = 20
 USER = "bench-user"
-
-
-def publish_default_model(registry: ModelRegistry, settings: Settings, n_items: int) -> tuple[str, list[str]]:
-    """Export an untrained default-size model of ``n_items`` items into ``registry`` and promote it."""
-    model = build_model(settings, n_items).eval()
-    vocabulary = [f"i{i}" for i in range(1, n_items + 1)]
-    sample = np.random.default_rng(0).integers(1, n_items + 1, size=(4, settings.max_seq_len))
-    staging = registry.new_staging_dir()
-    exported = export_model(model, vocabulary, staging, sample, sample)
-    manifest = ModelManifest(
-        version=new_version(),
-        created_at=time.time(),
-        model_type=settings.model,
-        parent_version=None,
-        n_items=n_items,
-        max_seq_len=model.max_seq_len,
-        top_k=model.top_k,
-        opset=exported.opset,
-        files=exported.files,
-        signature=exported.signature,
-        metrics={},
-        data={},
-    )
-    registry.publish(staging, manifest)
-    registry.promote(manifest.version, "benchmark")
-    return manifest.version, vocabulary
 
 
 def run(quick: bool) -> list[Section]:
