@@ -1,4 +1,5 @@
-"""What every benchmark shares: repeated measurement, the machine, and the results page.
+"""What every benchmark shares: repeated measurement and timing, progress lines, the machine, and the
+results page. Starting and stopping what a benchmark measures is in bench/stack.py.
 
 A benchmark is a function ``(quick: bool) -> list[Figure]``. Each :class:`Figure` is a measured
 quantity with its runs (median and min–max are reported) and, where it has one, the baseline

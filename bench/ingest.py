@@ -155,6 +155,7 @@ def filled_broker(events: pd.DataFrame) -> Iterator[tuple[Settings, Path, int]]:
 
 def run(quick: bool) -> list[Section]:
     """The ingest sections: one worker against three baselines (figure 1), two workers against one (figure 7)."""
+    # Over 80 lines: most of it is the sections' description text.
     n_events = QUICK_EVENTS if quick else int(os.environ.get("BENCH_INGEST_EVENTS", str(DEFAULT_EVENTS)))
     events = synthetic_events(n_events)
     users = events["user_id"].nunique()
