@@ -2,8 +2,10 @@
 until they are live, train one model and serve it, stop.
 
 A stream benchmark runs the embedded stack (broker and Redis where no URL is set, plus
-``streamrec ingest`` and ``streamrec scorer`` as real processes) with :func:`running_stack`; a
-read benchmark runs only Redis (:func:`embedded_redis`) and the HTTP API (:func:`api_process`).
+``streamrec ingest`` and ``streamrec scorer`` as real processes) with :func:`running_stack`; an
+ingest benchmark drains a :func:`filled_broker` with workers it starts itself
+(:func:`start_ingest_workers`); a read benchmark runs only Redis (:func:`embedded_redis`) and the
+HTTP API (:func:`api_process`).
 No service is restarted while a benchmark runs: a restarted service re-joins its group, re-delivers
 and starts its memory over, which would blur the figures, so :func:`check_alive` fails instead.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -23,7 +26,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 from bench.harness import PROGRESS_SECONDS, log_progress
 from bench.progress import PipelineProgress
-from streamrec.embedded import start_redis
+from streamrec.embedded import start_missing_servers, start_redis
 from streamrec.processes import ChildProcess, StackError, spawn, wait_for_port
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import CachedList, RedisKeys
@@ -177,6 +180,39 @@ def train_and_serve(stack: Stack, epochs: int, reason: str) -> str:
     version = result.manifest.version
     serve_model(stack, version, reason)
     return version
+
+
+@contextmanager
+def filled_broker(events: pd.DataFrame, partitions: int) -> Iterator[tuple[Settings, Path, int]]:
+    """A fresh embedded broker and Redis (no services) whose ``interactions`` topic, of ``partitions``
+    partitions, holds ``events``: yields the settings, the run folder and the events sent."""
+    with tempfile.TemporaryDirectory() as tmp:
+        run_dir = Path(tmp)
+        servers = start_missing_servers(Settings(data_dir=run_dir / "data", partitions=partitions), run_dir)
+        try:
+            sent = publish_events(servers.settings, events, "bench")
+            yield servers.settings, run_dir, sent
+        finally:
+            servers.stop()
+
+
+def start_ingest_workers(settings: Settings, run_dir: Path, workers: int) -> list[ChildProcess]:
+    """``workers`` ingest workers of one group, each with its own RocksDB, logging to ``run_dir``."""
+    env = {**os.environ, **settings.as_env(), "STREAMREC_METRICS_PORT": "0", "STREAMREC_LOG_LEVEL": "INFO"}
+    return [
+        spawn(
+            f"ingest-{n}",
+            [sys.executable, "-m", "streamrec", "ingest"],
+            run_dir / f"ingest-{n}.log",
+            {**env, "STREAMREC_DATA_DIR": str(settings.data_dir / f"ingest-{n}")},
+        )
+        for n in range(1, workers + 1)
+    ]
+
+
+def ingest_ready(worker: ChildProcess) -> bool:
+    """True once the worker logged that it joined its group and recovered its tables."""
+    return '"msg":"ingest ready"' in worker.log_path.read_text(encoding="utf-8", errors="replace")
 
 
 @contextmanager
