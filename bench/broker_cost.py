@@ -126,9 +126,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000, help="events to fill the topic with")
     args = parser.parse_args(argv)
 
-    from .ingest import filled_broker, synthetic_events
+    from bench.ingest import PARTITIONS, synthetic_events
+    from bench.stack import filled_broker
 
-    with filled_broker(synthetic_events(args.events)) as (settings, _run_dir, sent):
+    with filled_broker(synthetic_events(args.events), PARTITIONS) as (settings, _run_dir, sent):
         topic = settings.topic_interactions
         ((batches, records),) = count_record_batches(settings, [topic]).values()
         print(f"{topic}: {batches:,} record batches, {records:,} records (sent {sent:,})")

@@ -21,16 +21,14 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
+from bench.harness import Figure, Section, percentile
+from bench.stack import publish_events, running_stack, wait_until
 from streamrec.client import RecommendationClient
-from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.read_filters import CATALOG_CHECK_SECONDS
 from streamrec.shared.catalog import ServingCatalog
 from streamrec.shared.kafka_config import client_config
 from streamrec.shared.settings import Settings
-from streamrec.stack import Stack
 from streamrec.synthetic import generate
-
-from .harness import Figure, Section, percentile
 
 READERS = 20  # users whose reads must all drop the item
 POLL_SECONDS = 0.005
@@ -38,7 +36,8 @@ TIMEOUT_SECONDS = 30.0
 
 
 def _wait(condition, what: str) -> float:
-    """Poll ``condition`` until true; the time it became true (epoch s)."""
+    """Poll ``condition`` every ``POLL_SECONDS`` until true; the time it became true (epoch s): a
+    measurement, finer than the stack helpers' waits."""
     deadline = time.monotonic() + TIMEOUT_SECONDS
     while not condition():
         if time.monotonic() > deadline:
@@ -82,35 +81,25 @@ def _trial(
 def run(quick: bool) -> list[Section]:
     """Figure 10: hide-to-gone latency on the embedded stack."""
     trials = 5 if quick else 40
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp)
-        requested = Settings(
-            data_dir=run_dir / "data",
-            partitions=2,
-            metrics_port=0,
-            log_level="WARNING",
-            popular_publish_seconds=1.0,
-        )
-        stack = Stack(requested, run_dir, ("ingest", "scorer")).start()
-        try:
-            settings = stack.settings
-            events = generate(users=300, items=200, clusters=4, events_per_user=(5, 15), seed=7)
-            with Publisher(settings=settings) as publisher:
-                publish_stream(
-                    publisher, dataset_events(events, "bench-catalog"), len(events), progress=False
-                )
-            users = sorted(map(str, events.user_id.unique()))
-            with RecommendationClient(settings=settings) as client:
-                _wait(
-                    lambda: all(client._redis.exists(client.keys.recs(u)) for u in users[-10:]),
-                    "users' lists",
-                )
-                producer = Producer(
-                    client_config(settings, {"linger.ms": 0, "acks": "all", "log.connection.close": False})
-                )
-                timings = [_trial(settings, producer, client, users) for _ in range(trials)]
-        finally:
-            stack.stop()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        running_stack(Path(tmp), partitions=2, metrics_port=0, popular_publish_seconds=1.0) as stack,
+    ):
+        settings = stack.settings
+        events = generate(users=300, items=200, clusters=4, events_per_user=(5, 15), seed=7)
+        publish_events(settings, events, "bench-catalog")
+        users = sorted(map(str, events.user_id.unique()))
+        with RecommendationClient(settings=settings) as client:
+            wait_until(
+                stack,
+                lambda: all(client._redis.exists(client.keys.recs(u)) for u in users[-10:]),
+                "users' lists",
+                TIMEOUT_SECONDS,
+            )
+            producer = Producer(
+                client_config(settings, {"linger.ms": 0, "acks": "all", "log.connection.close": False})
+            )
+            timings = [_trial(settings, producer, client, users) for _ in range(trials)]
     catalog_s = [t[0] * 1000 for t in timings]
     read_s = [t[1] * 1000 for t in timings]
     figures = [

@@ -1,4 +1,5 @@
-"""What every benchmark shares: repeated measurement, the machine, and the results page.
+"""What every benchmark shares: repeated measurement and timing, progress lines, the machine, and the
+results page. Starting and stopping what a benchmark measures is in bench/stack.py.
 
 A benchmark is a function ``(quick: bool) -> list[Figure]``. Each :class:`Figure` is a measured
 quantity with its runs (median and min–max are reported) and, where it has one, the baseline
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 RUNS = 3  # every figure is the median of at least this many runs
+PROGRESS_SECONDS = 5.0  # between progress lines of a long wait or a paced run
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGE = DOCS / "benchmarks.md"
 FRAGMENTS = DOCS / "benchmarks"  # one Markdown fragment per benchmark, and the PNGs; the page joins them
@@ -72,11 +75,45 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank]
 
 
+def latency_figure(
+    name: str,
+    runs: list[list[float]],
+    baseline_name: str,
+    baseline_runs: list[list[float]],
+    q: float,
+    target: str,
+) -> Figure:
+    """The q-th percentile of each run's latencies (seconds) against the same of a baseline's runs, in ms."""
+    return Figure(
+        name,
+        "ms",
+        [percentile(run, q) * 1000 for run in runs],
+        baseline_name,
+        [percentile(run, q) * 1000 for run in baseline_runs],
+        target=target,
+    )
+
+
 def timed(action: Callable[[], object]) -> float:
     """Seconds ``action`` takes."""
     started = time.perf_counter()
     action()
     return time.perf_counter() - started
+
+
+def latencies(read: Callable[[], object], requests: int) -> list[float]:
+    """Seconds each of ``requests`` sequential calls of ``read`` takes."""
+    timings = []
+    for _ in range(requests):
+        started = time.perf_counter()
+        read()
+        timings.append(time.perf_counter() - started)
+    return timings
+
+
+def log_progress(line: str) -> None:
+    """Tell the person running the benchmark how far it got (stderr: the page is on stdout in quick mode)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def machine() -> str:

@@ -21,27 +21,20 @@ Figure 7 drains the same topic, on a broker of its own, with two ingest workers.
 from __future__ import annotations
 
 import os
-import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from streamrec.embedded import start_missing_servers
-from streamrec.processes import ChildProcess, spawn
-from streamrec.publisher import Publisher, dataset_events, publish_stream
+from bench.harness import RUNS, Figure, Section, image_path, log_progress
+from bench.ingest_baselines import bare_confluent_rate, empty_faust_rate, quix_python, quix_rate
+from bench.plots import throughput_bars
+from bench.stack import filled_broker, ingest_ready, start_ingest_workers
 from streamrec.shared.contracts import feature_batch_event_count
 from streamrec.shared.kafka_config import client_config
 from streamrec.shared.settings import Settings
 from streamrec.synthetic import generate
-
-from .harness import RUNS, Figure, Section, image_path
-from .ingest_baselines import bare_confluent_rate, empty_faust_rate, quix_python, quix_rate
-from .plots import throughput_bars
 
 PARTITIONS = 4
 EVENTS_PER_USER = 10  # 100,000 events over 10,000 users: the issue's figure-1 topic
@@ -68,7 +61,7 @@ def _ingest_rate(
     topic = settings.topic_user_features
     output = Consumer(client_config(settings, {"group.id": "bench", "fetch.wait.max.ms": 50}))
     output.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
-    started = start_workers(settings, run_dir, workers)
+    started = start_ingest_workers(settings, run_dir, workers)
     try:
         count, first = 0, max(1, expected // 100)
         start_count = start_time = None
@@ -86,7 +79,7 @@ def _ingest_rate(
             )
             if not first_count and count:
                 first_count, first_time = count, time.perf_counter()
-            if start_time is None and count >= first and all(map(is_ready, started)):
+            if start_time is None and count >= first and all(map(ingest_ready, started)):
                 start_count, start_time = count, time.perf_counter()
         if quick and (start_time is None or count == start_count):
             start_count, start_time = first_count, first_time
@@ -99,25 +92,6 @@ def _ingest_rate(
         output.close()
         for worker in started:
             worker.stop()
-
-
-def start_workers(settings: Settings, run_dir: Path, workers: int) -> list[ChildProcess]:
-    """``workers`` ingest workers of one group, each with its own RocksDB, logging to ``run_dir``."""
-    env = {**os.environ, **settings.as_env(), "STREAMREC_METRICS_PORT": "0", "STREAMREC_LOG_LEVEL": "INFO"}
-    return [
-        spawn(
-            f"ingest-{n}",
-            [sys.executable, "-m", "streamrec", "ingest"],
-            run_dir / f"ingest-{n}.log",
-            {**env, "STREAMREC_DATA_DIR": str(settings.data_dir / f"ingest-{n}")},
-        )
-        for n in range(1, workers + 1)
-    ]
-
-
-def is_ready(worker: ChildProcess) -> bool:
-    """True once the worker logged that it joined its group and recovered its tables."""
-    return '"msg":"ingest ready"' in worker.log_path.read_text(encoding="utf-8", errors="replace")
 
 
 def synthetic_events(n_events: int) -> pd.DataFrame:
@@ -141,22 +115,9 @@ def synthetic_events(n_events: int) -> pd.DataFrame:
     return taken
 
 
-@contextmanager
-def filled_broker(events: pd.DataFrame) -> Iterator[tuple[Settings, Path, int]]:
-    """A fresh embedded broker and Redis whose ``interactions`` topic holds ``events``."""
-    with tempfile.TemporaryDirectory() as tmp:
-        run_dir = Path(tmp)
-        servers = start_missing_servers(Settings(data_dir=run_dir / "data", partitions=PARTITIONS), run_dir)
-        try:
-            with Publisher(settings=servers.settings) as publisher:
-                sent = publish_stream(publisher, dataset_events(events, "bench"), len(events), progress=False)
-            yield servers.settings, run_dir, sent
-        finally:
-            servers.stop()
-
-
 def run(quick: bool) -> list[Section]:
     """The ingest sections: one worker against three baselines (figure 1), two workers against one (figure 7)."""
+    # Over 80 lines: most of it is the sections' description text.
     n_events = QUICK_EVENTS if quick else int(os.environ.get("BENCH_INGEST_EVENTS", str(DEFAULT_EVENTS)))
     events = synthetic_events(n_events)
     users = events["user_id"].nunique()
@@ -165,15 +126,15 @@ def run(quick: bool) -> list[Section]:
     baselines: dict[str, list[float]] = {QUIX: [], FAUST: [], BARE: []}
     measures = {BARE: bare_confluent_rate, FAUST: empty_faust_rate, QUIX: quix_rate}
     for n in range(1 if quick else RUNS):
-        with filled_broker(events) as (settings, run_dir, sent):
+        with filled_broker(events, PARTITIONS) as (settings, run_dir, sent):
             # All four on the same filled broker, one after another (none shares the cores).
             for name, measure in measures.items():
-                print(f"  ingest run {n + 1}: {name}…", file=sys.stderr, flush=True)
+                log_progress(f"  ingest run {n + 1}: {name}…")
                 baselines[name].append(measure(settings, settings.topic_interactions, sent))
-            print(f"  ingest run {n + 1}: one worker…", file=sys.stderr, flush=True)
+            log_progress(f"  ingest run {n + 1}: one worker…")
             one_worker.append(_ingest_rate(settings, run_dir, sent, quick=quick))
-        print(f"  ingest run {n + 1}: two workers…", file=sys.stderr, flush=True)
-        with filled_broker(events) as (settings, run_dir, sent):
+        log_progress(f"  ingest run {n + 1}: two workers…")
+        with filled_broker(events, PARTITIONS) as (settings, run_dir, sent):
             two_workers.append(_ingest_rate(settings, run_dir, sent, workers=2, quick=quick))
     command = (
         ("" if quick or n_events == DEFAULT_EVENTS else f"BENCH_INGEST_EVENTS={n_events} ")

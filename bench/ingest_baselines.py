@@ -367,11 +367,12 @@ def main(argv: list[str] | None = None) -> int:
         _faust_worker(args.topic, args.expected)
         return 0
 
-    from .ingest import filled_broker, synthetic_events
+    from bench.ingest import PARTITIONS, synthetic_events
+    from bench.stack import filled_broker
 
     events = synthetic_events(args.events)
     print(f"{len(events):,} events over {events['user_id'].nunique():,} users", file=sys.stderr)
-    with filled_broker(events) as (settings, _run_dir, sent):
+    with filled_broker(events, PARTITIONS) as (settings, _run_dir, sent):
         topic = settings.topic_interactions
         for name, baseline in (
             ("bare confluent-kafka (JSON decode)", bare_confluent_rate),

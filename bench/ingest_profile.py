@@ -19,8 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from .harness import Section
-from .ingest import filled_broker, is_ready, start_workers, synthetic_events
+from bench.harness import Section
+from bench.ingest import PARTITIONS, synthetic_events
+from bench.stack import filled_broker, ingest_ready, start_ingest_workers
 
 # (part of the pipeline, substrings of a stack that mark it), first match wins: a table write
 # inside fold_run is the agent's time.
@@ -68,11 +69,11 @@ def run(quick: bool) -> list[Section]:
     """The profile section: a table of where the worker's samples fell."""
     n_events = 3_000 if quick else int(os.environ.get("BENCH_PROFILE_EVENTS", "60000"))
     seconds = 2 if quick else int(os.environ.get("BENCH_PROFILE_SECONDS", "20"))
-    with filled_broker(synthetic_events(n_events)) as (settings, run_dir, _):
-        (worker,) = start_workers(settings, run_dir, 1)
+    with filled_broker(synthetic_events(n_events), PARTITIONS) as (settings, run_dir, _):
+        (worker,) = start_ingest_workers(settings, run_dir, 1)
         try:
             deadline = time.monotonic() + 120
-            while not is_ready(worker):
+            while not ingest_ready(worker):
                 if time.monotonic() > deadline or not worker.alive():
                     raise RuntimeError(f"ingest never got ready; log: {worker.log_tail()}")
                 time.sleep(0.2)

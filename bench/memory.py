@@ -42,17 +42,17 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 import redis
 
-from streamrec.processes import ChildProcess, StackError
-from streamrec.publisher import Publisher, dataset_events, publish_stream
+from bench.harness import FRAGMENTS, RUNS, Figure, Section, log_progress
+from bench.procfs import memory_kib
+from bench.progress import PipelineProgress
+from bench.stack import check_alive, feed, publish_events, read_lists, running_stack, serve_model
+from streamrec.processes import StackError
 from streamrec.shared.contracts import CachedList, RedisKeys
-from streamrec.shared.redis_connection import connect, get_many
+from streamrec.shared.redis_connection import connect
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
-
-from .harness import FRAGMENTS, RUNS, Figure, Section
-from .progress import PipelineProgress
 
 DEFAULT_EVENTS = 1_000_000
 TOP_N = 50  # the list length the issue's budget is about
@@ -88,37 +88,21 @@ class RunResult:
     personal: int = 0  # of them, lists from the model
 
 
-# --- processes --------------------------------------------------------------------------------
+# --- one run ----------------------------------------------------------------------------------
 
 
-def _proc_kib(pid: int, field_name: str) -> float:
-    """A ``/proc/<pid>/status`` memory field (VmRSS, VmHWM) in KiB; 0 if the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(field_name + ":"):
-                    return float(line.split()[1])
-    except OSError:
-        pass
-    return 0.0
-
-
-def _check_alive(processes: dict[str, ChildProcess]) -> None:
-    for child in processes.values():
-        if not child.alive():
-            # No restart: a restarted process would start its RSS curve again.
-            raise StackError(f"{child.name} exited during the benchmark; its log:\n{child.log_tail()}")
-
-
-def _run_cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[str, float]:
-    """Run ``streamrec ARGS`` and return its output and peak RSS (MiB, sampled VmHWM)."""
+def _train_once_cli(settings: Settings, epochs: int, timeout: float) -> float:
+    """Run ``streamrec train --once`` (a process of its own, as an operator would) and return its
+    peak RSS (MiB, sampled VmHWM)."""
+    args = ["train", "--once"]
+    env = {**os.environ, **settings.as_env(), "STREAMREC_EPOCHS": str(epochs), "STREAMREC_METRICS_PORT": "0"}
     with tempfile.TemporaryFile() as output:
         child = subprocess.Popen(
             [sys.executable, "-m", "streamrec", *args], env=env, stdout=output, stderr=subprocess.STDOUT
         )
         peak, deadline = 0.0, time.monotonic() + timeout
         while child.poll() is None:
-            peak = max(peak, _proc_kib(child.pid, "VmHWM"))
+            peak = max(peak, memory_kib(child.pid, "VmHWM"))
             if time.monotonic() > deadline:
                 child.kill()
                 child.wait()
@@ -128,43 +112,19 @@ def _run_cli(args: list[str], env: dict[str, str], timeout: float) -> tuple[str,
         text = output.read().decode(errors="replace")
     if child.returncode != 0:
         raise StackError(f"`streamrec {' '.join(args)}` failed ({child.returncode}):\n{text[-3000:]}")
-    return text, peak / 1024
+    return peak / 1024
 
 
-# --- progress of ingest and scorer ------------------------------------------------------------
-
-
-def _wait(done: Callable[[], bool], timeout: float, what: str, stack: Stack) -> None:
-    deadline = time.monotonic() + timeout
-    while not done():
-        _check_alive(stack.processes())
-        if time.monotonic() > deadline:
-            raise StackError(f"timed out after {timeout:.0f}s waiting for {what}; logs in {stack.run_dir}")
-        time.sleep(0.5)
-
-
-# --- one run ----------------------------------------------------------------------------------
-
-
-def _train_and_serve(stack: Stack, sample: pd.DataFrame, progress: PipelineProgress, epochs: int) -> float:
+def _train_and_serve(stack: Stack, sample: pd.DataFrame, epochs: int) -> float:
     """Stream ``sample`` in, train one model on it, wait until the scorer serves it; peak RSS (MiB)."""
     settings = stack.settings
-    with Publisher(settings=settings) as publisher:
-        sent = publish_stream(publisher, dataset_events(sample, "bench-train"), len(sample), progress=False)
-    _wait(lambda: progress.update()[0] >= sent, STALL_SECONDS, f"ingest to accept {sent} events", stack)
-    _wait(lambda: progress.update()[1] >= sent, STALL_SECONDS, f"the scorer to process {sent} events", stack)
-    env = {**os.environ, **settings.as_env(), "STREAMREC_EPOCHS": str(epochs), "STREAMREC_METRICS_PORT": "0"}
-    _, peak = _run_cli(["train", "--once"], env, timeout=3600)
+    feed(stack, sample, "bench-train", STALL_SECONDS, through_scorer=True)
+    peak = _train_once_cli(settings, epochs, timeout=3600)
     registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings
-    version = registry.promoted_version()
-    if version is None:  # the gate refused it: this benchmark needs a served model, not a good one
-        version = registry.newest_version()
-        assert version is not None, "train --once published nothing"
-        _run_cli(["models", "promote", version, "--reason", "memory benchmark"], env, timeout=300)
-    store = connect(settings, socket_timeout=None, connect_timeout=None)
-    key = RedisKeys(settings.redis_prefix).model
-    _wait(lambda: store.get(key) == version.encode(), 300, f"the scorer to serve model {version}", stack)
-    store.close()
+    # The gate may refuse it: this benchmark needs a served model, not a good one.
+    version = registry.promoted_version() or registry.newest_version()
+    assert version is not None, "train --once published nothing"
+    serve_model(stack, version, "memory benchmark")
     return peak
 
 
@@ -176,8 +136,7 @@ def _replay(stack: Stack, events: pd.DataFrame, progress: PipelineProgress, labe
 
     def publish() -> None:
         try:
-            with Publisher(settings=stack.settings) as publisher:
-                publish_stream(publisher, dataset_events(events, "bench"), expected, progress=False)
+            publish_events(stack.settings, events, "bench")
         except BaseException as exc:  # reported by the sampling loop
             failure.append(exc)
 
@@ -187,21 +146,19 @@ def _replay(stack: Stack, events: pd.DataFrame, progress: PipelineProgress, labe
     last_change, last_state, next_report = time.monotonic(), (-1, -1), 0.0
     while True:
         processes = stack.processes()
-        _check_alive(processes)
+        check_alive(stack)
         if failure:
             raise StackError(f"publishing the replay failed: {failure[0]!r}")
         ingested, scored = progress.update()
         state = (ingested - base_ingested, scored - base_scored)
-        rss = {name: _proc_kib(child.pid, "VmRSS") / 1024 for name, child in processes.items()}
+        rss = {name: memory_kib(child.pid, "VmRSS") / 1024 for name, child in processes.items()}
         samples.append(Sample(state[0], state[1], rss))
         now = time.monotonic()
         if now >= next_report:
             next_report = now + 10
             memory = ", ".join(f"{name} {mib:,.0f}" for name, mib in rss.items())
-            print(
-                f"  {label}: ingested {state[0]:,}/{expected:,}, scored {state[1]:,}; RSS MiB: {memory}",
-                file=sys.stderr,
-                flush=True,
+            log_progress(
+                f"  {label}: ingested {state[0]:,}/{expected:,}, scored {state[1]:,}; RSS MiB: {memory}"
             )
         if state[0] >= expected and state[1] >= expected:
             return samples
@@ -232,14 +189,11 @@ def _variants(item_prefix: str) -> dict[str, Callable[[str], str]]:
 def _redis_bytes(settings: Settings, users: list[str], result: RunResult, item_prefix: str) -> None:
     """MEMORY USAGE and used_memory per user of the top-50 lists, per id style and format."""
     keys = RedisKeys(settings.redis_prefix)
-    store = connect(settings, socket_timeout=None, connect_timeout=None)
-    lists: dict[str, CachedList] = {}
-    for start in range(0, len(users), 1000):
-        chunk = [keys.recs(user) for user in users[start : start + 1000]]
-        for key, raw in zip(chunk, get_many(store, chunk), strict=True):
-            cached = None if raw is None else CachedList.decode(raw)
-            if cached is not None and len(cached.items) == TOP_N:
-                lists[key] = cached
+    lists = {
+        keys.recs(user): cached
+        for user, cached in read_lists(settings, users).items()
+        if len(cached.items) == TOP_N
+    }
     if not lists:
         raise StackError("no user has a top-50 list in Redis")
     result.users = len(lists)
@@ -252,6 +206,7 @@ def _redis_bytes(settings: Settings, users: list[str], result: RunResult, item_p
             pipe.memory_usage(key, samples=0)
         return statistics.fmean(pipe.execute())
 
+    store = connect(settings, socket_timeout=None, connect_timeout=None)
     spare = urlsplit(settings.redis_url or "")._replace(path="/1")  # same server, an empty database
     scratch = connect(settings, url=urlunsplit(spare), socket_timeout=None, connect_timeout=None)
     scratch.flushdb()
@@ -278,13 +233,12 @@ def _redis_bytes(settings: Settings, users: list[str], result: RunResult, item_p
 
 
 def _one_run(events: pd.DataFrame, train_rows: int, run_dir: Path, epochs: int, label: str) -> RunResult:
-    settings = Settings(data_dir=run_dir / "data", partitions=4, top_n=TOP_N, log_level="WARNING")
     result = RunResult()
-    with Stack(settings, run_dir, ("ingest", "scorer")) as stack:
+    with running_stack(run_dir, partitions=4, top_n=TOP_N) as stack:
+        log_progress(f"  {label}: training on the first {train_rows:,} events")
+        result.train_peak_mib = _train_and_serve(stack, events.iloc[:train_rows], epochs)
         progress = PipelineProgress(stack.settings)
         try:
-            print(f"  {label}: training on the first {train_rows:,} events", file=sys.stderr, flush=True)
-            result.train_peak_mib = _train_and_serve(stack, events.iloc[:train_rows], progress, epochs)
             result.samples = _replay(stack, events.iloc[train_rows:], progress, label)
         finally:
             progress.close()
@@ -402,7 +356,7 @@ def run(quick: bool) -> list[Section]:
     n_events = 3_000 if quick else int(os.environ.get("BENCH_MEMORY_EVENTS", str(DEFAULT_EVENTS)))
     users = max(300, n_events // 10)
     items = max(200, users // 5)
-    print(f"  generating {n_events:,} events over {users:,} users and {items:,} items", file=sys.stderr)
+    log_progress(f"  generating {n_events:,} events over {users:,} users and {items:,} items")
     # 12 events per user on average before repeats are dropped: enough for n_events, cut in time order.
     events = generate(users=users, items=items, events_per_user=(6, 18), seed=6).head(n_events)
     if len(events) < n_events:

@@ -7,8 +7,6 @@ p50 and p99 of a run (median of the runs' values).
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -17,16 +15,15 @@ from pathlib import Path
 import httpx
 import redis
 
+from bench.harness import RUNS, Section, image_path, latency_figure
+from bench.plots import latency_cdf
+from bench.stack import api_process, embedded_redis
 from streamrec.client import RecommendationClient
-from streamrec.embedded import start_redis
-from streamrec.processes import free_port, spawn, wait_for_port
+from streamrec.processes import free_port
 from streamrec.shared.catalog import ItemRecord, ServingCatalog
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.redis_connection import connect
 from streamrec.shared.settings import Settings
-
-from .harness import RUNS, Figure, Section, image_path, percentile
-from .plots import latency_cdf
 
 USER = "bench-user"
 CATALOG_ITEMS = 10_000
@@ -54,15 +51,6 @@ def write_catalog(store: redis.Redis, keys: RedisKeys) -> None:
         store.set(keys.popular_in(f"c{c}"), CachedList(popular, None, time.time(), "fallback").encode())
 
 
-def _latencies(read: object, requests: int) -> list[float]:
-    timings = []
-    for _ in range(requests):
-        started = time.perf_counter()
-        read()  # type: ignore[operator]
-        timings.append(time.perf_counter() - started)
-    return timings
-
-
 def _interleaved(reads: dict[str, Callable[[], object]], requests: int) -> dict[str, list[float]]:
     """``requests`` timings of each read, taken in turn (one of each, then again), so that a burst
     of noise on the shared machine hits every kind alike and their ratios hold."""
@@ -79,27 +67,23 @@ def run(quick: bool) -> list[Section]:
     """The read-path section: p50/p99 of client and HTTP reads vs raw GET."""
     requests = 200 if quick else 5000
     runs = 1 if quick else RUNS
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, embedded_redis(Path(tmp)) as url:
         run_dir = Path(tmp)
-        redis_process, url = start_redis(run_dir)
-        api_port = free_port()
-        api = None
-        try:
-            settings = Settings(redis_url=url, api_port=api_port, log_level="WARNING")
-            keys = RedisKeys(settings.redis_prefix)
-            store = connect(settings, socket_timeout=None, connect_timeout=None)
-            items = [(f"item-{i:05d}", 1.0 - i / 100) for i in range(settings.top_n)]
-            store.set(
-                keys.recs(USER),
-                CachedList(items, "20261129T000000.000Z-abcdef", time.time(), "personal").encode(),
-            )
-            write_catalog(store, keys)
-            share = sum(1 for i in range(settings.top_n) if i % CATEGORIES == 0)  # the list's items of c0
-            client = RecommendationClient(settings=settings)
-            env = {**os.environ, **settings.as_env()}
-            api = spawn("api", [sys.executable, "-m", "streamrec", "api"], run_dir / "api.log", env)
-            wait_for_port(settings.api_host, api_port, 60, api)
-            http = httpx.Client(base_url=f"http://{settings.api_host}:{api_port}")
+        settings = Settings(redis_url=url, api_port=free_port(), log_level="WARNING")
+        keys = RedisKeys(settings.redis_prefix)
+        store = connect(settings, socket_timeout=None, connect_timeout=None)
+        items = [(f"item-{i:05d}", 1.0 - i / 100) for i in range(settings.top_n)]
+        store.set(
+            keys.recs(USER),
+            CachedList(items, "20261129T000000.000Z-abcdef", time.time(), "personal").encode(),
+        )
+        write_catalog(store, keys)
+        share = sum(1 for i in range(settings.top_n) if i % CATEGORIES == 0)  # the list's items of c0
+        client = RecommendationClient(settings=settings)
+        with (
+            api_process(settings, run_dir),
+            httpx.Client(base_url=f"http://{settings.api_host}:{settings.api_port}") as http,
+        ):
             path = f"/users/{USER}/recommendations?n={settings.top_n}"
             assert http.get(path).status_code == 200
 
@@ -121,14 +105,6 @@ def run(quick: bool) -> list[Section]:
                     samples[kind].append(timings)
                 # Apart: a request wakes the api process, which would slow the reads that follow it.
                 samples["http"].append(_interleaved({"http": lambda: http.get(path)}, requests)["http"])
-            http.close()
-        finally:
-            if api is not None:
-                api.stop()
-            redis_process.stop()
-
-    def ms(kind: str, q: float) -> list[float]:
-        return [percentile(run, q) * 1000 for run in samples[kind]]
 
     targets = {
         ("client", 99): "p99 ≤ 1.5× raw GET",
@@ -136,13 +112,8 @@ def run(quick: bool) -> list[Section]:
         ("http", 99): "p99 ≤ 5 ms",
     }
     figures = [
-        Figure(
-            f"{LABELS[kind]} p{q}",
-            "ms",
-            ms(kind, q),
-            "raw GET",
-            ms("raw", q),
-            target=targets.get((kind, q), ""),
+        latency_figure(
+            f"{LABELS[kind]} p{q}", samples[kind], "raw GET", samples["raw"], q, targets.get((kind, q), "")
         )
         for kind in LABELS
         if kind != "raw"

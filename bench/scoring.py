@@ -23,6 +23,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from bench.harness import RUNS, Figure, Section, image_path, repeat, timed
+from bench.models import export_untrained_model
+from bench.plots import throughput_bars
 from streamrec.shared.contracts import (
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
@@ -32,11 +35,6 @@ from streamrec.shared.contracts import (
 )
 from streamrec.shared.debias import popularity_rerank, popularity_terms
 from streamrec.shared.settings import Settings
-from streamrec.trainer.export import export_model
-from streamrec.trainer.model import build_model
-
-from .harness import RUNS, Figure, Section, image_path, repeat, timed
-from .plots import throughput_bars
 
 SHORT_HISTORY = 10  # items: a new or occasional user
 THREADS = 2  # onnxruntime intra-op threads, as STREAMREC_SCORER_THREADS=2 (services/scorer/model_runtime.py)
@@ -94,17 +92,17 @@ def _torch_call(model: torch.nn.Module, history: torch.Tensor, exclude: torch.Te
 
 def run(quick: bool) -> list[Section]:
     """The scoring section: users/s per (catalogue, batch size), ONNX vs torch."""
+    # Over 80 lines: one pass per catalogue whose rows share its model, session and random inputs.
     torch.set_num_threads(THREADS)
     settings = Settings(top_n=50)
     catalogues = [1_000] if quick else [10_000, 100_000]
     batches = [1, 64] if quick else [1, 64, 1024]
     figures: list[Figure] = []
     for n_items in catalogues:
-        model = build_model(settings, n_items).eval()
         rng = np.random.default_rng(0)
         with tempfile.TemporaryDirectory() as out:
-            sample = rng.integers(1, n_items + 1, size=(4, settings.max_seq_len))
-            export_model(model, [f"i{i}" for i in range(n_items)], Path(out), sample, sample)
+            vocabulary = [f"i{i}" for i in range(n_items)]
+            model, _ = export_untrained_model(settings, vocabulary, Path(out), rng)
             options = ort.SessionOptions()
             options.intra_op_num_threads = THREADS
             options.inter_op_num_threads = 1

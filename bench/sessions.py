@@ -12,57 +12,27 @@ run (median of the runs' values).
 
 from __future__ import annotations
 
-import os
-import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import numpy as np
 
+from bench.harness import RUNS, Section, latencies, latency_figure
+from bench.models import publish_default_model
+from bench.stack import api_process, embedded_redis
 from streamrec.client import RecommendationClient
-from streamrec.embedded import start_redis
-from streamrec.processes import free_port, spawn, wait_for_port
+from streamrec.processes import free_port
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.redis_connection import connect
-from streamrec.shared.registry import ModelManifest, ModelRegistry, new_version
+from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
-from streamrec.trainer.export import export_model
-from streamrec.trainer.model import build_model
-
-from .harness import RUNS, Figure, Section, percentile
-from .read_path import _latencies
 
 N_ITEMS = 10_000
 SESSION_ITEMS = 20
 USER = "bench-user"
-
-
-def publish_default_model(registry: ModelRegistry, settings: Settings, n_items: int) -> tuple[str, list[str]]:
-    """Export an untrained default-size model of ``n_items`` items into ``registry`` and promote it."""
-    model = build_model(settings, n_items).eval()
-    vocabulary = [f"i{i}" for i in range(1, n_items + 1)]
-    sample = np.random.default_rng(0).integers(1, n_items + 1, size=(4, settings.max_seq_len))
-    staging = registry.new_staging_dir()
-    exported = export_model(model, vocabulary, staging, sample, sample)
-    manifest = ModelManifest(
-        version=new_version(),
-        created_at=time.time(),
-        model_type=settings.model,
-        parent_version=None,
-        n_items=n_items,
-        max_seq_len=model.max_seq_len,
-        top_k=model.top_k,
-        opset=exported.opset,
-        files=exported.files,
-        signature=exported.signature,
-        metrics={},
-        data={},
-    )
-    registry.publish(staging, manifest)
-    registry.promote(manifest.version, "benchmark")
-    return manifest.version, vocabulary
 
 
 def run(quick: bool) -> list[Section]:
@@ -70,71 +40,60 @@ def run(quick: bool) -> list[Section]:
     requests = 200 if quick else 3000
     runs = 1 if quick else RUNS
     n_items = 1_000 if quick else N_ITEMS
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, embedded_redis(Path(tmp)) as url:
         run_dir = Path(tmp)
-        redis_process, url = start_redis(run_dir)
-        api = None
-        try:
-            settings = Settings(
-                redis_url=url, api_port=free_port(), model_dir=run_dir / "models", log_level="WARNING"
-            )
-            version, vocabulary = publish_default_model(ModelRegistry(settings.model_dir), settings, n_items)  # type: ignore[arg-type]
-            keys = RedisKeys(settings.redis_prefix)
-            store = connect(settings, socket_timeout=None, connect_timeout=None)
-            store.set(keys.model, version)
-            popular = [(item, 1.0 - i / 1000) for i, item in enumerate(vocabulary[:100])]
-            store.set(keys.popular, CachedList(popular, None, time.time(), "fallback").encode())
-            items = [(item, 1.0 - i / 100) for i, item in enumerate(vocabulary[: settings.top_n])]
-            store.set(keys.recs(USER), CachedList(items, version, time.time(), "personal").encode())
+        settings = Settings(
+            redis_url=url, api_port=free_port(), model_dir=run_dir / "models", log_level="WARNING"
+        )
+        version, vocabulary = publish_default_model(ModelRegistry(settings.model_dir), settings, n_items)  # type: ignore[arg-type]
+        keys = RedisKeys(settings.redis_prefix)
+        store = connect(settings, socket_timeout=None, connect_timeout=None)
+        store.set(keys.model, version)
+        popular = [(item, 1.0 - i / 1000) for i, item in enumerate(vocabulary[:100])]
+        store.set(keys.popular, CachedList(popular, None, time.time(), "fallback").encode())
+        items = [(item, 1.0 - i / 100) for i, item in enumerate(vocabulary[: settings.top_n])]
+        store.set(keys.recs(USER), CachedList(items, version, time.time(), "personal").encode())
 
-            rng = np.random.default_rng(1)
-            sessions = [
-                [vocabulary[i] for i in rng.choice(n_items, SESSION_ITEMS, replace=False)]
-                for _ in range(requests)
-            ]
-            client = RecommendationClient(settings=settings)
-            first = client.recommend_session(sessions[0])  # loads the model
-            assert first is not None and first.source == "personal", first
-            env = {**os.environ, **settings.as_env()}
-            api = spawn("api", [sys.executable, "-m", "streamrec", "api"], run_dir / "api.log", env)
-            wait_for_port(settings.api_host, settings.api_port, 60, api)
-            http = httpx.Client(base_url=f"http://{settings.api_host}:{settings.api_port}", timeout=60)
+        rng = np.random.default_rng(1)
+        sessions = [
+            [vocabulary[i] for i in rng.choice(n_items, SESSION_ITEMS, replace=False)]
+            for _ in range(requests)
+        ]
+        client = RecommendationClient(settings=settings)
+        first = client.recommend_session(sessions[0])  # loads the model
+        assert first is not None and first.source == "personal", first
+        with (
+            api_process(settings, run_dir),
+            httpx.Client(base_url=f"http://{settings.api_host}:{settings.api_port}", timeout=60) as http,
+        ):
             answer = http.post("/recommendations", json={"items": sessions[0]})
             assert answer.status_code == 200 and answer.json()["source"] == "personal", answer.text
 
-            def each(call: object) -> object:
+            def each(call: Callable[[list[str]], object]) -> Callable[[], object]:
                 """A read that scores the next session each time (a fresh pass over them)."""
                 pending = iter(sessions)
-                return lambda: call(next(pending))  # type: ignore[operator]
+                return lambda: call(next(pending))
 
             samples: dict[str, list[list[float]]] = {"raw": [], "client": [], "http": []}
             for _ in range(runs):
-                _latencies(each(client.recommend_session), 100)  # warm-up
-                _latencies(each(lambda s: http.post("/recommendations", json={"items": s})), 100)
-                samples["raw"].append(_latencies(lambda: store.get(keys.recs(USER)), requests))
-                samples["client"].append(_latencies(each(client.recommend_session), requests))
+                latencies(each(client.recommend_session), 100)  # warm-up
+                latencies(each(lambda s: http.post("/recommendations", json={"items": s})), 100)
+                samples["raw"].append(latencies(lambda: store.get(keys.recs(USER)), requests))
+                samples["client"].append(latencies(each(client.recommend_session), requests))
                 samples["http"].append(
-                    _latencies(each(lambda s: http.post("/recommendations", json={"items": s})), requests)
+                    latencies(each(lambda s: http.post("/recommendations", json={"items": s})), requests)
                 )
-            http.close()
-            client.close()
-        finally:
-            if api is not None:
-                api.stop()
-            redis_process.stop()
-
-    def ms(kind: str, q: float) -> list[float]:
-        return [percentile(run, q) * 1000 for run in samples[kind]]
+        client.close()
 
     labels = {"client": "recommend_session()", "http": "HTTP POST /recommendations"}
     figures = [
-        Figure(
+        latency_figure(
             f"{labels[kind]}, session of {SESSION_ITEMS}, {n_items:,}-item catalogue, p{q}",
-            "ms",
-            ms(kind, q),
+            samples[kind],
             "raw GET",
-            ms("raw", q),
-            target="p99 ≤ 20 ms" if q == 99 else "",
+            samples["raw"],
+            q,
+            "p99 ≤ 20 ms" if q == 99 else "",
         )
         for kind in ("client", "http")
         for q in (50, 99)

@@ -67,8 +67,8 @@ import redis
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
-from bench.freshness import UpdateTracker
-from bench.freshness import _paced as paced
+from bench.freshness.load import paced
+from bench.freshness.tracker import UpdateTracker
 from streamrec.ingest.bundles import partition_for
 from streamrec.kafka_cluster import ApacheKafka
 from streamrec.processes import ChildProcess
