@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import (
+from bench import (
     broker,
     catalog,
     freshness,
@@ -23,8 +23,8 @@ from . import (
     sessions,
     training,
 )
-from .brokers import chosen, fragment_names
-from .harness import FRAGMENTS, PAGE, render_page, render_section, write
+from bench.brokers import chosen, fragment_names
+from bench.harness import FRAGMENTS, PAGE, render_page, render_section, write
 
 BENCHMARKS = {
     "ingest": ingest.run,

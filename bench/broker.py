@@ -23,9 +23,8 @@ from pathlib import Path
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench.harness import RUNS, Figure, Section, timed
 from streamrec.embedded import start_broker
-
-from .harness import RUNS, Figure, Section, timed
 
 SIZES = (1_000, 4_000, 16_000)
 QUICK_SIZES = (200,)

@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=100_000, help="events to fill the topic with")
     args = parser.parse_args(argv)
 
-    from .ingest import filled_broker, synthetic_events
+    from bench.ingest import filled_broker, synthetic_events
 
     with filled_broker(synthetic_events(args.events)) as (settings, _run_dir, sent):
         topic = settings.topic_interactions

@@ -21,6 +21,7 @@ from pathlib import Path
 import orjson
 from confluent_kafka import Producer
 
+from bench.harness import Figure, Section, percentile
 from streamrec.client import RecommendationClient
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.read_filters import CATALOG_CHECK_SECONDS
@@ -29,8 +30,6 @@ from streamrec.shared.kafka_config import client_config
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
-
-from .harness import Figure, Section, percentile
 
 READERS = 20  # users whose reads must all drop the item
 POLL_SECONDS = 0.005

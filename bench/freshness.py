@@ -55,6 +55,11 @@ from confluent_kafka import Consumer
 from confluent_kafka import TopicPartition as KafkaPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench.broker_cost import count_record_batches
+from bench.brokers import Broker, BrokerChoice, broker, chosen
+from bench.harness import RUNS, Figure, Section, image_path, percentile
+from bench.plots import latency_cdf
+from bench.progress import PipelineProgress
 from streamrec.client import decode
 from streamrec.processes import StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
@@ -66,12 +71,6 @@ from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
 from streamrec.topics import accepted_events_counter
-
-from .broker_cost import count_record_batches
-from .brokers import Broker, BrokerChoice, broker, chosen
-from .harness import RUNS, Figure, Section, image_path, percentile
-from .plots import latency_cdf
-from .progress import PipelineProgress
 
 PARTITIONS = 4
 # What streamrec's Publisher uses (a realistic client), for both measurements; BENCH_FRESHNESS_LINGER_MS

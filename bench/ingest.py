@@ -31,6 +31,9 @@ from pathlib import Path
 import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from bench.harness import RUNS, Figure, Section, image_path
+from bench.ingest_baselines import bare_confluent_rate, empty_faust_rate, quix_python, quix_rate
+from bench.plots import throughput_bars
 from streamrec.embedded import start_missing_servers
 from streamrec.processes import ChildProcess, spawn
 from streamrec.publisher import Publisher, dataset_events, publish_stream
@@ -38,10 +41,6 @@ from streamrec.shared.contracts import feature_batch_event_count
 from streamrec.shared.kafka_config import client_config
 from streamrec.shared.settings import Settings
 from streamrec.synthetic import generate
-
-from .harness import RUNS, Figure, Section, image_path
-from .ingest_baselines import bare_confluent_rate, empty_faust_rate, quix_python, quix_rate
-from .plots import throughput_bars
 
 PARTITIONS = 4
 EVENTS_PER_USER = 10  # 100,000 events over 10,000 users: the figure-1 topic

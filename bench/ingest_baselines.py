@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         _faust_worker(args.topic, args.expected)
         return 0
 
-    from .ingest import filled_broker, synthetic_events
+    from bench.ingest import filled_broker, synthetic_events
 
     events = synthetic_events(args.events)
     print(f"{len(events):,} events over {events['user_id'].nunique():,} users", file=sys.stderr)

@@ -19,8 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from .harness import Section
-from .ingest import filled_broker, is_ready, start_workers, synthetic_events
+from bench.harness import Section
+from bench.ingest import filled_broker, is_ready, start_workers, synthetic_events
 
 # (part of the pipeline, substrings of a stack that mark it), first match wins: a table write
 # inside fold_run is the agent's time.

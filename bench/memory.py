@@ -42,6 +42,8 @@ from urllib.parse import urlsplit, urlunsplit
 import pandas as pd
 import redis
 
+from bench.harness import FRAGMENTS, RUNS, Figure, Section
+from bench.progress import PipelineProgress
 from streamrec.processes import ChildProcess, StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.shared.contracts import CachedList, RedisKeys
@@ -50,9 +52,6 @@ from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
-
-from .harness import FRAGMENTS, RUNS, Figure, Section
-from .progress import PipelineProgress
 
 DEFAULT_EVENTS = 1_000_000
 TOP_N = 50  # the list length the budget is about

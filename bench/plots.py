@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure as Canvas
 
-from .harness import Figure, page_relative
+from bench.harness import Figure, page_relative
 
 # Linear bars hide a 1,000x gap; beyond this max/min spread the value axis is logarithmic.
 LOG_SCALE_SPREAD = 50.0

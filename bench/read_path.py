@@ -17,6 +17,8 @@ from pathlib import Path
 import httpx
 import redis
 
+from bench.harness import RUNS, Figure, Section, image_path, percentile
+from bench.plots import latency_cdf
 from streamrec.client import RecommendationClient
 from streamrec.embedded import start_redis
 from streamrec.processes import free_port, spawn, wait_for_port
@@ -24,9 +26,6 @@ from streamrec.shared.catalog import ItemRecord, ServingCatalog
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.redis_connection import connect
 from streamrec.shared.settings import Settings
-
-from .harness import RUNS, Figure, Section, image_path, percentile
-from .plots import latency_cdf
 
 USER = "bench-user"
 CATALOG_ITEMS = 10_000

@@ -23,6 +23,8 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from bench.harness import RUNS, Figure, Section, image_path, repeat, timed
+from bench.plots import throughput_bars
 from streamrec.shared.contracts import (
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
@@ -34,9 +36,6 @@ from streamrec.shared.debias import popularity_rerank, popularity_terms
 from streamrec.shared.settings import Settings
 from streamrec.trainer.export import export_model
 from streamrec.trainer.model import build_model
-
-from .harness import RUNS, Figure, Section, image_path, repeat, timed
-from .plots import throughput_bars
 
 SHORT_HISTORY = 10  # items: a new or occasional user
 THREADS = 2  # onnxruntime intra-op threads, as STREAMREC_SCORER_THREADS=2 (services/scorer/model_runtime.py)

@@ -21,6 +21,8 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from bench.harness import RUNS, Figure, Section, percentile
+from bench.read_path import _latencies
 from streamrec.client import RecommendationClient
 from streamrec.embedded import start_redis
 from streamrec.processes import free_port, spawn, wait_for_port
@@ -30,9 +32,6 @@ from streamrec.shared.registry import ModelManifest, ModelRegistry, new_version
 from streamrec.shared.settings import Settings
 from streamrec.trainer.export import export_model
 from streamrec.trainer.model import build_model
-
-from .harness import RUNS, Figure, Section, percentile
-from .read_path import _latencies
 
 N_ITEMS = 10_000
 SESSION_ITEMS = 20

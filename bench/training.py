@@ -11,6 +11,7 @@ import tempfile
 from functools import partial
 from pathlib import Path
 
+from bench.harness import RUNS, Figure, Section, timed
 from streamrec.shared.datasets import load_interactions
 from streamrec.shared.settings import Settings
 from streamrec.synthetic import generate
@@ -18,8 +19,6 @@ from streamrec.trainer.cycle import _parity_sample
 from streamrec.trainer.dataset import build_dataset
 from streamrec.trainer.export import export_model
 from streamrec.trainer.train import train
-
-from .harness import RUNS, Figure, Section, timed
 
 DATASET = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "ml-latest-small" / "ratings.csv"
 BASELINE_EPOCHS = 2

@@ -25,9 +25,9 @@ from typing import Any, Literal
 import numpy as np
 import orjson
 
-from .catalog import ItemRecord
-from .events import Interaction
-from .settings import Settings
+from streamrec.shared.catalog import ItemRecord
+from streamrec.shared.events import Interaction
+from streamrec.shared.settings import Settings
 
 # --------------------------------------------------------------------------------------------
 # Topics

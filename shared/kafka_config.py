@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .settings import ConfigError, Settings
+from streamrec.shared.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT

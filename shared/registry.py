@@ -40,7 +40,7 @@ from typing import Any
 
 import orjson
 
-from .contracts import (
+from streamrec.shared.contracts import (
     MANIFEST_FILE,
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
@@ -51,7 +51,7 @@ from .contracts import (
     PROMOTIONS_FILE,
     VOCAB_FILE,
 )
-from .logs import get_logger
+from streamrec.shared.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .redaction import redacted_url
-from .redis_urls import parse_redis_url
+from streamrec.shared.redaction import redacted_url
+from streamrec.shared.redis_urls import parse_redis_url
 
 ENV_PREFIX = "STREAMREC_"
 

@@ -25,14 +25,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from .read_filters import CatalogView, ReadFilter
-from .shared.contracts import CachedList, RedisKeys
-from .shared.events import normalise_id
-from .shared.redis_connection import connect, connect_async, explained
-from .shared.settings import ConfigError, Settings, load_settings
+from streamrec.read_filters import CatalogView, ReadFilter
+from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.events import normalise_id
+from streamrec.shared.redis_connection import connect, connect_async, explained
+from streamrec.shared.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:
-    from .api.sessions import RankedSession, SessionScorer
+    from streamrec.api.sessions import RankedSession, SessionScorer
 
 DEFAULT_N = 20
 ReadSource = Literal["personal", "fallback", "mixed"]
@@ -399,7 +399,7 @@ class RecommendationClient:
 
     def _sessions(self) -> SessionScorer:
         if self._session_scorer is None:
-            from .api.sessions import SessionScorer  # onnxruntime only for the callers that score
+            from streamrec.api.sessions import SessionScorer  # onnxruntime only for the callers that score
 
             self._session_scorer = SessionScorer(self._settings)
         return self._session_scorer
@@ -530,7 +530,7 @@ class AsyncRecommendationClient:
         worker thread); a new model is loaded in a background thread, the first one awaited."""
         history, wanted = _session_filter(items, n, categories, exclude)
         if self._session_scorer is None:
-            from .api.sessions import SessionScorer  # onnxruntime only for the callers that score
+            from streamrec.api.sessions import SessionScorer  # onnxruntime only for the callers that score
 
             self._session_scorer = SessionScorer(self._settings)
         sessions = self._session_scorer

@@ -20,11 +20,11 @@ import threading
 import time
 from typing import Any
 
-from .client import resolve_user_id
-from .publisher import PublishError
-from .shared.contracts import ForgetUser
-from .shared.kafka_config import client_config
-from .shared.settings import Settings, load_settings
+from streamrec.client import resolve_user_id
+from streamrec.publisher import PublishError
+from streamrec.shared.contracts import ForgetUser
+from streamrec.shared.kafka_config import client_config
+from streamrec.shared.settings import Settings, load_settings
 
 
 class ForgetRequests:

@@ -31,8 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from .processes import ChildProcess, StackError, free_port, spawn, stop_all, wait_for_port
-from .shared.logs import get_logger
+from streamrec.processes import ChildProcess, StackError, free_port, spawn, stop_all, wait_for_port
+from streamrec.shared.logs import get_logger
 
 log = get_logger(__name__)
 

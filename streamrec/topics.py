@@ -7,10 +7,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .shared.contracts import feature_batch_event_count, topic_specs
-from .shared.kafka_config import client_config, require_bootstrap
-from .shared.logs import get_logger
-from .shared.settings import Settings
+from streamrec.shared.contracts import feature_batch_event_count, topic_specs
+from streamrec.shared.kafka_config import client_config, require_bootstrap
+from streamrec.shared.logs import get_logger
+from streamrec.shared.settings import Settings
 
 log = get_logger(__name__)
 

@@ -35,21 +35,21 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
-from ..client import (
+from streamrec.api.admin import admin_refusal
+from streamrec.client import (
     DEFAULT_N,
     AsyncRecommendationClient,
     RecommendationClient,
     resolve_item_id,
     resolve_user_id,
 )
-from ..erasure import ForgetRequests
-from ..publisher import PublishError
-from ..read_filters import ReadFilter
-from ..shared.logs import get_logger
-from ..shared.redaction import redacted_url
-from ..shared.redis_connection import is_permanent, redis_url
-from ..shared.settings import Settings
-from .admin import admin_refusal
+from streamrec.erasure import ForgetRequests
+from streamrec.publisher import PublishError
+from streamrec.read_filters import ReadFilter
+from streamrec.shared.logs import get_logger
+from streamrec.shared.redaction import redacted_url
+from streamrec.shared.redis_connection import is_permanent, redis_url
+from streamrec.shared.settings import Settings
 
 log = get_logger(__name__)
 

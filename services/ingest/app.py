@@ -42,8 +42,30 @@ import orjson
 import prometheus_client as prom
 from faust.types import TP
 
-from ..shared.catalog import ItemRecord, ServingCatalog, parse_item
-from ..shared.contracts import (
+from streamrec.ingest.bundles import (
+    DELTA_ITEMS,
+    delta_messages,
+    is_home,
+    partition_for,
+    pending_popularity_key,
+    popularity_rows,
+    read_deltas,
+)
+from streamrec.ingest.catalog import CategoryPopularity, chunks
+from streamrec.ingest.erasure import ErasureMarkers
+from streamrec.ingest.features import (
+    ItemPopularity,
+    PopularityRanking,
+    UserState,
+    add_item_event,
+    apply_event,
+    merge_popularity,
+)
+from streamrec.ingest.table_codec import use_exact_size_json
+from streamrec.ingest.transport import IngestApp, RecordRun
+from streamrec.ingest.write_back import PartitionEvent, StateWriteBack, as_current_event
+from streamrec.shared.catalog import ItemRecord, ServingCatalog, parse_item
+from streamrec.shared.contracts import (
     INGEST_GROUP,
     INGEST_REKEYED_TOPIC,
     CatalogChange,
@@ -53,36 +75,14 @@ from ..shared.contracts import (
     PopularItems,
     UserSnapshot,
 )
-from ..shared.events import Interaction, Rejection, RejectReason, normalise_id, parse_event
-from ..shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
-from ..shared.kafka_config import faust_credentials, require_bootstrap
-from ..shared.logs import get_logger
-from ..shared.loop_lag import watch_event_loop
-from ..shared.ops import start_ops_server
-from ..shared.settings import Settings
-from ..topics import check_login
-from .bundles import (
-    DELTA_ITEMS,
-    delta_messages,
-    is_home,
-    partition_for,
-    pending_popularity_key,
-    popularity_rows,
-    read_deltas,
-)
-from .catalog import CategoryPopularity, chunks
-from .erasure import ErasureMarkers
-from .features import (
-    ItemPopularity,
-    PopularityRanking,
-    UserState,
-    add_item_event,
-    apply_event,
-    merge_popularity,
-)
-from .table_codec import use_exact_size_json
-from .transport import IngestApp, RecordRun
-from .write_back import PartitionEvent, StateWriteBack, as_current_event
+from streamrec.shared.events import Interaction, Rejection, RejectReason, normalise_id, parse_event
+from streamrec.shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
+from streamrec.shared.kafka_config import faust_credentials, require_bootstrap
+from streamrec.shared.logs import get_logger
+from streamrec.shared.loop_lag import watch_event_loop
+from streamrec.shared.ops import start_ops_server
+from streamrec.shared.settings import Settings
+from streamrec.topics import check_login
 
 log = get_logger(__name__)
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 
-from ..shared.catalog import ServingCatalog
-from ..shared.contracts import CatalogChange
+from streamrec.shared.catalog import ServingCatalog
+from streamrec.shared.contracts import CatalogChange
 
 
 class ScorerCatalog:

@@ -25,9 +25,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..shared.contracts import ITEM_EMBEDDINGS_FILE, CachedList
-from ..shared.logs import get_logger
-from ..shared.registry import ModelIntegrityError, ModelRegistry
+from streamrec.shared.contracts import ITEM_EMBEDDINGS_FILE, CachedList
+from streamrec.shared.logs import get_logger
+from streamrec.shared.registry import ModelIntegrityError, ModelRegistry
 
 log = get_logger(__name__)
 

@@ -43,8 +43,7 @@ from streamrec.shared.registry import (
     onnx_signature,
     sha256_file,
 )
-
-from .model import SequenceRecommender
+from streamrec.trainer.model import SequenceRecommender
 
 log = get_logger(__name__)
 
