@@ -63,9 +63,11 @@ from bench.progress import PipelineProgress
 from streamrec.client import decode
 from streamrec.processes import StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
-from streamrec.shared.contracts import CachedList, RedisKeys, decode_feature_batch
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.kafka_config import aiokafka_config, client_config
+from streamrec.shared.messages import decode_feature_batch
 from streamrec.shared.redis_connection import connect, connect_async, get_many
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack

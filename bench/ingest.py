@@ -37,8 +37,8 @@ from bench.plots import throughput_bars
 from streamrec.embedded import start_missing_servers
 from streamrec.processes import ChildProcess, spawn
 from streamrec.publisher import Publisher, dataset_events, publish_stream
-from streamrec.shared.contracts import feature_batch_event_count
 from streamrec.shared.kafka_config import client_config
+from streamrec.shared.messages import feature_batch_event_count
 from streamrec.shared.settings import Settings
 from streamrec.synthetic import generate
 

@@ -46,8 +46,9 @@ from bench.harness import FRAGMENTS, RUNS, Figure, Section
 from bench.progress import PipelineProgress
 from streamrec.processes import ChildProcess, StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
-from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.redis_connection import connect, get_many
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack

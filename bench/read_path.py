@@ -22,9 +22,10 @@ from bench.plots import latency_cdf
 from streamrec.client import RecommendationClient
 from streamrec.embedded import start_redis
 from streamrec.processes import free_port, spawn, wait_for_port
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.catalog import ItemRecord, ServingCatalog
-from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.redis_connection import connect
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 
 USER = "bench-user"

@@ -26,8 +26,9 @@ from bench.read_path import _latencies
 from streamrec.client import RecommendationClient
 from streamrec.embedded import start_redis
 from streamrec.processes import free_port, spawn, wait_for_port
-from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.redis_connection import connect
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelManifest, ModelRegistry, new_version
 from streamrec.shared.settings import Settings
 from streamrec.trainer.export import export_model

@@ -16,8 +16,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from tqdm import tqdm
 
-from streamrec.shared.contracts import INGEST_GROUP, INGEST_REKEYED_TOPIC
 from streamrec.shared.kafka_config import client_config
+from streamrec.shared.kafka_topics import INGEST_GROUP, INGEST_REKEYED_TOPIC
 from streamrec.shared.settings import Settings
 
 END_READ_SECONDS = 10.0  # longest the reads of the partitions' last record batches may take

@@ -13,7 +13,8 @@
     session = client.recommend_session(["sku-9", "sku-3"], n=10)  # scored in-process (ONNX)
 
 :class:`AsyncRecommendationClient` is the same for asyncio (the HTTP API uses it). Both read what
-the scorer writes (the key layout and JSON format are in ``streamrec.shared.contracts``), and
+the scorer writes (the key layout is in ``streamrec.shared.redis_keys``, the list format in
+``streamrec.shared.cached_list``), and
 return no item the catalog hides or that expired (``streamrec/read_filters.py``).
 """
 
@@ -26,9 +27,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from streamrec.read_filters import CatalogView, ReadFilter
-from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.events import normalise_id
 from streamrec.shared.redis_connection import connect, connect_async, explained
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import ConfigError, Settings, load_settings
 
 if TYPE_CHECKING:

@@ -22,10 +22,11 @@ from streamrec.backlog import IngestStalled, wait_for_ingest
 from streamrec.client import RecommendationClient
 from streamrec.processes import StackError, free_port
 from streamrec.publisher import Publisher, check_dataset_events, dataset_events, publish_stream
-from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.datasets import in_time_order, load_interactions
 from streamrec.shared.redaction import redacted_url
 from streamrec.shared.redis_connection import SyncRedis, connect, get_many
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack, new_run_dir, settings_for_run
 from streamrec.synthetic import generate

@@ -6,7 +6,7 @@
 
     forget_user("42")   # returns once Kafka acknowledged the request
 
-The request (``ForgetUser`` in ``streamrec.shared.contracts``) goes to every partition of the
+The request (``ForgetUser`` in ``streamrec.shared.messages``) goes to every partition of the
 control topic, keyed by the user id: a user keyed by a producer with another partitioner than
 murmur2 lives on another partition than its home, so each partition's ingest looks for the user.
 There ingest deletes the user's state, drops the user's late events, and tells the scorer and the
@@ -22,8 +22,8 @@ from typing import Any
 
 from streamrec.client import resolve_user_id
 from streamrec.publisher import PublishError
-from streamrec.shared.contracts import ForgetUser
 from streamrec.shared.kafka_config import client_config
+from streamrec.shared.messages import ForgetUser
 from streamrec.shared.settings import Settings, load_settings
 
 

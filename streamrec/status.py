@@ -22,8 +22,10 @@ import httpx
 from confluent_kafka import KafkaException
 
 from streamrec.backlog import Offsets, ingest_behind
-from streamrec.shared.contracts import SCORER_GROUP, TRAINER_GROUP, RedisKeys, feature_batch_event_count
+from streamrec.shared.kafka_topics import SCORER_GROUP, TRAINER_GROUP
+from streamrec.shared.messages import feature_batch_event_count
 from streamrec.shared.redis_connection import connect
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 

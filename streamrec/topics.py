@@ -7,9 +7,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from streamrec.shared.contracts import feature_batch_event_count, topic_specs
 from streamrec.shared.kafka_config import client_config, require_bootstrap
+from streamrec.shared.kafka_topics import topic_specs
 from streamrec.shared.logs import get_logger
+from streamrec.shared.messages import feature_batch_event_count
 from streamrec.shared.settings import Settings
 
 log = get_logger(__name__)

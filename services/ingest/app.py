@@ -65,9 +65,13 @@ from streamrec.ingest.table_codec import use_exact_size_json
 from streamrec.ingest.transport import IngestApp, RecordRun
 from streamrec.ingest.write_back import PartitionEvent, StateWriteBack, as_current_event
 from streamrec.shared.catalog import ItemRecord, ServingCatalog, parse_item
-from streamrec.shared.contracts import (
-    INGEST_GROUP,
-    INGEST_REKEYED_TOPIC,
+from streamrec.shared.events import Interaction, Rejection, RejectReason, normalise_id, parse_event
+from streamrec.shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
+from streamrec.shared.kafka_config import faust_credentials, require_bootstrap
+from streamrec.shared.kafka_topics import INGEST_GROUP, INGEST_REKEYED_TOPIC
+from streamrec.shared.logs import get_logger
+from streamrec.shared.loop_lag import watch_event_loop
+from streamrec.shared.messages import (
     CatalogChange,
     DeadLetter,
     FeatureBatch,
@@ -75,11 +79,6 @@ from streamrec.shared.contracts import (
     PopularItems,
     UserSnapshot,
 )
-from streamrec.shared.events import Interaction, Rejection, RejectReason, normalise_id, parse_event
-from streamrec.shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
-from streamrec.shared.kafka_config import faust_credentials, require_bootstrap
-from streamrec.shared.logs import get_logger
-from streamrec.shared.loop_lag import watch_event_loop
 from streamrec.shared.ops import start_ops_server
 from streamrec.shared.settings import Settings
 from streamrec.topics import check_login

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 
 from streamrec.shared.catalog import ServingCatalog
-from streamrec.shared.contracts import CatalogChange
+from streamrec.shared.messages import CatalogChange
 
 
 class ScorerCatalog:

@@ -60,23 +60,22 @@ from streamrec.scorer.similar_items import (
     SimilarListWriter,
     load_item_embeddings,
 )
+from streamrec.shared.cached_list import CachedList, CachedListDecodeError
 from streamrec.shared.catalog import ServingCatalog
-from streamrec.shared.contracts import (
-    SCORER_GROUP,
-    CachedList,
-    CachedListDecodeError,
+from streamrec.shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
+from streamrec.shared.kafka_config import client_config
+from streamrec.shared.kafka_topics import SCORER_GROUP
+from streamrec.shared.logs import get_logger
+from streamrec.shared.messages import (
     CatalogChange,
     FeatureBatchDecodeError,
     ModelAnnouncement,
     PopularItems,
-    RedisKeys,
     decode_feature_batch,
 )
-from streamrec.shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
-from streamrec.shared.kafka_config import client_config
-from streamrec.shared.logs import get_logger
 from streamrec.shared.ops import start_ops_server
 from streamrec.shared.redis_connection import connect, explain, get_many, is_permanent
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelIntegrityError, ModelRegistry
 from streamrec.shared.settings import ConfigError, Settings
 from streamrec.topics import existing_topics

@@ -33,9 +33,10 @@ import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from tqdm import tqdm
 
-from streamrec.shared.contracts import TRAINER_GROUP, FeatureBatchDecodeError, decode_feature_batch
 from streamrec.shared.kafka_config import client_config
+from streamrec.shared.kafka_topics import TRAINER_GROUP
 from streamrec.shared.logs import get_logger
+from streamrec.shared.messages import FeatureBatchDecodeError, decode_feature_batch
 from streamrec.shared.settings import ConfigError, Settings
 from streamrec.topics import KafkaUnavailable, check_login
 

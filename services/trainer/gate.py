@@ -27,8 +27,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from streamrec.shared.contracts import MODEL_FILE, ONNX_INPUT_EXCLUDE, ONNX_INPUT_HISTORY, PADDING_INDEX
 from streamrec.shared.logs import get_logger
+from streamrec.shared.model_contract import MODEL_FILE, ONNX_INPUT_EXCLUDE, ONNX_INPUT_HISTORY, PADDING_INDEX
 from streamrec.shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.trainer.dataset import SequenceDataset

@@ -33,9 +33,9 @@ import pandas as pd
 from confluent_kafka import Producer
 from prometheus_client import Counter, Gauge
 
-from streamrec.shared.contracts import ModelAnnouncement
 from streamrec.shared.kafka_config import client_config, require_bootstrap
 from streamrec.shared.logs import get_logger
+from streamrec.shared.messages import ModelAnnouncement
 from streamrec.shared.ops import start_ops_server
 from streamrec.shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
 from streamrec.shared.settings import Settings

@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from streamrec.shared.contracts import PADDING_INDEX
 from streamrec.shared.logs import get_logger
+from streamrec.shared.model_contract import PADDING_INDEX
 from streamrec.shared.settings import Settings
 from streamrec.trainer.cooccurrence import item_vectors
 from streamrec.trainer.dataset import SequenceDataset

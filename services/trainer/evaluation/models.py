@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 
-from streamrec.shared.contracts import PADDING_INDEX
+from streamrec.shared.model_contract import PADDING_INDEX
 from streamrec.shared.settings import Settings
 from streamrec.trainer.dataset import SequenceDataset
 from streamrec.trainer.evaluation.protocol import Phase, UserSequences, evaluate_phase
