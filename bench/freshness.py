@@ -70,9 +70,9 @@ from streamrec.shared.redis_connection import connect, connect_async, get_many
 from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
+from streamrec.shared.topic_admin import accepted_events_counter
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
-from streamrec.topics import accepted_events_counter
 
 PARTITIONS = 4
 # What streamrec's Publisher uses (a realistic client), for both measurements; BENCH_FRESHNESS_LINGER_MS

@@ -35,7 +35,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from streamrec.processes import StackError
     from streamrec.publisher import InvalidEvent, PublishError
     from streamrec.shared.datasets import DatasetError
-    from streamrec.topics import KafkaUnavailable
+    from streamrec.shared.topic_admin import KafkaUnavailable
 
     errors: list[type[BaseException]] = [
         UserError,
@@ -451,7 +451,7 @@ def topics() -> None:
 @topics.command("create")
 def topics_create() -> None:
     """Create streamrec's topics on STREAMREC_KAFKA_BOOTSTRAP (existing ones are kept)."""
-    from streamrec.topics import create_topics
+    from streamrec.shared.topic_admin import create_topics
 
     created = create_topics(_settings("topics"))
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")

@@ -12,7 +12,7 @@ from streamrec.processes import ChildProcess, StackError, free_port, spawn, wait
 from streamrec.shared.logs import get_logger
 from streamrec.shared.redaction import redacted_url
 from streamrec.shared.settings import Settings
-from streamrec.topics import create_topics
+from streamrec.shared.topic_admin import create_topics
 
 log = get_logger(__name__)
 

@@ -194,7 +194,7 @@ class ApacheKafka:
             "min.insync.replicas": str(min_isr),
             "group.initial.rebalance.delay.ms": "0",
             # As the embedded broker (Tansu) does: a topic a client asks for is created, with 4
-            # partitions (streamrec creates its own topics explicitly; see streamrec.topics).
+            # partitions (streamrec creates its own topics explicitly: streamrec.shared.topic_admin).
             "auto.create.topics.enable": "true",
             "num.partitions": "4",
             "num.network.threads": "2",

@@ -23,7 +23,7 @@ from streamrec.shared.datasets import in_time_order, load_interactions
 from streamrec.shared.events import Rejection, validate_event
 from streamrec.shared.kafka_config import client_config
 from streamrec.shared.settings import Settings, load_settings
-from streamrec.topics import existing_topics
+from streamrec.shared.topic_admin import existing_topics
 
 
 class InvalidEvent(ValueError):

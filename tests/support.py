@@ -35,9 +35,9 @@ from streamrec.shared.messages import FeatureBatch, UserSnapshot, decode_feature
 from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
+from streamrec.shared.topic_admin import MessageCounter, accepted_events_counter
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
-from streamrec.topics import MessageCounter, accepted_events_counter
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

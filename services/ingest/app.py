@@ -81,7 +81,7 @@ from streamrec.shared.messages import (
 )
 from streamrec.shared.ops import start_ops_server
 from streamrec.shared.settings import Settings
-from streamrec.topics import check_login
+from streamrec.shared.topic_admin import check_login
 
 log = get_logger(__name__)
 

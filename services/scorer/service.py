@@ -78,7 +78,7 @@ from streamrec.shared.redis_connection import connect, explain, get_many, is_per
 from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelIntegrityError, ModelRegistry
 from streamrec.shared.settings import ConfigError, Settings
-from streamrec.topics import existing_topics
+from streamrec.shared.topic_admin import existing_topics
 
 log = get_logger(__name__)
 

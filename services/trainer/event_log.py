@@ -38,7 +38,7 @@ from streamrec.shared.kafka_topics import TRAINER_GROUP
 from streamrec.shared.logs import get_logger
 from streamrec.shared.messages import FeatureBatchDecodeError, decode_feature_batch
 from streamrec.shared.settings import ConfigError, Settings
-from streamrec.topics import KafkaUnavailable, check_login
+from streamrec.shared.topic_admin import KafkaUnavailable, check_login
 
 log = get_logger(__name__)
 

@@ -39,8 +39,8 @@ from streamrec.shared.messages import ModelAnnouncement
 from streamrec.shared.ops import start_ops_server
 from streamrec.shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
 from streamrec.shared.settings import Settings
+from streamrec.shared.topic_admin import KafkaUnavailable
 from streamrec.shared.train_requests import RequestBox
-from streamrec.topics import KafkaUnavailable
 from streamrec.trainer.event_log import EventLog
 from streamrec.trainer.requests import CycleRequests
 

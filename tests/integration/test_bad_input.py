@@ -34,7 +34,7 @@ from streamrec.shared.events import Interaction, Rejection, parse_event
 from streamrec.shared.kafka_topics import INGEST_REKEYED_TOPIC
 from streamrec.shared.messages import FeatureBatch, decode_feature_batch
 from streamrec.shared.settings import Settings
-from streamrec.topics import existing_topics
+from streamrec.shared.topic_admin import existing_topics
 
 from support import LiveStack, only_the_strategies, wait_for
 

@@ -35,7 +35,7 @@ from streamrec.processes import ChildProcess, free_port, spawn, wait_for_port
 from streamrec.publisher import Publisher
 from streamrec.shared.kafka_config import aiokafka_config
 from streamrec.shared.settings import Settings
-from streamrec.topics import (
+from streamrec.shared.topic_admin import (
     KafkaUnavailable,
     MessageCounter,
     accepted_events_counter,

@@ -1,4 +1,7 @@
-"""Kafka topic administration for any broker: create streamrec's topics, count their messages."""
+"""Kafka topic administration for any broker: create streamrec's topics, count their messages.
+
+Used by the CLI and the dev stack (creating the topics), the publisher, and the services: ingest
+and the trainer check their Kafka login at start, the scorer reads the partition counts."""
 
 from __future__ import annotations
 
