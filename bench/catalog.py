@@ -22,9 +22,9 @@ import orjson
 from confluent_kafka import Producer
 
 from bench.harness import Figure, Section, percentile
+from streamrec.api.read_filters import CATALOG_CHECK_SECONDS
 from streamrec.client import RecommendationClient
 from streamrec.publisher import Publisher, dataset_events, publish_stream
-from streamrec.read_filters import CATALOG_CHECK_SECONDS
 from streamrec.shared.catalog import ServingCatalog
 from streamrec.shared.kafka_config import client_config
 from streamrec.shared.settings import Settings

@@ -33,8 +33,9 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from redis.exceptions import RedisError
 
     from streamrec.processes import StackError
-    from streamrec.publisher import InvalidEvent, PublishError
+    from streamrec.publisher import InvalidEvent
     from streamrec.shared.datasets import DatasetError
+    from streamrec.shared.kafka_config import PublishError
     from streamrec.shared.topic_admin import KafkaUnavailable
 
     errors: list[type[BaseException]] = [

@@ -21,17 +21,13 @@ from tqdm import tqdm
 from streamrec.shared.catalog import validate_item
 from streamrec.shared.datasets import in_time_order, load_interactions
 from streamrec.shared.events import Rejection, validate_event
-from streamrec.shared.kafka_config import client_config
+from streamrec.shared.kafka_config import PublishError, client_config
 from streamrec.shared.settings import Settings, load_settings
 from streamrec.shared.topic_admin import existing_topics
 
 
 class InvalidEvent(ValueError):
     """An event that ingest would refuse; raised before it is sent."""
-
-
-class PublishError(RuntimeError):
-    """Kafka did not acknowledge some events (broker unreachable, topic missing, …)."""
 
 
 def encode_event(event: Mapping[str, Any], *, max_future_seconds: float) -> tuple[bytes, str]:

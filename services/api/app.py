@@ -36,16 +36,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from pydantic import BaseModel, Field
 
 from streamrec.api.admin import admin_refusal
-from streamrec.client import (
-    DEFAULT_N,
-    AsyncRecommendationClient,
-    RecommendationClient,
-    resolve_item_id,
-    resolve_user_id,
-)
-from streamrec.erasure import ForgetRequests
-from streamrec.publisher import PublishError
-from streamrec.read_filters import ReadFilter
+from streamrec.api.forget_requests import ForgetRequests
+from streamrec.api.read_filters import ReadFilter
+from streamrec.api.reader import DEFAULT_N, AsyncRecommendationClient, RecommendationClient
+from streamrec.shared.events import resolve_item_id, resolve_user_id
+from streamrec.shared.kafka_config import PublishError
 from streamrec.shared.logs import get_logger
 from streamrec.shared.redaction import redacted_url
 from streamrec.shared.redis_connection import is_permanent, redis_url
