@@ -23,8 +23,8 @@ from confluent_kafka import Producer
 
 from bench.harness import Figure, Section, percentile
 from bench.stack import publish_events, running_stack, wait_until
+from streamrec.api.read_filters import CATALOG_CHECK_SECONDS
 from streamrec.client import RecommendationClient
-from streamrec.read_filters import CATALOG_CHECK_SECONDS
 from streamrec.shared.catalog import ServingCatalog
 from streamrec.shared.kafka_config import client_config
 from streamrec.shared.settings import Settings

@@ -31,8 +31,8 @@ from bench.harness import RUNS, Figure, Section, image_path, log_progress
 from bench.ingest_baselines import bare_confluent_rate, empty_faust_rate, quix_python, quix_rate
 from bench.plots import throughput_bars
 from bench.stack import filled_broker, ingest_ready, start_ingest_workers
-from streamrec.shared.contracts import feature_batch_event_count
 from streamrec.shared.kafka_config import client_config
+from streamrec.shared.messages import feature_batch_event_count
 from streamrec.shared.settings import Settings
 from streamrec.synthetic import generate
 

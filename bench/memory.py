@@ -47,8 +47,9 @@ from bench.procfs import memory_kib
 from bench.progress import PipelineProgress
 from bench.stack import check_alive, feed, publish_events, read_lists, running_stack, serve_model
 from streamrec.processes import StackError
-from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.redis_connection import connect
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack

@@ -6,8 +6,9 @@ import uuid
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from streamrec.shared.contracts import SCORER_GROUP, feature_batch_event_count
 from streamrec.shared.kafka_config import client_config
+from streamrec.shared.kafka_topics import SCORER_GROUP
+from streamrec.shared.messages import feature_batch_event_count
 from streamrec.shared.settings import Settings
 
 

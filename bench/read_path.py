@@ -20,9 +20,10 @@ from bench.plots import latency_cdf
 from bench.stack import api_process, embedded_redis
 from streamrec.client import RecommendationClient
 from streamrec.processes import free_port
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.catalog import ItemRecord, ServingCatalog
-from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.redis_connection import connect
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 
 USER = "bench-user"

@@ -26,14 +26,14 @@ import torch
 from bench.harness import RUNS, Figure, Section, image_path, repeat, timed
 from bench.models import export_untrained_model
 from bench.plots import throughput_bars
-from streamrec.shared.contracts import (
+from streamrec.shared.debias import popularity_rerank, popularity_terms
+from streamrec.shared.model_contract import (
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
     ONNX_INPUT_HISTORY,
     ONNX_OUTPUT_ITEMS,
     ONNX_OUTPUT_SCORES,
 )
-from streamrec.shared.debias import popularity_rerank, popularity_terms
 from streamrec.shared.settings import Settings
 
 SHORT_HISTORY = 10  # items: a new or occasional user

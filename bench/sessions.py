@@ -25,8 +25,9 @@ from bench.models import publish_default_model
 from bench.stack import api_process, embedded_redis
 from streamrec.client import RecommendationClient
 from streamrec.processes import free_port
-from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.redis_connection import connect
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 

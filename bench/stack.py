@@ -29,9 +29,10 @@ from bench.progress import PipelineProgress
 from streamrec.embedded import start_missing_servers, start_redis
 from streamrec.processes import ChildProcess, StackError, spawn, wait_for_port
 from streamrec.publisher import Publisher, dataset_events, publish_stream
-from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.kafka_config import client_config
 from streamrec.shared.redis_connection import connect, get_many
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack

@@ -31,7 +31,7 @@ from typing import Annotated, Any
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationError, field_validator
 
-from .events import (
+from streamrec.shared.events import (
     Id,
     Rejection,
     RejectReason,

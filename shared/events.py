@@ -147,6 +147,29 @@ def normalise_id(value: str | int) -> str | None:
     return text
 
 
+def resolve_user_id(user_id: str | int) -> str:
+    """Normalise a user id like ingest does (``42`` and ``" 42 "`` are user ``"42"``).
+
+    Raises ValueError if it can never be a user id (empty, too long, control characters).
+    """
+    normalised = normalise_id(user_id)
+    if normalised is None:
+        raise ValueError(
+            f"invalid user id {user_id!r}: empty, longer than 256 characters or control characters"
+        )
+    return normalised
+
+
+def resolve_item_id(item_id: str | int) -> str:
+    """Normalise an item id like ingest does; raises ValueError if it can never be an item id."""
+    normalised = normalise_id(item_id)
+    if normalised is None:
+        raise ValueError(
+            f"invalid item id {item_id!r}: empty, longer than 256 characters or control characters"
+        )
+    return normalised
+
+
 def parse_event(
     raw: bytes | str,
     *,

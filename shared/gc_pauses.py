@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import Histogram
 
-from .logs import get_logger
+from streamrec.shared.logs import get_logger
 
 log = get_logger(__name__)
 

@@ -10,6 +10,9 @@ Every Kafka client streamrec creates gets its connection and security settings f
 
 A call site adds only what is its own (``group.id``, ``acks``, ...). The SASL password is a
 ``SecretStr`` in the settings and is unwrapped only here, into the client's configuration.
+
+:class:`PublishError` is what a producer of streamrec raises when Kafka did not take a message (the
+publisher's events, the API's and the CLI's forget requests).
 """
 
 from __future__ import annotations
@@ -18,10 +21,14 @@ import ssl
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .settings import ConfigError, Settings
+from streamrec.shared.settings import ConfigError, Settings
 
 if TYPE_CHECKING:
     from faust.types.auth import CredentialsT
+
+
+class PublishError(RuntimeError):
+    """Kafka did not acknowledge some events (broker unreachable, topic missing, …)."""
 
 
 def require_bootstrap(settings: Settings) -> str:

@@ -14,7 +14,7 @@ import time
 
 from prometheus_client import Histogram
 
-from .logs import get_logger
+from streamrec.shared.logs import get_logger
 
 log = get_logger(__name__)
 

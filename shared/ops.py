@@ -21,8 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
-from .logs import get_logger
-from .settings import Settings
+from streamrec.shared.logs import get_logger
+from streamrec.shared.settings import Settings
 
 log = get_logger(__name__)
 

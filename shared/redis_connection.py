@@ -60,9 +60,9 @@ from redis.exceptions import (
     SlotNotCoveredError,
 )
 
-from .redaction import redacted_url
-from .redis_urls import RedisTarget, parse_redis_url
-from .settings import ENV_PREFIX, ConfigError, Settings
+from streamrec.shared.redaction import redacted_url
+from streamrec.shared.redis_urls import RedisTarget, parse_redis_url
+from streamrec.shared.settings import ENV_PREFIX, ConfigError, Settings
 
 # What connect_async() returns: one server's or a Sentinel primary's client, or a cluster's
 # (connect()'s is SyncRedis, below).

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import unquote
 
-from .redaction import redacted_url
+from streamrec.shared.redaction import redacted_url
 
 Kind = Literal["server", "cluster", "sentinel"]
 

@@ -40,7 +40,8 @@ from typing import Any
 
 import orjson
 
-from .contracts import (
+from streamrec.shared.logs import get_logger
+from streamrec.shared.model_contract import (
     MANIFEST_FILE,
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
@@ -51,7 +52,6 @@ from .contracts import (
     PROMOTIONS_FILE,
     VOCAB_FILE,
 )
-from .logs import get_logger
 
 log = get_logger(__name__)
 
@@ -138,7 +138,7 @@ class ModelManifest:
 def expected_signature(
     max_seq_len: int, top_k: int, history_width: str | int = HISTORY_DIM
 ) -> dict[str, Any]:
-    """The ONNX signature the model contract (shared/contracts.py) requires, in manifest form.
+    """The ONNX signature the model contract (shared/model_contract.py) requires, in manifest form.
 
     The exporter writes a history of dynamic width (``HISTORY_DIM``); ``history_width=max_seq_len``
     gives the fixed-width form of versions exported before, which are still served."""

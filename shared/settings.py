@@ -14,8 +14,8 @@ from typing import Any, Literal
 from pydantic import Field, PrivateAttr, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from .redaction import redacted_url
-from .redis_urls import parse_redis_url
+from streamrec.shared.redaction import redacted_url
+from streamrec.shared.redis_urls import parse_redis_url
 
 ENV_PREFIX = "STREAMREC_"
 
@@ -95,7 +95,7 @@ class Settings(BaseSettings):
         None, description="rediss://: private key, PEM, of the client certificate. Unset: in the cert file."
     )
 
-    # --- topics (contracts between services; see shared/contracts.py) -------------------
+    # --- topics (contracts between services; see shared/kafka_topics.py) ---------------
     topic_interactions: str = Field("interactions", description="Input topic of raw events.")
     topic_dlq: str = Field("interactions.dlq", description="Dead letters: invalid events + reason.")
     topic_user_features: str = Field(

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .registry import replace_durably
+from streamrec.shared.registry import replace_durably
 
 REQUESTS_DIR = "requests"
 REQUEST_SUFFIX = ".request.json"

@@ -13,11 +13,11 @@ __all__ = ["Publisher", "RecommendationClient"]
 
 def __getattr__(name: str) -> Any:
     if name == "Publisher":
-        from .publisher import Publisher
+        from streamrec.publisher import Publisher
 
         return Publisher
     if name == "RecommendationClient":
-        from .client import RecommendationClient
+        from streamrec.client import RecommendationClient
 
         return RecommendationClient
     raise AttributeError(f"module 'streamrec' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """``python -m streamrec`` is the ``streamrec`` command."""
 
-from .cli import main
+from streamrec.cli import main
 
 if __name__ == "__main__":
     main()

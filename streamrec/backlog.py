@@ -16,9 +16,9 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from tqdm import tqdm
 
-from .shared.contracts import INGEST_GROUP, INGEST_REKEYED_TOPIC
-from .shared.kafka_config import client_config
-from .shared.settings import Settings
+from streamrec.shared.kafka_config import client_config
+from streamrec.shared.kafka_topics import INGEST_GROUP, INGEST_REKEYED_TOPIC
+from streamrec.shared.settings import Settings
 
 END_READ_SECONDS = 10.0  # longest the reads of the partitions' last record batches may take
 POLL_SECONDS = 0.5

@@ -18,9 +18,9 @@ from typing import Any, NoReturn
 import click
 import orjson
 
-from .shared.logs import configure_logging
-from .shared.redaction import redacted_url
-from .shared.settings import ConfigError, Settings, load_settings
+from streamrec.shared.logs import configure_logging
+from streamrec.shared.redaction import redacted_url
+from streamrec.shared.settings import ConfigError, Settings, load_settings
 
 
 class UserError(Exception):
@@ -32,10 +32,11 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     from confluent_kafka import KafkaException
     from redis.exceptions import RedisError
 
-    from .processes import StackError
-    from .publisher import InvalidEvent, PublishError
-    from .shared.datasets import DatasetError
-    from .topics import KafkaUnavailable
+    from streamrec.processes import StackError
+    from streamrec.publisher import InvalidEvent
+    from streamrec.shared.datasets import DatasetError
+    from streamrec.shared.kafka_config import PublishError
+    from streamrec.shared.topic_admin import KafkaUnavailable
 
     errors: list[type[BaseException]] = [
         UserError,
@@ -49,7 +50,7 @@ def _known_errors() -> tuple[type[BaseException], ...]:
         StackError,
     ]
     try:
-        from .shared.registry import ModelIntegrityError, RegistryError
+        from streamrec.shared.registry import ModelIntegrityError, RegistryError
 
         errors += [ModelIntegrityError, RegistryError]
     except ImportError:
@@ -77,7 +78,7 @@ class StreamrecGroup(click.Group):
 def _describe(exc: BaseException) -> str:
     from redis.exceptions import AuthenticationError, ConnectionError, TimeoutError
 
-    from .shared.redis_connection import is_permanent
+    from streamrec.shared.redis_connection import is_permanent
 
     if is_permanent(exc):  # already one line naming the user and server
         return str(exc)
@@ -132,7 +133,7 @@ def cli() -> None:
 @click.option("--scorers", default=1, show_default=True, type=click.IntRange(1), help="Scorer instances.")
 def dev(services: str, ingest_workers: int, scorers: int) -> None:
     """Run the stack until Ctrl-C: embedded broker/Redis for unset URLs, plus the services."""
-    from .stack import Stack, new_run_dir, settings_for_run
+    from streamrec.stack import Stack, new_run_dir, settings_for_run
 
     settings = _settings("dev", log_format="console")
     run_dir = new_run_dir(settings.data_dir)
@@ -218,7 +219,7 @@ def demo(
     movielens: Path | None, users: int, items: int, limit: int | None, speed: float, samples: int
 ) -> None:
     """The main job: embedded stack + a replayed stream + training + live recommendations."""
-    from .demo import run_demo
+    from streamrec.demo import run_demo
 
     settings = _settings("demo", log_format="console", log_level="WARNING")
     _exit_on_sigterm()
@@ -235,7 +236,7 @@ def demo(
 @cli.command()
 def ingest() -> None:
     """Run the ingest worker (Faust): validate events, build features."""
-    from .ingest.app import run
+    from streamrec.ingest.app import run
 
     run(_settings("ingest"))
 
@@ -243,7 +244,7 @@ def ingest() -> None:
 @cli.command()
 def scorer() -> None:
     """Run the scorer: keep every active user's top-N fresh in Redis."""
-    from .scorer.service import run
+    from streamrec.scorer.service import run
 
     run(_settings("scorer"))
 
@@ -256,7 +257,7 @@ def trainer() -> None:
 
 def run_trainer(settings: Settings) -> None:
     """The trainer service, until SIGINT/SIGTERM."""
-    from .trainer.service import run
+    from streamrec.trainer.service import run
 
     run(settings)
 
@@ -264,7 +265,7 @@ def run_trainer(settings: Settings) -> None:
 @cli.command()
 def api() -> None:
     """Run the read-only HTTP API."""
-    from .api.app import run
+    from streamrec.api.app import run
 
     run(_settings("api"))
 
@@ -288,8 +289,8 @@ def train(once: bool, no_wait: bool, as_json: bool) -> None:
     if not once:
         run_trainer(_settings("trainer"))
         return
-    from .backlog import IngestStalled
-    from .train_now import TrainingFailed, summary, train_now
+    from streamrec.backlog import IngestStalled
+    from streamrec.train_now import TrainingFailed, summary, train_now
 
     settings = _settings("train", log_format="console", log_level="WARNING")
     try:
@@ -303,7 +304,7 @@ def train(once: bool, no_wait: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(as_json: bool) -> None:
     """Show the stack's state: services' readiness, lags in events, served model, lists in Redis."""
-    from .status import collect, render
+    from streamrec.status import collect, render
 
     result = collect(_settings("status", log_format="console", log_level="WARNING"))
     click.echo(
@@ -317,7 +318,7 @@ def models() -> None:
 
 
 def _registry(settings: Settings):
-    from .shared.registry import ModelRegistry
+    from streamrec.shared.registry import ModelRegistry
 
     return ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings' validator
 
@@ -364,7 +365,7 @@ def models_list(as_json: bool) -> None:
 @click.argument("version")
 def models_show(version: str) -> None:
     """A version's manifest (JSON), after checking its files against it."""
-    from .shared.registry import ModelIntegrityError
+    from streamrec.shared.registry import ModelIntegrityError
 
     registry = _registry(_settings("models", log_format="console"))
     try:
@@ -410,7 +411,7 @@ def models_prune(keep: int) -> None:
 
 def _announce_or_explain(settings: Settings, manifest: Any) -> None:
     """Tell scorers at once over Kafka; without Kafka they see PROMOTED change within seconds."""
-    from .trainer.service import announce
+    from streamrec.trainer.service import announce
 
     if settings.kafka_bootstrap is None:
         click.echo(
@@ -429,7 +430,7 @@ def users() -> None:
 @click.argument("user_id")
 def users_forget(user_id: str) -> None:
     """Erase USER_ID everywhere: ingest state, trainer log, Redis, scorer memory (README, "Erasing a user")."""
-    from .erasure import forget_user
+    from streamrec.erasure import forget_user
 
     settings = _settings("users", log_format="console")
     if settings.kafka_bootstrap is None:
@@ -451,7 +452,7 @@ def topics() -> None:
 @topics.command("create")
 def topics_create() -> None:
     """Create streamrec's topics on STREAMREC_KAFKA_BOOTSTRAP (existing ones are kept)."""
-    from .topics import create_topics
+    from streamrec.shared.topic_admin import create_topics
 
     created = create_topics(_settings("topics"))
     click.echo(f"created: {', '.join(created)}" if created else "all topics exist")
@@ -463,7 +464,7 @@ def topics_create() -> None:
 
 
 def _publisher(settings: Settings):
-    from .publisher import Publisher
+    from streamrec.publisher import Publisher
 
     if settings.kafka_bootstrap is None:
         raise ConfigError(
@@ -476,7 +477,7 @@ def _publisher(settings: Settings):
 @click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
 def publish(path: Path) -> None:
     """Publish events from a JSONL or CSV file (validated first; a bad line publishes nothing)."""
-    from .publisher import publish_stream, read_event_file
+    from streamrec.publisher import publish_stream, read_event_file
 
     settings = _settings("publish", log_format="console")
     events = read_event_file(path)
@@ -490,7 +491,7 @@ def publish(path: Path) -> None:
 @click.option("--limit", type=int, help="Only the first N events (time order).")
 def replay(path: Path, speed: float, limit: int | None) -> None:
     """Replay a MovieLens ratings.csv / u.data (or generic CSV) in timestamp order."""
-    from .publisher import replay_file
+    from streamrec.publisher import replay_file
 
     settings = _settings("replay", log_format="console")
     sent = replay_file(_publisher(settings), path, speed=speed, limit=limit)
@@ -507,7 +508,7 @@ def items() -> None:
 def items_publish(path: Path) -> None:
     """Publish catalog entries from a JSONL file, one item per line (validated first; a bad line
     publishes nothing): {"item_id": "sku-9", "hidden": false, "categories": ["shoes"], "expires_at": …}."""
-    from .publisher import read_item_file
+    from streamrec.publisher import read_item_file
 
     settings = _settings("publish", log_format="console")
     entries = read_item_file(path)
@@ -529,8 +530,8 @@ def recommend(
     user_id: str, n: int, categories: tuple[str, ...], exclude: tuple[str, ...], as_json: bool
 ) -> None:
     """Print a user's recommendations (one Redis lookup; popular items for unknown users)."""
-    from .client import RecommendationClient
-    from .shared.redis_connection import redis_url
+    from streamrec.client import RecommendationClient
+    from streamrec.shared.redis_connection import redis_url
 
     settings = _settings("recommend", log_format="console")
     redis_url(settings)  # a ConfigError saying how to set it, if unset
@@ -556,8 +557,8 @@ def recommend(
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def similar(item_id: str, n: int, categories: tuple[str, ...], as_json: bool) -> None:
     """Print an item's similar items (the served model's nearest items; popular ones as fallback)."""
-    from .client import RecommendationClient
-    from .shared.redis_connection import redis_url
+    from streamrec.client import RecommendationClient
+    from streamrec.shared.redis_connection import redis_url
 
     settings = _settings("similar", log_format="console")
     redis_url(settings)  # a ConfigError saying how to set it, if unset
@@ -605,14 +606,14 @@ def evaluate(
 ) -> None:
     """Offline evaluation (docs/evaluation.md): ranking (temporal leave-last-out, full ranking), or
     rating prediction on the seed's random 80/20 split against scikit-surprise's SVD."""
-    from .trainer.evaluation.report import format_table
-    from .trainer.evaluation.runner import EvaluationError
-    from .trainer.evaluation.runner import evaluate as run_evaluation
+    from streamrec.trainer.evaluation.report import format_table
+    from streamrec.trainer.evaluation.runner import EvaluationError
+    from streamrec.trainer.evaluation.runner import evaluate as run_evaluation
 
     # Progress (model, epoch, validation metric) as readable lines on stderr; results on stdout.
     settings = _settings("evaluate", log_format="console")
     if task == "rating":
-        from .trainer.evaluation.rating import evaluate_ratings, format_rating_table, plot_ratings
+        from streamrec.trainer.evaluation.rating import evaluate_ratings, format_rating_table, plot_ratings
 
         try:
             rating = evaluate_ratings(dataset, settings)

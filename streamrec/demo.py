@@ -18,17 +18,18 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from .backlog import IngestStalled, wait_for_ingest
-from .client import RecommendationClient
-from .processes import StackError, free_port
-from .publisher import Publisher, check_dataset_events, dataset_events, publish_stream
-from .shared.contracts import CachedList, RedisKeys
-from .shared.datasets import in_time_order, load_interactions
-from .shared.redaction import redacted_url
-from .shared.redis_connection import SyncRedis, connect, get_many
-from .shared.settings import Settings
-from .stack import Stack, new_run_dir, settings_for_run
-from .synthetic import generate
+from streamrec.backlog import IngestStalled, wait_for_ingest
+from streamrec.client import RecommendationClient
+from streamrec.processes import StackError, free_port
+from streamrec.publisher import Publisher, check_dataset_events, dataset_events, publish_stream
+from streamrec.shared.cached_list import CachedList
+from streamrec.shared.datasets import in_time_order, load_interactions
+from streamrec.shared.redaction import redacted_url
+from streamrec.shared.redis_connection import SyncRedis, connect, get_many
+from streamrec.shared.redis_keys import RedisKeys
+from streamrec.shared.settings import Settings
+from streamrec.stack import Stack, new_run_dir, settings_for_run
+from streamrec.synthetic import generate
 
 WAIT_SECONDS = 600.0
 
@@ -44,7 +45,7 @@ def run_demo(
     samples: int = 3,
 ) -> None:
     """Run the demo; raises StackError (with the log to look at) if a stage does not finish."""
-    from .trainer.service import train_once
+    from streamrec.trainer.service import train_once
 
     frame = load_interactions(movielens) if movielens else generate(users=users, items=items)
     if limit is not None:

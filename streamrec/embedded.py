@@ -8,11 +8,11 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .processes import ChildProcess, StackError, free_port, spawn, wait_for_port
-from .shared.logs import get_logger
-from .shared.redaction import redacted_url
-from .shared.settings import Settings
-from .topics import create_topics
+from streamrec.processes import ChildProcess, StackError, free_port, spawn, wait_for_port
+from streamrec.shared.logs import get_logger
+from streamrec.shared.redaction import redacted_url
+from streamrec.shared.settings import Settings
+from streamrec.shared.topic_admin import create_topics
 
 log = get_logger(__name__)
 # The session timeout on the embedded broker, unless set (see start_missing_servers).

@@ -31,8 +31,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
 
-from .processes import ChildProcess, StackError, free_port, spawn, stop_all, wait_for_port
-from .shared.logs import get_logger
+from streamrec.processes import ChildProcess, StackError, free_port, spawn, stop_all, wait_for_port
+from streamrec.shared.logs import get_logger
 
 log = get_logger(__name__)
 
@@ -283,7 +283,7 @@ class ApacheKafka:
             "min.insync.replicas": str(min_isr),
             "group.initial.rebalance.delay.ms": "0",
             # As the embedded broker (Tansu) does: a topic a client asks for is created, with 4
-            # partitions (streamrec creates its own topics explicitly; see streamrec.topics).
+            # partitions (streamrec creates its own topics explicitly: streamrec.shared.topic_admin).
             "auto.create.topics.enable": "true",
             "num.partitions": "4",
             "num.network.threads": "2",

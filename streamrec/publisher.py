@@ -18,20 +18,16 @@ import orjson
 import pandas as pd
 from tqdm import tqdm
 
-from .shared.catalog import validate_item
-from .shared.datasets import in_time_order, load_interactions
-from .shared.events import Rejection, validate_event
-from .shared.kafka_config import client_config
-from .shared.settings import Settings, load_settings
-from .topics import existing_topics
+from streamrec.shared.catalog import validate_item
+from streamrec.shared.datasets import in_time_order, load_interactions
+from streamrec.shared.events import Rejection, validate_event
+from streamrec.shared.kafka_config import PublishError, client_config
+from streamrec.shared.settings import Settings, load_settings
+from streamrec.shared.topic_admin import existing_topics
 
 
 class InvalidEvent(ValueError):
     """An event that ingest would refuse; raised before it is sent."""
-
-
-class PublishError(RuntimeError):
-    """Kafka did not acknowledge some events (broker unreachable, topic missing, …)."""
 
 
 def encode_event(event: Mapping[str, Any], *, max_future_seconds: float) -> tuple[bytes, str]:

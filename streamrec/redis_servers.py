@@ -43,11 +43,11 @@ from urllib.parse import quote
 
 import redis
 
-from .embedded import redis_binary
-from .processes import ChildProcess, StackError, free_port, spawn, stop_all, wait_for_port
-from .shared.logs import get_logger
-from .shared.redis_connection import connect
-from .shared.settings import Settings
+from streamrec.embedded import redis_binary
+from streamrec.processes import ChildProcess, StackError, free_port, spawn, stop_all, wait_for_port
+from streamrec.shared.logs import get_logger
+from streamrec.shared.redis_connection import connect
+from streamrec.shared.settings import Settings
 
 log = get_logger(__name__)
 

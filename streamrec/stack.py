@@ -16,10 +16,10 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .embedded import EmbeddedServers, start_missing_servers
-from .processes import ChildProcess, StackError, free_port, spawn, wait_for_port
-from .shared.logs import get_logger
-from .shared.settings import Settings
+from streamrec.embedded import EmbeddedServers, start_missing_servers
+from streamrec.processes import ChildProcess, StackError, free_port, spawn, wait_for_port
+from streamrec.shared.logs import get_logger
+from streamrec.shared.settings import Settings
 
 log = get_logger(__name__)
 

@@ -21,16 +21,13 @@ from typing import Any
 import httpx
 from confluent_kafka import KafkaException
 
-from .backlog import Offsets, ingest_behind
-from .shared.contracts import (
-    SCORER_GROUP,
-    TRAINER_GROUP,
-    RedisKeys,
-    feature_batch_event_count,
-)
-from .shared.redis_connection import connect
-from .shared.registry import ModelRegistry
-from .shared.settings import Settings
+from streamrec.backlog import Offsets, ingest_behind
+from streamrec.shared.kafka_topics import SCORER_GROUP, TRAINER_GROUP
+from streamrec.shared.messages import feature_batch_event_count
+from streamrec.shared.redis_connection import connect
+from streamrec.shared.redis_keys import RedisKeys
+from streamrec.shared.registry import ModelRegistry
+from streamrec.shared.settings import Settings
 
 READY_TIMEOUT_SECONDS = 2.0
 LIST_SCAN_LIMIT = 1_000_000  # lists counted at most (a SCAN over a huge keyspace would take long)

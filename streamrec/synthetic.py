@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .shared.datasets import COLUMNS
+from streamrec.shared.datasets import COLUMNS
 
 EVENT_TYPES = np.array(["view", "click", "add_to_cart", "purchase"])
 EVENT_TYPE_P = np.array([0.6, 0.25, 0.1, 0.05])

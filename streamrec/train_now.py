@@ -16,11 +16,11 @@ from typing import Any
 
 from tqdm import tqdm
 
-from .backlog import Offsets, wait_for_ingest
-from .shared.registry import ModelManifest
-from .shared.settings import Settings
-from .shared.train_requests import RequestBox, TrainProgress
-from .trainer.event_log import EventLog, EventLogLocked, log_directory, log_owner
+from streamrec.backlog import Offsets, wait_for_ingest
+from streamrec.shared.registry import ModelManifest
+from streamrec.shared.settings import Settings
+from streamrec.shared.train_requests import RequestBox, TrainProgress
+from streamrec.trainer.event_log import EventLog, EventLogLocked, log_directory, log_owner
 
 POLL_SECONDS = 0.5
 # How long the event log may stay without a trainer before the request is given up: a supervised
@@ -68,7 +68,7 @@ def train_now(settings: Settings, wait: bool = True) -> TrainingOutcome:
         own_log = EventLog(settings)
     except EventLogLocked:
         return _ask_trainer(settings)
-    from .trainer.service import train_once  # torch: only when this command trains itself
+    from streamrec.trainer.service import train_once  # torch: only when this command trains itself
 
     with own_log, ProgressBar("training here", settings.epochs) as bar:
         result = train_once(settings, own_log, on_epoch=lambda stats: bar.epoch(stats.epoch))

@@ -18,7 +18,7 @@ import pytest
 import redis
 
 from streamrec.processes import free_port
-from streamrec.shared.contracts import RedisKeys
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 

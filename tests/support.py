@@ -28,14 +28,16 @@ from streamrec.ingest.features import UserState, apply_event
 from streamrec.kafka_cluster import ApacheKafka, java_binary, kafka_libs
 from streamrec.processes import StackError
 from streamrec.publisher import Publisher, dataset_events, publish_stream
-from streamrec.shared.contracts import CachedList, FeatureBatch, RedisKeys, UserSnapshot, decode_feature_batch
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.events import Interaction, parse_event
 from streamrec.shared.kafka_config import client_config
+from streamrec.shared.messages import FeatureBatch, UserSnapshot, decode_feature_batch
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
+from streamrec.shared.topic_admin import MessageCounter, accepted_events_counter
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
-from streamrec.topics import MessageCounter, accepted_events_counter
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 

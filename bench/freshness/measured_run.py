@@ -25,8 +25,8 @@ from bench.harness import log_progress, percentile
 from bench.procfs import cpu_seconds, stolen_seconds
 from bench.stack import check_alive, read_lists, served_model
 from streamrec.processes import StackError
-from streamrec.shared.contracts import RedisKeys
 from streamrec.shared.redis_connection import connect_async
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 

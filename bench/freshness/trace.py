@@ -14,8 +14,8 @@ from confluent_kafka import Consumer, TopicPartition
 from bench.freshness.sizes import PARTITIONS
 from bench.freshness.tracker import UpdateTracker
 from bench.harness import log_progress, percentile
-from streamrec.shared.contracts import decode_feature_batch
 from streamrec.shared.kafka_config import client_config
+from streamrec.shared.messages import decode_feature_batch
 from streamrec.shared.settings import Settings
 
 TRACED_GROUP = "bench-freshness-trace"  # never joined: partitions are assigned by hand
@@ -29,7 +29,7 @@ def topic_ends(settings: Settings) -> dict[tuple[str, int], int]:
     """Where the traced topics end now, so that the trace after a run skips what came before."""
     consumer = Consumer(client_config(settings, {"group.id": TRACED_GROUP}))
     try:
-        # Tansu may report less than the log end (see streamrec.topics.MessageCounter): the trace
+        # Tansu may report less than the log end (see streamrec.shared.topic_admin.MessageCounter): the trace
         # also filters by event id, so starting a little early is harmless.
         return {
             (topic, p): max(0, consumer.get_watermark_offsets(TopicPartition(topic, p), 10)[1])

@@ -35,21 +35,16 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
 from pydantic import BaseModel, Field
 
-from ..client import (
-    DEFAULT_N,
-    AsyncRecommendationClient,
-    RecommendationClient,
-    resolve_item_id,
-    resolve_user_id,
-)
-from ..erasure import ForgetRequests
-from ..publisher import PublishError
-from ..read_filters import ReadFilter
-from ..shared.logs import get_logger
-from ..shared.redaction import redacted_url
-from ..shared.redis_connection import is_permanent, redis_url
-from ..shared.settings import Settings
-from .admin import admin_refusal
+from streamrec.api.admin import admin_refusal
+from streamrec.api.forget_requests import ForgetRequests
+from streamrec.api.read_filters import ReadFilter
+from streamrec.api.reader import DEFAULT_N, AsyncRecommendationClient, RecommendationClient
+from streamrec.shared.events import resolve_item_id, resolve_user_id
+from streamrec.shared.kafka_config import PublishError
+from streamrec.shared.logs import get_logger
+from streamrec.shared.redaction import redacted_url
+from streamrec.shared.redis_connection import is_permanent, redis_url
+from streamrec.shared.settings import Settings
 
 log = get_logger(__name__)
 

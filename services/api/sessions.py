@@ -18,10 +18,10 @@ import threading
 import time
 from dataclasses import dataclass
 
-from ..scorer.model_runtime import ServedModel
-from ..shared.logs import get_logger
-from ..shared.registry import ModelIntegrityError, ModelRegistry
-from ..shared.settings import Settings
+from streamrec.scorer.model_runtime import ServedModel
+from streamrec.shared.logs import get_logger
+from streamrec.shared.registry import ModelIntegrityError, ModelRegistry
+from streamrec.shared.settings import Settings
 
 log = get_logger(__name__)
 

@@ -42,26 +42,7 @@ import orjson
 import prometheus_client as prom
 from faust.types import TP
 
-from ..shared.catalog import ItemRecord, ServingCatalog, parse_item
-from ..shared.contracts import (
-    INGEST_GROUP,
-    INGEST_REKEYED_TOPIC,
-    CatalogChange,
-    DeadLetter,
-    FeatureBatch,
-    ForgetUser,
-    PopularItems,
-    UserSnapshot,
-)
-from ..shared.events import Interaction, Rejection, RejectReason, normalise_id, parse_event
-from ..shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
-from ..shared.kafka_config import faust_credentials, require_bootstrap
-from ..shared.logs import get_logger
-from ..shared.loop_lag import watch_event_loop
-from ..shared.ops import start_ops_server
-from ..shared.settings import Settings
-from ..topics import check_login
-from .bundles import (
+from streamrec.ingest.bundles import (
     DELTA_ITEMS,
     delta_messages,
     is_home,
@@ -70,9 +51,9 @@ from .bundles import (
     popularity_rows,
     read_deltas,
 )
-from .catalog import CategoryPopularity, chunks
-from .erasure import ErasureMarkers
-from .features import (
+from streamrec.ingest.catalog import CategoryPopularity, chunks
+from streamrec.ingest.erasure import ErasureMarkers
+from streamrec.ingest.features import (
     ItemPopularity,
     PopularityRanking,
     UserState,
@@ -80,9 +61,27 @@ from .features import (
     apply_event,
     merge_popularity,
 )
-from .table_codec import use_exact_size_json
-from .transport import IngestApp, RecordRun
-from .write_back import PartitionEvent, StateWriteBack, as_current_event
+from streamrec.ingest.table_codec import use_exact_size_json
+from streamrec.ingest.transport import IngestApp, RecordRun
+from streamrec.ingest.write_back import PartitionEvent, StateWriteBack, as_current_event
+from streamrec.shared.catalog import ItemRecord, ServingCatalog, parse_item
+from streamrec.shared.events import Interaction, Rejection, RejectReason, normalise_id, parse_event
+from streamrec.shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
+from streamrec.shared.kafka_config import faust_credentials, require_bootstrap
+from streamrec.shared.kafka_topics import INGEST_GROUP, INGEST_REKEYED_TOPIC
+from streamrec.shared.logs import get_logger
+from streamrec.shared.loop_lag import watch_event_loop
+from streamrec.shared.messages import (
+    CatalogChange,
+    DeadLetter,
+    FeatureBatch,
+    ForgetUser,
+    PopularItems,
+    UserSnapshot,
+)
+from streamrec.shared.ops import start_ops_server
+from streamrec.shared.settings import Settings
+from streamrec.shared.topic_admin import check_login
 
 log = get_logger(__name__)
 

@@ -27,8 +27,8 @@ from typing import Any
 
 from aiokafka.partitioner import murmur2
 
-from ..shared.events import Interaction
-from .features import ItemPopularity
+from streamrec.ingest.features import ItemPopularity
+from streamrec.shared.events import Interaction
 
 DELTA_ITEMS = "items"  # the list's field of a popularity delta message
 DELTA_MESSAGE_MAX_ITEMS = 5_000  # ~200 KB of JSON: far below Kafka's 1 MB default message size

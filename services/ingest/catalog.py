@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..shared.catalog import ServingCatalog
-from .features import ItemPopularity, PopularityRanking
+from streamrec.ingest.features import ItemPopularity, PopularityRanking
+from streamrec.shared.catalog import ServingCatalog
 
 # A popular-items message carries at most this many category lists (of top_n items each, about
 # 25 bytes per item in JSON): far below the 1 MB a Kafka message may have by default.

@@ -43,7 +43,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ConsumerMessage, Message
 from mode.services import WaitResults
 
-from ..shared.logs import get_logger
+from streamrec.shared.logs import get_logger
 
 # Faust's services log "Starting…"/"Stopping…" through their class's logger; our subclasses keep
 # them under "faust" so that configure_logging's level for Faust applies to them too.

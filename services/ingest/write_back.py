@@ -28,7 +28,7 @@ import faust
 from faust.streams import _current_event  # where Table.__setitem__ reads its partition from
 from faust.types import EventT
 
-from .features import UserState
+from streamrec.ingest.features import UserState
 
 
 class PartitionEvent:

@@ -3,7 +3,7 @@
 Every scorer keeps the whole :class:`~streamrec.shared.catalog.ServingCatalog` (availability and
 categories; small next to the model) so that it never ranks an unavailable item, and the scorer
 that owns partition 0 of the user features writes it to Redis for the readers, who filter every
-list they return with it (``streamrec/client.py``): a hidden item is gone from reads as soon as
+list they return with it (``services/api/reader.py``): a hidden item is gone from reads as soon as
 the readers see the new catalog, without re-scoring anyone.
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import time
 
-from ..shared.catalog import ServingCatalog
-from ..shared.contracts import CatalogChange
+from streamrec.shared.catalog import ServingCatalog
+from streamrec.shared.messages import CatalogChange
 
 
 class ScorerCatalog:

@@ -16,7 +16,10 @@ from collections.abc import Iterable
 import numpy as np
 import onnxruntime as ort
 
-from ..shared.contracts import (
+from streamrec.shared.cached_list import RankedListEncoder
+from streamrec.shared.debias import popularity_rerank, popularity_terms
+from streamrec.shared.logs import get_logger
+from streamrec.shared.model_contract import (
     ITEM_POPULARITY_FILE,
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
@@ -24,11 +27,8 @@ from ..shared.contracts import (
     ONNX_OUTPUT_ITEMS,
     ONNX_OUTPUT_SCORES,
     PADDING_INDEX,
-    RankedListEncoder,
 )
-from ..shared.debias import popularity_rerank, popularity_terms
-from ..shared.logs import get_logger
-from ..shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
+from streamrec.shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
 
 log = get_logger(__name__)
 

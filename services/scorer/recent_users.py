@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
 
-from ..shared.contracts import FeatureBatchDecodeError, decode_feature_batch
-from ..shared.logs import get_logger
+from streamrec.shared.logs import get_logger
+from streamrec.shared.messages import FeatureBatchDecodeError, decode_feature_batch
 
 log = get_logger(__name__)
 

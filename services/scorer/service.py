@@ -51,30 +51,34 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaExcepti
 from prometheus_client import Counter, Gauge, Histogram
 from redis.exceptions import RedisClusterException
 
-from ..shared.catalog import ServingCatalog
-from ..shared.contracts import (
-    SCORER_GROUP,
-    CachedList,
-    CachedListDecodeError,
+from streamrec.scorer.catalog import ScorerCatalog
+from streamrec.scorer.model_runtime import ServedModel
+from streamrec.scorer.recent_users import PartitionTail, RecentUsers
+from streamrec.scorer.similar_items import (
+    FALLBACK_WRITE_SECONDS,
+    CoOccurrence,
+    SimilarListWriter,
+    load_item_embeddings,
+)
+from streamrec.shared.cached_list import CachedList, CachedListDecodeError
+from streamrec.shared.catalog import ServingCatalog
+from streamrec.shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
+from streamrec.shared.kafka_config import client_config
+from streamrec.shared.kafka_topics import SCORER_GROUP
+from streamrec.shared.logs import get_logger
+from streamrec.shared.messages import (
     CatalogChange,
     FeatureBatchDecodeError,
     ModelAnnouncement,
     PopularItems,
-    RedisKeys,
     decode_feature_batch,
 )
-from ..shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
-from ..shared.kafka_config import client_config
-from ..shared.logs import get_logger
-from ..shared.ops import start_ops_server
-from ..shared.redis_connection import connect, explain, get_many, is_permanent
-from ..shared.registry import ModelIntegrityError, ModelRegistry
-from ..shared.settings import ConfigError, Settings
-from ..topics import existing_topics
-from .catalog import ScorerCatalog
-from .model_runtime import ServedModel
-from .recent_users import PartitionTail, RecentUsers
-from .similar_items import FALLBACK_WRITE_SECONDS, CoOccurrence, SimilarListWriter, load_item_embeddings
+from streamrec.shared.ops import start_ops_server
+from streamrec.shared.redis_connection import connect, explain, get_many, is_permanent
+from streamrec.shared.redis_keys import RedisKeys
+from streamrec.shared.registry import ModelIntegrityError, ModelRegistry
+from streamrec.shared.settings import ConfigError, Settings
+from streamrec.shared.topic_admin import existing_topics
 
 log = get_logger(__name__)
 

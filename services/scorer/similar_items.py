@@ -1,6 +1,6 @@
 """Similar items: every item's nearest items, written to Redis for ``RedisKeys.similar(item)``.
 
-Two sources, one key per item (a :class:`~streamrec.shared.contracts.CachedList`):
+Two sources, one key per item (a :class:`~streamrec.shared.cached_list.CachedList`):
 
 - ``personal`` — the served model's item embeddings (``item_embeddings.npy`` of its version):
   the ``k`` items of highest cosine similarity, itself excluded, with the model version. When a
@@ -25,9 +25,10 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..shared.contracts import ITEM_EMBEDDINGS_FILE, CachedList
-from ..shared.logs import get_logger
-from ..shared.registry import ModelIntegrityError, ModelRegistry
+from streamrec.shared.cached_list import CachedList
+from streamrec.shared.logs import get_logger
+from streamrec.shared.model_contract import ITEM_EMBEDDINGS_FILE
+from streamrec.shared.registry import ModelIntegrityError, ModelRegistry
 
 log = get_logger(__name__)
 

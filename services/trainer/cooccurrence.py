@@ -18,7 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.linalg import svds
 
-from .dataset import SequenceDataset
+from streamrec.trainer.dataset import SequenceDataset
 
 COOCCURRENCE_WINDOW = 3  # steps ahead that count as "follows" (best of 1/3/10 on validation)
 

@@ -18,11 +18,10 @@ import pandas as pd
 from streamrec.shared.logs import get_logger
 from streamrec.shared.registry import ModelManifest, ModelRegistry, new_version
 from streamrec.shared.settings import Settings
-
-from .dataset import SequenceDataset, build_dataset
-from .export import export_model
-from .gate import GateDecision, judge
-from .train import EpochCallback, train
+from streamrec.trainer.dataset import SequenceDataset, build_dataset
+from streamrec.trainer.export import export_model
+from streamrec.trainer.gate import GateDecision, judge
+from streamrec.trainer.train import EpochCallback, train
 
 log = get_logger(__name__)
 

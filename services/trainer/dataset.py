@@ -22,8 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from streamrec.shared.contracts import PADDING_INDEX
 from streamrec.shared.events import RATING_EVENT_TYPE
+from streamrec.shared.model_contract import PADDING_INDEX
 
 REQUIRED_COLUMNS = ("user_id", "item_id", "timestamp")
 MAX_RATING_MAGNITUDE = 1e18

@@ -33,11 +33,12 @@ import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from tqdm import tqdm
 
-from ..shared.contracts import TRAINER_GROUP, FeatureBatchDecodeError, decode_feature_batch
-from ..shared.kafka_config import client_config
-from ..shared.logs import get_logger
-from ..shared.settings import ConfigError, Settings
-from ..topics import KafkaUnavailable, check_login
+from streamrec.shared.kafka_config import client_config
+from streamrec.shared.kafka_topics import TRAINER_GROUP
+from streamrec.shared.logs import get_logger
+from streamrec.shared.messages import FeatureBatchDecodeError, decode_feature_batch
+from streamrec.shared.settings import ConfigError, Settings
+from streamrec.shared.topic_admin import KafkaUnavailable, check_login
 
 log = get_logger(__name__)
 

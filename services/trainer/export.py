@@ -1,7 +1,7 @@
 """Export a trained model to ONNX, prove onnxruntime ranks like torch, write the version's files.
 
 The exported graph is the model's serving head ``forward(history, exclude) -> (scores, items)``
-with the signature of shared/contracts.py. Before anything is published, onnxruntime and torch
+with the signature of shared/model_contract.py. Before anything is published, onnxruntime and torch
 score the same real histories and must return the same top-k items with the same scores.
 """
 
@@ -21,7 +21,8 @@ import onnxruntime as ort
 import orjson
 import torch
 
-from streamrec.shared.contracts import (
+from streamrec.shared.logs import get_logger
+from streamrec.shared.model_contract import (
     ITEM_EMBEDDINGS_FILE,
     ITEM_POPULARITY_FILE,
     MODEL_FILE,
@@ -32,7 +33,6 @@ from streamrec.shared.contracts import (
     PADDING_INDEX,
     VOCAB_FILE,
 )
-from streamrec.shared.logs import get_logger
 from streamrec.shared.registry import (
     BATCH_DIM,
     EXCLUDE_DIM,
@@ -43,8 +43,7 @@ from streamrec.shared.registry import (
     onnx_signature,
     sha256_file,
 )
-
-from .model import SequenceRecommender
+from streamrec.trainer.model import SequenceRecommender
 
 log = get_logger(__name__)
 

@@ -27,15 +27,14 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from streamrec.shared.contracts import MODEL_FILE, ONNX_INPUT_EXCLUDE, ONNX_INPUT_HISTORY, PADDING_INDEX
 from streamrec.shared.logs import get_logger
+from streamrec.shared.model_contract import MODEL_FILE, ONNX_INPUT_EXCLUDE, ONNX_INPUT_HISTORY, PADDING_INDEX
 from streamrec.shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
 from streamrec.shared.settings import Settings
-
-from .dataset import SequenceDataset
-from .model import predicts_ratings
-from .train import METRIC_K, popularity_baseline
-from .train_rating import rating_errors, rating_examples
+from streamrec.trainer.dataset import SequenceDataset
+from streamrec.trainer.model import predicts_ratings
+from streamrec.trainer.train import METRIC_K, popularity_baseline
+from streamrec.trainer.train_rating import rating_errors, rating_examples
 
 log = get_logger(__name__)
 

@@ -5,7 +5,7 @@ item indices ``[B, max_seq_len]`` (left-padded with 0, most recent last) -> scor
 ``[B, n_items + 1]`` (column 0 is padding and meaningless). Training uses ``logits``; the shared
 ``forward(history, exclude)`` is what gets exported to ONNX: it masks excluded items and padding
 inside the graph and returns the ``top_k`` best as (scores, items), the serving contract of
-shared/contracts.py.
+shared/model_contract.py.
 
 Models are chosen by name with ``settings.model``; see :data:`MODELS`.
 """
@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from streamrec.shared.contracts import PADDING_INDEX
+from streamrec.shared.model_contract import PADDING_INDEX
 from streamrec.shared.settings import Settings
 
 # nanoGPT-style small init: N(0, 0.02) keeps initial logits near 0 so the first softmax is ~uniform.

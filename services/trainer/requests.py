@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ..shared.logs import get_logger
-from ..shared.train_requests import RequestBox, TrainProgress, TrainRequest
+from streamrec.shared.logs import get_logger
+from streamrec.shared.train_requests import RequestBox, TrainProgress, TrainRequest
 
 if TYPE_CHECKING:
-    from .train import EpochStats  # torch: the trainer imports it only when a cycle runs
+    from streamrec.trainer.train import EpochStats  # torch: the trainer imports it only when a cycle runs
 
 log = get_logger(__name__)
 

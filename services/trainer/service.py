@@ -33,20 +33,20 @@ import pandas as pd
 from confluent_kafka import Producer
 from prometheus_client import Counter, Gauge
 
-from ..shared.contracts import ModelAnnouncement
-from ..shared.kafka_config import client_config, require_bootstrap
-from ..shared.logs import get_logger
-from ..shared.ops import start_ops_server
-from ..shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
-from ..shared.settings import Settings
-from ..shared.train_requests import RequestBox
-from ..topics import KafkaUnavailable
-from .event_log import EventLog
-from .requests import CycleRequests
+from streamrec.shared.kafka_config import client_config, require_bootstrap
+from streamrec.shared.logs import get_logger
+from streamrec.shared.messages import ModelAnnouncement
+from streamrec.shared.ops import start_ops_server
+from streamrec.shared.registry import ModelIntegrityError, ModelManifest, ModelRegistry
+from streamrec.shared.settings import Settings
+from streamrec.shared.topic_admin import KafkaUnavailable
+from streamrec.shared.train_requests import RequestBox
+from streamrec.trainer.event_log import EventLog
+from streamrec.trainer.requests import CycleRequests
 
 if TYPE_CHECKING:
-    from .cycle import CycleResult
-    from .train import EpochCallback
+    from streamrec.trainer.cycle import CycleResult
+    from streamrec.trainer.train import EpochCallback
 
 log = get_logger(__name__)
 
@@ -289,7 +289,7 @@ def _train(settings: Settings, event_log: EventLog, on_epoch: EpochCallback | No
             f"no events to train on: nothing has arrived on {settings.topic_user_features} yet "
             "(is ingest running, and have interactions been published?)"
         )
-    from .cycle import run_training_cycle  # imports torch: only when a cycle actually runs
+    from streamrec.trainer.cycle import run_training_cycle  # imports torch: only when a cycle actually runs
 
     log.info("training cycle started", extra=data_info)
     started = time.monotonic()

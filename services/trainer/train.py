@@ -26,13 +26,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from streamrec.shared.contracts import PADDING_INDEX
 from streamrec.shared.logs import get_logger
+from streamrec.shared.model_contract import PADDING_INDEX
 from streamrec.shared.settings import Settings
-
-from .cooccurrence import item_vectors
-from .dataset import SequenceDataset
-from .model import INIT_STD, SequenceRecommender, build_model, predicts_ratings
+from streamrec.trainer.cooccurrence import item_vectors
+from streamrec.trainer.dataset import SequenceDataset
+from streamrec.trainer.model import INIT_STD, SequenceRecommender, build_model, predicts_ratings
 
 log = get_logger(__name__)
 
@@ -138,7 +137,7 @@ def train(dataset: SequenceDataset, settings: Settings, on_epoch: EpochCallback 
     """Fit a ``settings.model`` model on ``dataset``; deterministic for a given ``settings.seed``.
     ``on_epoch`` is told of every epoch as it ends."""
     if predicts_ratings(settings.model):  # fitted to the events' values, not to next items
-        from .train_rating import train_rating  # it builds on this module
+        from streamrec.trainer.train_rating import train_rating  # it builds on this module
 
         return train_rating(dataset, settings, on_epoch)
     if dataset.n_train_examples == 0:

@@ -27,10 +27,9 @@ from tqdm import tqdm
 
 from streamrec.shared.logs import get_logger
 from streamrec.shared.settings import Settings
-
-from .dataset import SequenceDataset
-from .model import SequenceRecommender, build_model
-from .train import (
+from streamrec.trainer.dataset import SequenceDataset
+from streamrec.trainer.model import SequenceRecommender, build_model
+from streamrec.trainer.train import (
     EarlyStopping,
     EpochCallback,
     EpochStats,

@@ -21,8 +21,8 @@ import pytest
 from streamrec.embedded import start_redis
 from streamrec.processes import free_port
 from streamrec.redis_servers import RedisClusterServers, cluster_tools_missing
-from streamrec.shared.contracts import RedisKeys
 from streamrec.shared.redis_connection import connect
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.stack import Stack
 
 from support import REDIS_TOPOLOGIES, LiveStack, TrainedStack, train_once

@@ -30,10 +30,11 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from streamrec.shared.contracts import INGEST_REKEYED_TOPIC, FeatureBatch, decode_feature_batch
 from streamrec.shared.events import Interaction, Rejection, parse_event
+from streamrec.shared.kafka_topics import INGEST_REKEYED_TOPIC
+from streamrec.shared.messages import FeatureBatch, decode_feature_batch
 from streamrec.shared.settings import Settings
-from streamrec.topics import existing_topics
+from streamrec.shared.topic_admin import existing_topics
 
 from support import LiveStack, only_the_strategies, wait_for
 

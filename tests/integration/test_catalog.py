@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, Producer
 
 from streamrec.client import RecommendationClient
-from streamrec.shared.contracts import CachedList
+from streamrec.shared.cached_list import CachedList
 
 from support import LiveStack, TrainedStack, on_each_redis, wait_for
 

@@ -25,8 +25,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from streamrec.erasure import forget_user
 from streamrec.ingest.erasure import user_hash
 from streamrec.publisher import Publisher
-from streamrec.shared.contracts import INGEST_GROUP, RedisKeys, decode_feature_batch
 from streamrec.shared.kafka_config import client_config
+from streamrec.shared.kafka_topics import INGEST_GROUP
+from streamrec.shared.messages import decode_feature_batch
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack

@@ -30,7 +30,7 @@ from streamrec.embedded import broker_binary, start_redis
 from streamrec.kafka_cluster import ApacheKafka
 from streamrec.processes import ChildProcess, free_port, spawn, wait_for_port
 from streamrec.publisher import Publisher, dataset_events, publish_stream
-from streamrec.shared.contracts import RedisKeys
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 from streamrec.synthetic import generate

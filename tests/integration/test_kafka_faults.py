@@ -72,11 +72,13 @@ from bench.freshness.tracker import UpdateTracker
 from streamrec.ingest.bundles import partition_for
 from streamrec.kafka_cluster import ApacheKafka
 from streamrec.processes import ChildProcess
-from streamrec.publisher import Publisher, PublishError, dataset_events, publish_stream
-from streamrec.shared.contracts import INGEST_GROUP, SCORER_GROUP, CachedList, RedisKeys
+from streamrec.publisher import Publisher, dataset_events, publish_stream
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.events import Interaction, parse_event
-from streamrec.shared.kafka_config import client_config
+from streamrec.shared.kafka_config import PublishError, client_config
+from streamrec.shared.kafka_topics import INGEST_GROUP, SCORER_GROUP
 from streamrec.shared.redis_connection import connect_async
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 from streamrec.synthetic import generate

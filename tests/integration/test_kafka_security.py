@@ -36,7 +36,7 @@ from streamrec.processes import spawn
 from streamrec.publisher import Publisher
 from streamrec.shared.kafka_config import aiokafka_config
 from streamrec.shared.settings import Settings
-from streamrec.topics import (
+from streamrec.shared.topic_admin import (
     KafkaUnavailable,
     MessageCounter,
     accepted_events_counter,

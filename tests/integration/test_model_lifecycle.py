@@ -14,7 +14,8 @@ import pytest
 import redis
 from confluent_kafka import Producer
 
-from streamrec.shared.contracts import MANIFEST_FILE, MODEL_FILE, ModelAnnouncement
+from streamrec.shared.messages import ModelAnnouncement
+from streamrec.shared.model_contract import MANIFEST_FILE, MODEL_FILE
 from streamrec.shared.registry import PROMOTED, REJECTED, ROLLED_BACK, ModelRegistry, new_version
 from streamrec.trainer.cycle import publish_candidate
 from streamrec.trainer.dataset import build_dataset

@@ -13,9 +13,10 @@ from fastapi.testclient import TestClient
 
 from streamrec.api.app import create_app
 from streamrec.client import AsyncRecommendationClient, RecommendationClient
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.catalog import ItemRecord, ServingCatalog
-from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.redis_connection import connect
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 
 from support import clear_prefix

@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from streamrec.api.app import create_app
 from streamrec.client import AsyncRecommendationClient, RecommendationClient, Recommendations, resolve_user_id
 from streamrec.processes import free_port
-from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.redis_connection import connect
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 
 from support import clear_prefix, only_the_strategies

@@ -27,8 +27,9 @@ from streamrec.client import RecommendationClient
 from streamrec.processes import free_port
 from streamrec.publisher import Publisher, dataset_events, publish_stream
 from streamrec.redis_servers import RedisClusterServers, SentinelGroup, cluster_tools_missing
-from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.redis_connection import connect, get_many
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack

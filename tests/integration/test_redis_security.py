@@ -40,8 +40,8 @@ import redis
 from streamrec.client import AsyncRecommendationClient, RecommendationClient
 from streamrec.embedded import redis_binary
 from streamrec.processes import ChildProcess, free_port, spawn, wait_for_port
-from streamrec.shared.contracts import RedisKeys
 from streamrec.shared.redis_connection import RedisCredentialsError, RedisTlsError, connect
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import ENV_PREFIX, Settings
 
 from support import wait_for

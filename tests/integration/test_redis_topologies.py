@@ -32,7 +32,7 @@ from streamrec.api.app import check_redis_access, create_app
 from streamrec.client import RecommendationClient
 from streamrec.redis_servers import RedisClusterServers, SentinelGroup, cluster_tools_missing
 from streamrec.scorer.service import REDIS_WRITE_ERRORS, ScoredLists, ScorerService
-from streamrec.shared.contracts import CachedList, RedisKeys
+from streamrec.shared.cached_list import CachedList
 from streamrec.shared.redis_connection import (
     LazyRedisCluster,
     RedisCredentialsError,
@@ -41,6 +41,7 @@ from streamrec.shared.redis_connection import (
     explain,
     get_many,
 )
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,10 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamrec.processes import free_port
-from streamrec.shared.contracts import INGEST_GROUP, SCORER_GROUP, CachedList, RedisKeys, decode_feature_batch
+from streamrec.shared.cached_list import CachedList
+from streamrec.shared.kafka_topics import INGEST_GROUP, SCORER_GROUP
+from streamrec.shared.messages import decode_feature_batch
+from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.stack import Stack
 from streamrec.synthetic import generate

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from streamrec.publisher import Publisher
-from streamrec.shared.contracts import ONNX_INPUT_EXCLUDE, ONNX_INPUT_HISTORY, PADDING_INDEX, SCORE_STEPS
+from streamrec.shared.cached_list import SCORE_STEPS
 from streamrec.shared.datasets import in_time_order, load_interactions
+from streamrec.shared.model_contract import ONNX_INPUT_EXCLUDE, ONNX_INPUT_HISTORY, PADDING_INDEX
 from streamrec.shared.registry import MODEL_FILE, ModelRegistry
 from streamrec.trainer.evaluation.models import model_inputs
 from streamrec.trainer.evaluation.protocol import split_interactions

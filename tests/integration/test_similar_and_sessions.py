@@ -19,7 +19,8 @@ from test_catalog import publish_items
 from streamrec.client import AsyncRecommendationClient, RecommendationClient
 from streamrec.publisher import Publisher
 from streamrec.scorer.model_runtime import ServedModel
-from streamrec.shared.contracts import ITEM_EMBEDDINGS_FILE, MANIFEST_FILE, CachedList
+from streamrec.shared.cached_list import CachedList
+from streamrec.shared.model_contract import ITEM_EMBEDDINGS_FILE, MANIFEST_FILE
 from streamrec.shared.redis_connection import connect, get_many
 from streamrec.shared.registry import ModelRegistry, new_version
 

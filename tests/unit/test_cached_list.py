@@ -9,7 +9,8 @@ import orjson
 import pytest
 
 from streamrec.client import Recommendations
-from streamrec.shared.contracts import CachedList, CachedListDecodeError, RankedListEncoder, RedisKeys
+from streamrec.shared.cached_list import CachedList, CachedListDecodeError, RankedListEncoder
+from streamrec.shared.redis_keys import RedisKeys
 
 VERSION = "20261129T052000.123Z-1a2b3c"  # the registry's version format
 # A user costs the value plus Redis's per-key overhead (about 70 bytes with a short key, and the

@@ -8,8 +8,8 @@ import pytest
 from streamrec.ingest.catalog import CATEGORIES_PER_MESSAGE, CategoryPopularity, chunks
 from streamrec.ingest.features import ItemPopularity
 from streamrec.shared.catalog import SCHEMA_PATH, ItemRecord, ServingCatalog, json_schema, parse_item
-from streamrec.shared.contracts import CatalogChange, PopularItems
 from streamrec.shared.events import Rejection, RejectReason
+from streamrec.shared.messages import CatalogChange, PopularItems
 
 
 def test_only_the_item_id_is_required_and_ids_are_normalised() -> None:

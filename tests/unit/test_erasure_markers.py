@@ -10,14 +10,9 @@ from pydantic import SecretStr
 from streamrec.api.admin import admin_refusal
 from streamrec.api.app import create_app
 from streamrec.ingest.erasure import ErasureMarkers, Marker, user_hash
-from streamrec.shared.contracts import (
-    FeatureBatch,
-    ForgetUser,
-    UserSnapshot,
-    decode_feature_batch,
-    topic_specs,
-)
 from streamrec.shared.events import Interaction
+from streamrec.shared.kafka_topics import topic_specs
+from streamrec.shared.messages import FeatureBatch, ForgetUser, UserSnapshot, decode_feature_batch
 from streamrec.shared.settings import Settings
 
 # --- contracts -------------------------------------------------------------------------------

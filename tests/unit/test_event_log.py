@@ -11,8 +11,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streamrec.embedded import start_broker
-from streamrec.shared.contracts import FeatureBatch, UserSnapshot
 from streamrec.shared.events import Interaction
+from streamrec.shared.messages import FeatureBatch, UserSnapshot
 from streamrec.shared.settings import ConfigError, Settings, load_settings
 from streamrec.trainer.event_log import EventLog, EventLogLocked
 

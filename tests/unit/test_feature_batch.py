@@ -1,4 +1,4 @@
-"""The user-features message (shared/contracts.py FeatureBatch) and how ingest splits a run into them."""
+"""The user-features message (shared/messages.py FeatureBatch) and how ingest splits a run into them."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import pytest
 
 from streamrec.ingest.app import feature_batches
 from streamrec.ingest.features import UserState, apply_event
-from streamrec.shared.contracts import (
+from streamrec.shared.events import Interaction
+from streamrec.shared.messages import (
     FeatureBatch,
     FeatureBatchDecodeError,
     UserSnapshot,
     decode_feature_batch,
     feature_batch_event_count,
 )
-from streamrec.shared.events import Interaction
 from streamrec.shared.settings import Settings
 
 

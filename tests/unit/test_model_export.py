@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from streamrec.shared.contracts import (
+from streamrec.shared.model_contract import (
     ITEM_POPULARITY_FILE,
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,

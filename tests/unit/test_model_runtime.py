@@ -13,7 +13,12 @@ import pytest
 import torch
 
 from streamrec.scorer.model_runtime import ServedModel
-from streamrec.shared.contracts import ITEM_POPULARITY_FILE, MANIFEST_FILE, MODEL_FILE, ONNX_INPUT_HISTORY
+from streamrec.shared.model_contract import (
+    ITEM_POPULARITY_FILE,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    ONNX_INPUT_HISTORY,
+)
 from streamrec.shared.registry import (
     ModelIntegrityError,
     ModelManifest,

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from streamrec.shared.contracts import PADDING_INDEX
+from streamrec.shared.model_contract import PADDING_INDEX
 from streamrec.shared.registry import PROMOTED, REJECTED, ModelRegistry
 from streamrec.shared.settings import Settings
 from streamrec.trainer.cycle import run_training_cycle

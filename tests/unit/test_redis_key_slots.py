@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
-from streamrec.shared.contracts import RedisKeys
+from streamrec.shared.redis_keys import RedisKeys
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFIXES = ["streamrec", "shop-eu", "tenant:7", "a"]

@@ -11,7 +11,7 @@ import orjson
 import pytest
 from onnx import TensorProto, helper
 
-from streamrec.shared.contracts import (
+from streamrec.shared.model_contract import (
     MANIFEST_FILE,
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from test_training import clustered_events, tiny_settings
 
-from streamrec.shared.contracts import (
+from streamrec.shared.model_contract import (
     MODEL_FILE,
     ONNX_INPUT_EXCLUDE,
     ONNX_INPUT_HISTORY,

@@ -10,7 +10,7 @@ import pytest
 from test_model_runtime import publish_test_model
 
 from streamrec.api.sessions import SessionScorer
-from streamrec.shared.contracts import MODEL_FILE
+from streamrec.shared.model_contract import MODEL_FILE
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
 

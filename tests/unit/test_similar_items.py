@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamrec.scorer.similar_items import CoOccurrence, SimilarListWriter, nearest_items, normalised
-from streamrec.shared.contracts import CachedList, RankedListEncoder
+from streamrec.shared.cached_list import CachedList, RankedListEncoder
 
 
 def brute_force(embeddings: np.ndarray, item: int, k: int) -> list[int]:

@@ -14,8 +14,8 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 
-from .protocol import UserSequences
-from .recommender import Recommender
+from streamrec.trainer.evaluation.protocol import UserSequences
+from streamrec.trainer.evaluation.recommender import Recommender
 
 # Target items whose similarity column is computed at once: bounds ItemKNN's memory to
 # n_items x SIMILARITY_BLOCK floats, whatever the catalogue size.

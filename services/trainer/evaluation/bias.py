@@ -30,8 +30,13 @@ from typing import Any
 import numpy as np
 
 from streamrec.shared.debias import popularity_rerank, popularity_terms
-
-from .protocol import Phase, ScoreFunction, UserSequences, scored_blocks, target_ranks
+from streamrec.trainer.evaluation.protocol import (
+    Phase,
+    ScoreFunction,
+    UserSequences,
+    scored_blocks,
+    target_ranks,
+)
 
 TOP = 10  # list length the bias metrics describe
 HEAD_SHARE = 0.2  # the most popular fifth of the items is the head; the rest is the long tail

@@ -18,14 +18,13 @@ import time
 import numpy as np
 import torch
 
-from streamrec.shared.contracts import PADDING_INDEX
+from streamrec.shared.model_contract import PADDING_INDEX
 from streamrec.shared.settings import Settings
 from streamrec.trainer.dataset import SequenceDataset
+from streamrec.trainer.evaluation.protocol import Phase, UserSequences, evaluate_phase
+from streamrec.trainer.evaluation.recommender import Recommender, Tuning
 from streamrec.trainer.model import SequenceRecommender
 from streamrec.trainer.train import train
-
-from .protocol import Phase, UserSequences, evaluate_phase
-from .recommender import Recommender, Tuning
 
 # Histories scored per forward pass: bounds the [batch, n_items] logits held at once.
 SCORE_BATCH = 256

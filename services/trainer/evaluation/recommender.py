@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .protocol import Phase, UserSequences, evaluate_phase
+from streamrec.trainer.evaluation.protocol import Phase, UserSequences, evaluate_phase
 
 SELECTION_METRIC = "ndcg@10"
 

@@ -17,15 +17,18 @@ import numpy as np
 from streamrec.shared.datasets import load_interactions
 from streamrec.shared.logs import get_logger
 from streamrec.shared.settings import Settings
+from streamrec.trainer.evaluation.baselines import EASE, ItemKNN, MostPop
+from streamrec.trainer.evaluation.bias import BiasReference, bias_metrics, debias_curve, phase_candidates
+from streamrec.trainer.evaluation.models import TrainerModel
+from streamrec.trainer.evaluation.protocol import METRIC_NAMES, Split, metrics_from_ranks, split_interactions
+from streamrec.trainer.evaluation.recommender import Recommender
+from streamrec.trainer.evaluation.similar import (
+    cooccurrence_similarity,
+    embedding_similarity,
+    similar_metrics,
+)
 from streamrec.trainer.model import MODELS as TRAINER_MODELS
 from streamrec.trainer.model import predicts_ratings
-
-from .baselines import EASE, ItemKNN, MostPop
-from .bias import BiasReference, bias_metrics, debias_curve, phase_candidates
-from .models import TrainerModel
-from .protocol import METRIC_NAMES, Split, metrics_from_ranks, split_interactions
-from .recommender import Recommender
-from .similar import cooccurrence_similarity, embedding_similarity, similar_metrics
 
 log = get_logger(__name__)
 
@@ -115,7 +118,9 @@ def evaluate(
             {"name": "item-knn cosine", **similar_metrics(cooccurrence_similarity(test.fitting), test)}
         )
     if plot is not None:
-        from .report import plot_result  # matplotlib only when a plot is asked for
+        from streamrec.trainer.evaluation.report import (
+            plot_result,  # matplotlib only when a plot is asked for
+        )
 
         plot_result(result, plot)
     return result

@@ -19,7 +19,7 @@ from collections.abc import Callable
 import numpy as np
 import scipy.sparse as sp
 
-from .protocol import Phase, UserSequences, metrics_from_ranks, target_ranks
+from streamrec.trainer.evaluation.protocol import Phase, UserSequences, metrics_from_ranks, target_ranks
 
 SIMILAR_METRICS = ("hr@10", "ndcg@10", "mrr")
 BLOCK_USERS = 1024  # previous items whose similarity rows are held at once

@@ -18,9 +18,9 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .shared.catalog import ServingCatalog
-from .shared.contracts import RedisKeys
-from .shared.events import normalise_id
+from streamrec.shared.catalog import ServingCatalog
+from streamrec.shared.events import normalise_id
+from streamrec.shared.redis_keys import RedisKeys
 
 CATALOG_CHECK_SECONDS = 0.5  # a hidden item is gone from reads at most this long after Redis has it
 

@@ -1,4 +1,7 @@
-"""Kafka topic administration for any broker: create streamrec's topics, count their messages."""
+"""Kafka topic administration for any broker: create streamrec's topics, count their messages.
+
+Used by the CLI and the dev stack (creating the topics), the publisher, and the services: ingest
+and the trainer check their Kafka login at start, the scorer reads the partition counts."""
 
 from __future__ import annotations
 
@@ -7,10 +10,11 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from .shared.contracts import feature_batch_event_count, topic_specs
-from .shared.kafka_config import client_config, require_bootstrap
-from .shared.logs import get_logger
-from .shared.settings import Settings
+from streamrec.shared.kafka_config import client_config, require_bootstrap
+from streamrec.shared.kafka_topics import topic_specs
+from streamrec.shared.logs import get_logger
+from streamrec.shared.messages import feature_batch_event_count
+from streamrec.shared.settings import Settings
 
 log = get_logger(__name__)
 
