@@ -71,7 +71,7 @@ from ..shared.redis_connection import connect, explain, get_many, is_permanent
 from ..shared.registry import ModelIntegrityError, ModelRegistry
 from ..shared.settings import ConfigError, Settings
 from ..topics import existing_topics
-from .catalog import ScorerCatalog
+from .catalog_replica import CatalogReplica
 from .model_runtime import ServedModel
 from .recent_users import PartitionTail, RecentUsers
 from .similar_items import FALLBACK_WRITE_SECONDS, CoOccurrence, SimilarListWriter, load_item_embeddings
@@ -157,7 +157,7 @@ class ScorerService:
         self.model: ServedModel | None = None
         self.popular: PopularItems | None = None
         self.popular_by_category: dict[str, list[tuple[str, float]]] = {}
-        self.catalog = ScorerCatalog()
+        self.catalog = CatalogReplica()
         self._catalog_written_at = 0.0  # monotonic; the catalog is dirty if it changed since
         self._blocked: tuple[str, frozenset[str], np.ndarray] | None = None  # model version, items, indices
         self.recent = RecentUsers(settings.scorer_recent_users)
@@ -340,7 +340,7 @@ class ScorerService:
         if raw is None:
             return
         try:
-            self.catalog = ScorerCatalog(ServingCatalog.decode(raw))
+            self.catalog = CatalogReplica(ServingCatalog.decode(raw))
         except ValueError as exc:  # rebuilt from the topic's beginning, and rewritten
             log.error(
                 "unreadable serving catalog in Redis: reading the catalog topic again",

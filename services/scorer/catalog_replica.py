@@ -1,4 +1,4 @@
-"""What the scorer may serve: the serving catalog, followed from ``topic_catalog``.
+"""The scorer's replica of the serving catalog, followed from ``topic_catalog``: what it may serve.
 
 Every scorer keeps the whole :class:`~streamrec.shared.catalog.ServingCatalog` (availability and
 categories; small next to the model) so that it never ranks an unavailable item, and the scorer
@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import time
 
-from ..shared.catalog import ServingCatalog
-from ..shared.contracts import CatalogChange
+from streamrec.shared.catalog import ServingCatalog
+from streamrec.shared.contracts import CatalogChange
 
 
-class ScorerCatalog:
-    """The serving catalog, and when it last changed (to know when Redis needs it again)."""
+class CatalogReplica:
+    """The scorer's copy of the serving catalog, and when it last changed (to know when Redis needs it again)."""
 
     def __init__(self, catalog: ServingCatalog | None = None) -> None:
         self.catalog = catalog or ServingCatalog()
