@@ -46,10 +46,7 @@ from typing import TypeVar
 
 import numpy as np
 import orjson
-import redis
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
-from prometheus_client import Counter, Gauge, Histogram
-from redis.exceptions import RedisClusterException
 
 from ..shared.catalog import ServingCatalog
 from ..shared.contracts import (
@@ -67,13 +64,23 @@ from ..shared.gc_pauses import freeze_startup_objects, watch_gc_pauses
 from ..shared.kafka_config import client_config
 from ..shared.logs import get_logger
 from ..shared.ops import start_ops_server
-from ..shared.redis_connection import connect, explain, get_many, is_permanent
+from ..shared.redis_connection import SyncRedis, connect
 from ..shared.registry import ModelIntegrityError, ModelRegistry
 from ..shared.settings import ConfigError, Settings
 from ..topics import existing_topics
 from .catalog_replica import CatalogReplica
+from .metrics import (
+    CONSUMER_LAG,
+    FRESHNESS_SECONDS,
+    LISTS_WRITTEN,
+    MODEL_IN_USE,
+    MODELS_REFUSED,
+    RESCORE_QUEUE,
+    SCORING_SECONDS,
+)
 from .model_runtime import ServedModel
 from .recent_users import PartitionTail, RecentUsers
+from .redis_writer import RedisWriter, Stopped
 from .similar_items import FALLBACK_WRITE_SECONDS, CoOccurrence, SimilarListWriter, load_item_embeddings
 
 log = get_logger(__name__)
@@ -89,49 +96,8 @@ PROMOTED_CHECK_SECONDS = 10.0  # re-read the registry's PROMOTED this often (cov
 PROGRESS_LOG_SECONDS = 60.0
 CATALOG_WRITE_SECONDS = 0.2  # a changed catalog is written to Redis at most this often
 STARTUP_FALLBACK_VERSIONS = 3  # earlier promoted versions tried at start-up when PROMOTED is refused
-RETRY_FIRST_DELAY_SECONDS = 0.2
-RETRY_MAX_DELAY_SECONDS = 5.0
-# Redis failures worth waiting out: the server is down, restarting, loading, failing over or full
-# (with ConnectionError, under which explain() puts a cluster nobody answers or a slot no node
-# serves). Anything else (wrong password, missing ACL permission, a bug) is raised.
-RETRYABLE_REDIS_ERRORS: tuple[type[Exception], ...] = (
-    redis.exceptions.ConnectionError,  # also a Sentinel group naming no primary (MasterNotFoundError)
-    redis.exceptions.TimeoutError,
-    redis.exceptions.BusyLoadingError,
-    redis.exceptions.ReadOnlyError,  # a demoted primary, until the client follows the failover
-    redis.exceptions.OutOfMemoryError,
-    redis.exceptions.TryAgainError,
-    redis.exceptions.ClusterDownError,  # CLUSTERDOWN / MASTERDOWN: a cluster failing over
-)
 
 T = TypeVar("T")
-
-
-# --- metrics (Prometheus; served on STREAMREC_METRICS_PORT, see shared/ops.py) ---------------------
-LISTS_WRITTEN = Counter(
-    "streamrec_scorer_lists_total", "Recommendation lists written to Redis, by source.", ["source", "trigger"]
-)
-SCORING_SECONDS = Histogram(
-    "streamrec_scorer_scoring_seconds",
-    "Time to score one micro-batch (model or fallback), before the Redis write.",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
-)
-FRESHNESS_SECONDS = Histogram(
-    "streamrec_scorer_freshness_seconds",
-    "From ingest's feature update to the user's new list in Redis.",
-    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
-)
-REDIS_WRITE_ERRORS = Counter("streamrec_scorer_redis_errors_total", "Failed Redis operations (then retried).")
-MODEL_IN_USE = Gauge("streamrec_scorer_model_info", "1 for the model version served now.", ["version"])
-MODELS_REFUSED = Counter("streamrec_scorer_models_refused_total", "Model versions refused at load.")
-RESCORE_QUEUE = Gauge("streamrec_scorer_rescore_queue", "Users waiting to be re-scored after a swap.")
-CONSUMER_LAG = Gauge(
-    "streamrec_scorer_consumer_lag", "Messages behind the partition's end (this scorer's partitions)."
-)
-
-
-class Stopped(Exception):
-    """Shutdown was requested while an operation was still being retried."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +114,11 @@ class ScorerService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.bootstrap, self.redis_url = settings.require_servers()
+        self.bootstrap, redis_url = settings.require_servers()
         self.keys = RedisKeys(settings.redis_prefix)
-        self.redis = connect(settings, url=self.redis_url, socket_timeout=10.0, connect_timeout=5.0)
+        self.stopping = threading.Event()
+        client = connect(settings, url=redis_url, socket_timeout=10.0, connect_timeout=5.0)
+        self.writer = RedisWriter(client, redis_url, self.stopping)
         self.registry = ModelRegistry(settings.model_dir)  # type: ignore[arg-type]  # set by Settings
         self.ttl = settings.recs_ttl_seconds or None
 
@@ -171,7 +139,6 @@ class ScorerService:
         self.promoted_seen: str | None = None
         self.assigned_partitions: set[int] = set()
 
-        self.stopping = threading.Event()
         self.users: Consumer | None = None
         self.control: Consumer | None = None
         self._next_promoted_check = 0.0
@@ -183,7 +150,6 @@ class ScorerService:
         # micro-batch was a broker round trip each, on the path of the next batch.
         self.owed_offsets: dict[tuple[str, int], int] = {}
         self.committed_at = time.monotonic()
-        self.redis_ok = True  # False while a Redis operation is being retried
         self.similar_writer: SimilarListWriter | None = None  # the served model's lists, being written
         self.cooccurrence = CoOccurrence()  # neighbours of the items the served model does not know
         self._next_fallback_write = time.monotonic() + FALLBACK_WRITE_SECONDS
@@ -194,7 +160,7 @@ class ScorerService:
         """None when serving; otherwise why not (for /readyz)."""
         if self.users is None:
             return "starting: connecting to Kafka and Redis, loading the model"
-        if not self.redis_ok:
+        if not self.writer.ok:
             return "Redis unreachable: writes are being retried"
         return None
 
@@ -205,7 +171,7 @@ class ScorerService:
     def start(self) -> None:
         """Check the servers, load the registry's PROMOTED model and connect the consumers."""
         self._check_topics()
-        self._retry("connect to Redis", self.redis.ping)
+        self.writer.ping()
         self._load_catalog()
         self._reconcile_with_registry()
         self.control = self._control_consumer()
@@ -286,7 +252,7 @@ class ScorerService:
                 except (KafkaException, RuntimeError) as exc:
                     log.warning("closing a Kafka consumer failed", extra={"error": str(exc)})
         self.users = self.control = self.tail = None
-        self.redis.close()
+        self.writer.close()
         if started:
             log.info("scorer stopped", extra=self.counts)
 
@@ -336,7 +302,7 @@ class ScorerService:
 
     def _load_catalog(self) -> None:
         """Start from the serving catalog in Redis (written by whichever scorer wrote last)."""
-        raw = self._retry("read the serving catalog", lambda: self.redis.get(self.keys.catalog))
+        raw = self.writer.get("read the serving catalog", self.keys.catalog)
         if raw is None:
             return
         try:
@@ -587,14 +553,7 @@ class ScorerService:
         if not scored.values:
             return
         values = {self.keys.recs(user): value for user, value in scored.values.items()}
-
-        def write() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            for key, value in values.items():
-                pipe.set(key, value, ex=self.ttl)
-            pipe.execute()
-
-        self._retry(f"write {len(values)} recommendation lists", write)
+        self.writer.set_many(f"write {len(values)} recommendation lists", values, ttl=self.ttl)
         for source, count in (("personal", scored.personal), ("fallback", scored.fallback)):
             if count:
                 LISTS_WRITTEN.labels(source, trigger).inc(count)
@@ -602,7 +561,7 @@ class ScorerService:
     def _delete_lists(self, users: list[str]) -> None:
         """DEL erased users' lists, retrying until it succeeds (or Stopped)."""
         keys = [self.keys.recs(user) for user in users]
-        self._retry(f"delete {len(keys)} erased users' lists", lambda: self.redis.delete(*keys))
+        self.writer.delete(f"delete {len(keys)} erased users' lists", keys)
         self.counts["erased"] += len(keys)
         log.info("erased users' lists deleted", extra={"users": len(keys)})
 
@@ -615,41 +574,6 @@ class ScorerService:
             if high >= 0:
                 lag = max(lag, high - offset)
         CONSUMER_LAG.set(lag)
-
-    def _retry(self, what: str, action: Callable[[], T]) -> T:
-        """Run ``action``, waiting out Redis outages with capped exponential backoff.
-
-        Raises :class:`Stopped` if shutdown is requested before it succeeds.
-        """
-        delay = RETRY_FIRST_DELAY_SECONDS
-        failures = 0
-        while True:
-            try:
-                result = action()
-            except (redis.exceptions.RedisError, RedisClusterException) as exc:
-                # Refused credentials, a missing ACL permission or an unverifiable TLS certificate
-                # are configuration problems, not outages: stop with one clear line (no password).
-                if is_permanent(clear := explain(exc, self.redis_url)):
-                    raise clear from exc
-                if not isinstance(clear, RETRYABLE_REDIS_ERRORS):
-                    raise
-                failures += 1
-                self.redis_ok = False
-                REDIS_WRITE_ERRORS.inc()
-                # Log the first failure and then every 10th, not every attempt.
-                if failures == 1 or failures % 10 == 0:
-                    log.warning(
-                        "Redis unavailable, retrying",
-                        extra={"action": what, "attempts": failures, "retry_in_s": delay, "error": str(exc)},
-                    )
-                if self.stopping.wait(delay):
-                    raise Stopped(what) from None
-                delay = min(delay * 2, RETRY_MAX_DELAY_SECONDS)
-                continue
-            if failures:
-                self.redis_ok = True
-                log.info("Redis available again", extra={"action": what, "attempts": failures + 1})
-            return result
 
     # --- popular items and models ------------------------------------------------------------
 
@@ -704,15 +628,7 @@ class ScorerService:
             ).encode(self.settings.recs_format)
             for category, items in lists.items()
         }
-
-        def write() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            for key, value in values.items():
-                pipe.set(key, value)
-            pipe.execute()
-
-        if values:
-            self._retry(f"write {len(values)} category popular lists", write)
+        self.writer.set_many(f"write {len(values)} category popular lists", values)
 
     def _write_catalog_if_due(self) -> None:
         """Write the serving catalog to Redis if it changed (at most every CATALOG_WRITE_SECONDS),
@@ -723,16 +639,13 @@ class ScorerService:
             return
         if now - self._catalog_written_at < CATALOG_WRITE_SECONDS:
             return
-        value, version = self.catalog.catalog.encode(), str(self.catalog.catalog.offset)
-
-        def write() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.set(self.keys.catalog, value)
-            pipe.set(self.keys.catalog_version, version)  # same slot as the catalog: after it
-            pipe.set(self.keys.legacy_catalog_version, version)  # for readers of earlier versions
-            pipe.execute()
-
-        self._retry("write the serving catalog", write)
+        version = str(self.catalog.catalog.offset)
+        values: dict[str, bytes | str] = {
+            self.keys.catalog: self.catalog.catalog.encode(),
+            self.keys.catalog_version: version,  # same slot as the catalog: after it
+            self.keys.legacy_catalog_version: version,  # for readers of earlier versions
+        }
+        self.writer.set_many("write the serving catalog", values)
         self._catalog_written_at = now
 
     def _set_popular(self, popular: PopularItems) -> None:
@@ -743,7 +656,7 @@ class ScorerService:
         cached = CachedList(available[: self.settings.top_n], None, popular.generated_at, "fallback")
         # No TTL: the fallback must outlive a pause of ingest; it is replaced on every publish.
         value = cached.encode(self.settings.recs_format)
-        self._retry("write the popular list", lambda: self.redis.set(self.keys.popular, value))
+        self.writer.set("write the popular list", self.keys.popular, value)
         log.debug("popular list updated", extra={"items": len(popular.items)})
         if first and self.model is None:
             # Users seen before any list existed got nothing written: give them their fallback now.
@@ -785,7 +698,7 @@ class ScorerService:
         self.model = model  # the swap: batches are scored between loop steps, never mid-swap
         MODEL_IN_USE.clear()
         MODEL_IN_USE.labels(version).set(1)
-        self._retry("write the served model version", lambda: self.redis.set(self.keys.model, version))
+        self.writer.set("write the served model version", self.keys.model, version)
         self._queue_rescore()
         self._start_similar(model, embeddings)
         log.info(
@@ -847,7 +760,7 @@ class ScorerService:
         if not check or self.model is None:
             return []
         keys = [self.keys.recs(user) for user in check]
-        values = self._retry("read recalled users' lists", lambda: get_many(self.redis, keys))
+        values = self.writer.get_many("read recalled users' lists", keys)
         version = self.model.version
         current = []
         for user, raw in zip(check, values, strict=True):
@@ -871,7 +784,7 @@ class ScorerService:
                 extra={"model_version": model.version},
             )
             return
-        done = self._retry("read the similar lists' version", lambda: self.redis.get(self.keys.similar_model))
+        done = self.writer.get("read the similar lists' version", self.keys.similar_model)
         if done is not None and done.decode() == model.version:
             return
         self.similar_writer = SimilarListWriter(
@@ -904,10 +817,7 @@ class ScorerService:
         assert writer is not None
         self._write_similar(writer.step(time.time()))
         if writer.done:
-            self._retry(
-                "write the similar lists' version",
-                lambda: self.redis.set(self.keys.similar_model, writer.version),
-            )
+            self.writer.set("write the similar lists' version", self.keys.similar_model, writer.version)
             log.info(
                 "similar items written",
                 extra={
@@ -919,16 +829,8 @@ class ScorerService:
 
     def _write_similar(self, values: dict[str, bytes]) -> None:
         """SET the items' similar lists in one pipeline (no TTL: overwritten in place)."""
-        if not values:
-            return
-
-        def write() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            for item, value in values.items():
-                pipe.set(self.keys.similar(item), value)
-            pipe.execute()
-
-        self._retry(f"write {len(values)} similar-item lists", write)
+        keyed: dict[str, bytes | str] = {self.keys.similar(item): value for item, value in values.items()}
+        self.writer.set_many(f"write {len(values)} similar-item lists", keyed)
 
     def _observe_cooccurrence(self, histories: Iterable[list[str]]) -> None:
         """Count the neighbours of items the served model does not know (their fallback lists)."""
@@ -936,6 +838,21 @@ class ScorerService:
         known = model.index_of.__contains__ if model is not None else (lambda _item: False)
         for history in histories:
             self.cooccurrence.observe(history, known)
+
+    # --- kept for tests/integration/test_redis_topologies.py, which drives the writer through here
+
+    @property
+    def redis(self) -> SyncRedis:
+        """The Redis client."""
+        return self.writer.client
+
+    @property
+    def redis_ok(self) -> bool:
+        """False while a Redis operation is being retried."""
+        return self.writer.ok
+
+    def _retry(self, what: str, action: Callable[[], T]) -> T:
+        return self.writer.retry(what, action)
 
     def _log_progress(self) -> None:
         now = time.monotonic()

@@ -31,7 +31,8 @@ from pydantic import SecretStr
 from streamrec.api.app import check_redis_access, create_app
 from streamrec.client import RecommendationClient
 from streamrec.redis_servers import RedisClusterServers, SentinelGroup, cluster_tools_missing
-from streamrec.scorer.service import REDIS_WRITE_ERRORS, ScoredLists, ScorerService
+from streamrec.scorer.metrics import REDIS_WRITE_ERRORS
+from streamrec.scorer.service import ScoredLists, ScorerService
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.redis_connection import (
     LazyRedisCluster,
