@@ -40,7 +40,6 @@ import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from types import FrameType
 from typing import TypeVar
 
@@ -48,7 +47,6 @@ import numpy as np
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaException, Message, TopicPartition
 
-from ..shared.catalog import ServingCatalog
 from ..shared.contracts import (
     SCORER_GROUP,
     CachedList,
@@ -68,7 +66,7 @@ from ..shared.redis_connection import SyncRedis, connect
 from ..shared.registry import ModelIntegrityError, ModelRegistry
 from ..shared.settings import ConfigError, Settings
 from ..topics import existing_topics
-from .catalog_replica import CatalogReplica
+from .catalog_replica import CatalogPublisher, CatalogReplica
 from .metrics import (
     CONSUMER_LAG,
     FRESHNESS_SECONDS,
@@ -79,8 +77,10 @@ from .metrics import (
     SCORING_SECONDS,
 )
 from .model_runtime import ServedModel
+from .popular_lists import PopularLists
 from .recent_users import PartitionTail, RecentUsers
 from .redis_writer import RedisWriter, Stopped
+from .scoring import ListScorer, ScoredLists
 from .similar_items import FALLBACK_WRITE_SECONDS, CoOccurrence, SimilarListWriter, load_item_embeddings
 
 log = get_logger(__name__)
@@ -94,19 +94,9 @@ RECALL_MESSAGES = 5000
 COMMIT_SECONDS = 1.0  # offsets of written batches are committed at most this often (and on revoke, stop)
 PROMOTED_CHECK_SECONDS = 10.0  # re-read the registry's PROMOTED this often (covers lost announcements)
 PROGRESS_LOG_SECONDS = 60.0
-CATALOG_WRITE_SECONDS = 0.2  # a changed catalog is written to Redis at most this often
 STARTUP_FALLBACK_VERSIONS = 3  # earlier promoted versions tried at start-up when PROMOTED is refused
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True, slots=True)
-class ScoredLists:
-    """Users' new lists, encoded as Redis values, and how many came from each source."""
-
-    values: dict[str, bytes]  # user id -> value
-    personal: int
-    fallback: int
 
 
 class ScorerService:
@@ -123,11 +113,12 @@ class ScorerService:
         self.ttl = settings.recs_ttl_seconds or None
 
         self.model: ServedModel | None = None
-        self.popular: PopularItems | None = None
-        self.popular_by_category: dict[str, list[tuple[str, float]]] = {}
         self.catalog = CatalogReplica()
-        self._catalog_written_at = 0.0  # monotonic; the catalog is dirty if it changed since
-        self._blocked: tuple[str, frozenset[str], np.ndarray] | None = None  # model version, items, indices
+        self.catalog_publisher = CatalogPublisher(self.catalog, self.writer, self.keys)
+        self.popular_lists = PopularLists(
+            self.writer, self.keys, self.catalog, settings.top_n, settings.recs_format
+        )
+        self.scorer = ListScorer(self.catalog, settings.top_n, settings.recs_format)
         self.recent = RecentUsers(settings.scorer_recent_users)
         # User -> whether to check Redis first: users read back from Kafka on assignment are
         # re-scored only if their list is not from the served model (the partition's previous owner
@@ -172,7 +163,7 @@ class ScorerService:
         """Check the servers, load the registry's PROMOTED model and connect the consumers."""
         self._check_topics()
         self.writer.ping()
-        self._load_catalog()
+        self.catalog_publisher.load()
         self._reconcile_with_registry()
         self.control = self._control_consumer()
         self.users = Consumer(
@@ -235,7 +226,7 @@ class ScorerService:
                     self._commit_owed(wait=False)  # also when traffic stopped: the last batches get committed
                 self._rescore_step()
                 self._similar_step()
-                self._write_catalog_if_due()
+                self.catalog_publisher.write_if_due(owns_partition_0=0 in self.assigned_partitions)
             except Stopped:
                 log.warning("stopping with Redis unreachable: the uncommitted batch will be re-delivered")
                 break
@@ -299,25 +290,6 @@ class ScorerService:
         )
         consumer.assign([popular, models, catalog])
         return consumer
-
-    def _load_catalog(self) -> None:
-        """Start from the serving catalog in Redis (written by whichever scorer wrote last)."""
-        raw = self.writer.get("read the serving catalog", self.keys.catalog)
-        if raw is None:
-            return
-        try:
-            self.catalog = CatalogReplica(ServingCatalog.decode(raw))
-        except ValueError as exc:  # rebuilt from the topic's beginning, and rewritten
-            log.error(
-                "unreadable serving catalog in Redis: reading the catalog topic again",
-                extra={"error": str(exc)},
-            )
-            return
-        self._catalog_written_at = time.monotonic()
-        log.info(
-            "serving catalog loaded",
-            extra={"items": len(self.catalog.catalog), "offset": self.catalog.catalog.offset},
-        )
 
     def _reconcile_with_registry(self) -> None:
         promoted = self.promoted_seen = self.registry.promoted_version()
@@ -496,54 +468,12 @@ class ScorerService:
     # --- scoring -----------------------------------------------------------------------------
 
     def _score(self, histories: dict[str, list[str]]) -> ScoredLists:
-        """A list per user: the model's, or popular minus the user's items. Users with neither are left out."""
+        """The users' lists with the served model and popular list (timed and counted)."""
         with SCORING_SECONDS.time():
-            return self._score_untimed(histories)
-
-    def _score_untimed(self, histories: dict[str, list[str]]) -> ScoredLists:
-        now = time.time()
-        top_n, value_format = self.settings.top_n, self.settings.recs_format
-        model = self.model
-        blocked = None if model is None else self._blocked_indices(model, now)
-        values: dict[str, bytes] = {}
-        personal: list[str] = []
-        for user, history in histories.items():
-            # A history of only items the model never saw carries no signal for it: the live
-            # popular list is a better guess than the model's generic ranking.
-            if model is not None and (self.popular is None or model.known_items(history)):
-                personal.append(user)
-            elif self.popular is not None:
-                values[user] = self._popular_without(history, now).encode(value_format)
-        fallback = len(values)
-        if model is not None and personal:
-            inputs = [histories[user] for user in personal]
-            if value_format == "binary":  # encoded from the graph's arrays, without a list per item
-                encoded = model.recommend_encoded(inputs, top_n, now, blocked)
-            else:
-                ranked = model.recommend(inputs, k=top_n, blocked=blocked)
-                encoded = [
-                    CachedList(items, model.version, now, "personal").encode(value_format) for items in ranked
-                ]
-            values.update(zip(personal, encoded, strict=True))
-        self.counts["personal"] += len(personal)
-        self.counts["fallback"] += fallback
-        return ScoredLists(values, len(personal), fallback)
-
-    def _popular_without(self, history: list[str], now: float) -> CachedList:
-        assert self.popular is not None
-        seen = set(history) | self.catalog.unavailable(now)
-        items = [(item, score) for item, score in self.popular.items if item not in seen]
-        return CachedList(items[: self.settings.top_n], None, now, "fallback")
-
-    def _blocked_indices(self, model: ServedModel, now: float) -> np.ndarray | None:
-        """The model's indices of the items unavailable now (None if there are none), cached."""
-        unavailable = self.catalog.unavailable(now)
-        if not unavailable:
-            return None
-        cached = self._blocked
-        if cached is None or cached[0] != model.version or cached[1] is not unavailable:
-            cached = self._blocked = (model.version, unavailable, model.indices(unavailable))
-        return cached[2] if len(cached[2]) else None
+            scored = self.scorer.score(histories, self.model, self.popular_lists.popular, time.time())
+        self.counts["personal"] += scored.personal
+        self.counts["fallback"] += scored.fallback
+        return scored
 
     # --- Redis -------------------------------------------------------------------------------
 
@@ -601,63 +531,20 @@ class ScorerService:
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
                 log.error("skipping unreadable message", extra={"topic": topic, "error": str(exc)})
         if categories:
-            self.popular_by_category.update(categories)
-            self._write_popular_categories(categories)
+            self.popular_lists.update_categories(categories)
         if catalog_changed:
-            self._write_catalog_if_due()
-            if self.popular is not None and popular is None:
-                self._set_popular(self.popular)  # without the items that became unavailable
+            self.catalog_publisher.write_if_due(owns_partition_0=0 in self.assigned_partitions)
+            if self.popular_lists.popular is not None and popular is None:
+                self._set_popular(self.popular_lists.popular)  # without the items that became unavailable
             if not categories:
-                self._write_popular_categories(self.popular_by_category)
+                self.popular_lists.write_categories(self.popular_lists.by_category)
         if popular is not None:
             self._set_popular(popular)
         if announced is not None:
             self._switch_model(announced.version, reason="announcement")
 
-    def _write_popular_categories(self, lists: dict[str, list[tuple[str, float]]]) -> None:
-        """SET each category's popular list, without the items unavailable now (no TTL, like popular)."""
-        now = time.time()
-        values = {
-            self.keys.popular_in(category): CachedList(
-                [(item, score) for item, score in items if self.catalog.available(item, now)][
-                    : self.settings.top_n
-                ],
-                None,
-                now,
-                "fallback",
-            ).encode(self.settings.recs_format)
-            for category, items in lists.items()
-        }
-        self.writer.set_many(f"write {len(values)} category popular lists", values)
-
-    def _write_catalog_if_due(self) -> None:
-        """Write the serving catalog to Redis if it changed (at most every CATALOG_WRITE_SECONDS),
-        when this scorer owns partition 0 of the user features: one writer, and readers see the
-        catalog, then its version."""
-        now = time.monotonic()
-        if self.catalog.changed_at <= self._catalog_written_at or 0 not in self.assigned_partitions:
-            return
-        if now - self._catalog_written_at < CATALOG_WRITE_SECONDS:
-            return
-        version = str(self.catalog.catalog.offset)
-        values: dict[str, bytes | str] = {
-            self.keys.catalog: self.catalog.catalog.encode(),
-            self.keys.catalog_version: version,  # same slot as the catalog: after it
-            self.keys.legacy_catalog_version: version,  # for readers of earlier versions
-        }
-        self.writer.set_many("write the serving catalog", values)
-        self._catalog_written_at = now
-
     def _set_popular(self, popular: PopularItems) -> None:
-        first = self.popular is None
-        self.popular = popular
-        now = time.time()
-        available = [(item, score) for item, score in popular.items if self.catalog.available(item, now)]
-        cached = CachedList(available[: self.settings.top_n], None, popular.generated_at, "fallback")
-        # No TTL: the fallback must outlive a pause of ingest; it is replaced on every publish.
-        value = cached.encode(self.settings.recs_format)
-        self.writer.set("write the popular list", self.keys.popular, value)
-        log.debug("popular list updated", extra={"items": len(popular.items)})
+        first = self.popular_lists.set_popular(popular)
         if first and self.model is None:
             # Users seen before any list existed got nothing written: give them their fallback now.
             self._queue_rescore()

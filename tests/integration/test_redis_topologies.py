@@ -32,7 +32,8 @@ from streamrec.api.app import check_redis_access, create_app
 from streamrec.client import RecommendationClient
 from streamrec.redis_servers import RedisClusterServers, SentinelGroup, cluster_tools_missing
 from streamrec.scorer.metrics import REDIS_WRITE_ERRORS
-from streamrec.scorer.service import ScoredLists, ScorerService
+from streamrec.scorer.scoring import ScoredLists
+from streamrec.scorer.service import ScorerService
 from streamrec.shared.contracts import CachedList, RedisKeys
 from streamrec.shared.redis_connection import (
     LazyRedisCluster,
