@@ -31,7 +31,9 @@ from pydantic import SecretStr
 from streamrec.api.app import check_redis_access, create_app
 from streamrec.client import RecommendationClient
 from streamrec.redis_servers import RedisClusterServers, SentinelGroup, cluster_tools_missing
-from streamrec.scorer.service import REDIS_WRITE_ERRORS, ScoredLists, ScorerService
+from streamrec.scorer.metrics import REDIS_WRITE_ERRORS
+from streamrec.scorer.scoring import ScoredLists
+from streamrec.scorer.service import ScorerService
 from streamrec.shared.cached_list import CachedList
 from streamrec.shared.redis_connection import (
     LazyRedisCluster,

@@ -1,5 +1,6 @@
-"""The scorer's Redis retry (``ScorerService._retry``), no server: what a failover of a Redis
-Cluster or a Sentinel group raises is waited out; refusals and commands no cluster runs are not.
+"""The scorer's Redis retry (``RedisWriter.retry``), no server: what a failover of a Redis
+Cluster or a Sentinel group raises is waited out; refusals and commands no cluster runs are not;
+many keys are written in one pipeline, retried whole.
 
 The same retry against a real cluster whose primary is killed is in
 tests/integration/test_redis_topologies.py.
@@ -7,6 +8,7 @@ tests/integration/test_redis_topologies.py.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -23,13 +25,13 @@ from redis.exceptions import (
     SlotNotCoveredError,
 )
 
-from streamrec.scorer import service as scorer_module
-from streamrec.scorer.service import ScorerService
+from streamrec.scorer.redis_writer import RedisWriter, RetryPolicy, Stopped
 from streamrec.shared.redis_connection import (
     RedisClusterUnavailable,
     RedisCredentialsError,
     RedisPermissionError,
     cluster_error,
+    connect,
     explain,
 )
 from streamrec.shared.settings import Settings
@@ -67,15 +69,15 @@ FAILOVER_ERRORS: list[BaseException] = [
 
 
 @pytest.fixture
-def scorer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ScorerService]:
-    """A scorer that never reaches a server (its client connects lazily), retrying without waiting."""
-    monkeypatch.setattr(scorer_module, "RETRY_FIRST_DELAY_SECONDS", 0.001)
-    monkeypatch.setattr(scorer_module, "RETRY_MAX_DELAY_SECONDS", 0.001)
-    service = ScorerService(
-        Settings(kafka_bootstrap="127.0.0.1:1", redis_url="redis://:s3cret@127.0.0.1:1/0", data_dir=tmp_path)
+def writer(tmp_path: Path) -> Iterator[RedisWriter]:
+    """The scorer's writer, never reaching a server (its client connects lazily), retrying without waiting."""
+    url = "redis://:s3cret@127.0.0.1:1/0"
+    client = connect(Settings(redis_url=url, data_dir=tmp_path), url=url)
+    redis_writer = RedisWriter(
+        client, url, threading.Event(), RetryPolicy(first_delay_s=0.001, max_delay_s=0.001)
     )
-    yield service
-    service.close()
+    yield redis_writer
+    redis_writer.close()
 
 
 def failing(errors: list[BaseException], result: str = "written") -> tuple[Callable[[], str], list[int]]:
@@ -91,10 +93,10 @@ def failing(errors: list[BaseException], result: str = "written") -> tuple[Calla
     return action, calls
 
 
-def test_a_failover_is_waited_out(scorer: ScorerService) -> None:
+def test_a_failover_is_waited_out(writer: RedisWriter) -> None:
     action, calls = failing(FAILOVER_ERRORS)
-    assert scorer._retry("write 3 recommendation lists", action) == "written"
-    assert calls[0] == len(FAILOVER_ERRORS) + 1 and scorer.redis_ok
+    assert writer.retry("write 3 recommendation lists", action) == "written"
+    assert calls[0] == len(FAILOVER_ERRORS) + 1 and writer.ok
 
 
 @pytest.mark.parametrize(
@@ -123,11 +125,11 @@ def test_a_failover_is_waited_out(scorer: ScorerService) -> None:
     ],
 )
 def test_refusals_and_bugs_are_raised_at_once(
-    scorer: ScorerService, error: BaseException, raised: type[BaseException]
+    writer: RedisWriter, error: BaseException, raised: type[BaseException]
 ) -> None:
     action, calls = failing([error])
     with pytest.raises(raised) as caught:
-        scorer._retry("write 3 recommendation lists", action)
+        writer.retry("write 3 recommendation lists", action)
     assert calls[0] == 1
     assert "s3cret" not in str(caught.value)
 
@@ -141,3 +143,46 @@ def test_cluster_outages_become_connection_errors_that_name_the_cluster() -> Non
             assert clear.__cause__ is error and "s3cret" not in str(clear)
     bug = RedisClusterException("MGET - all keys must map to the same key slot")
     assert cluster_error(bug, "Redis Cluster h:1") is bug and explain(bug, CLUSTER_URL) is bug
+
+
+class Pipelines:
+    """Stands in for the Redis client: records each pipeline's SETs, failing the first ``failures``."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.executed: list[list[tuple[str, bytes | str, int | None]]] = []
+        self.commands: list[tuple[str, bytes | str, int | None]] = []
+
+    def pipeline(self, transaction: bool) -> Pipelines:
+        assert not transaction
+        self.commands = []
+        return self
+
+    def set(self, key: str, value: bytes | str, ex: int | None = None) -> None:
+        self.commands.append((key, value, ex))
+
+    def execute(self) -> None:
+        if self.failures:
+            self.failures -= 1
+            raise redis.ConnectionError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+        self.executed.append(self.commands)
+
+
+def test_many_keys_are_written_in_one_pipeline_retried_whole() -> None:
+    client = Pipelines(failures=2)
+    writer = RedisWriter(client, "redis://127.0.0.1:6379/0", threading.Event(), RetryPolicy(0.001, 0.001))  # type: ignore[arg-type]
+    writer.set_many("write 2 recommendation lists", {"recs:a": b"1", "recs:b": b"2"}, ttl=60)
+    assert client.executed == [[("recs:a", b"1", 60), ("recs:b", b"2", 60)]] and writer.ok
+    writer.set_many("write 0 lists", {})  # nothing to write: no pipeline
+    assert len(client.executed) == 1
+
+
+def test_a_stop_ends_the_retry() -> None:
+    stopping = threading.Event()
+    stopping.set()
+    writer = RedisWriter(
+        Pipelines(failures=1), "redis://127.0.0.1:6379/0", stopping, RetryPolicy(0.001, 0.001)
+    )  # type: ignore[arg-type]
+    with pytest.raises(Stopped):
+        writer.set_many("write 1 recommendation lists", {"recs:a": b"1"})
+    assert not writer.ok  # readiness says Redis is unreachable
