@@ -16,22 +16,23 @@
 key layout is in ``streamrec.shared.redis_keys``, the list format in
 ``streamrec.shared.cached_list``), and return no item the catalog hides or that expired.
 
-They are defined in ``streamrec.api.reader``, where the HTTP API, which reads with the same code,
-imports them from: the services never import the ``streamrec`` package above them.
+They are defined in ``streamrec.api.reader``, ``streamrec.api.async_reader`` and (the answers)
+``streamrec.api.read_results``, where the HTTP API, which reads with the same code, imports them
+from: the services never import the ``streamrec`` package above them.
 """
 
-from streamrec.api.reader import (
+from streamrec.api.async_reader import AsyncRecommendationClient
+from streamrec.api.read_results import (
     DEFAULT_N,
     SOCKET_TIMEOUT_SECONDS,
-    AsyncRecommendationClient,
     Categories,
     ReadSource,
-    RecommendationClient,
     Recommendations,
     SessionRecommendations,
     SimilarItems,
     decode,
 )
+from streamrec.api.reader import RecommendationClient
 from streamrec.shared.events import resolve_item_id, resolve_user_id
 
 __all__ = [

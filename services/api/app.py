@@ -36,9 +36,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram,
 from pydantic import BaseModel, Field
 
 from streamrec.api.admin import admin_refusal
+from streamrec.api.async_reader import AsyncRecommendationClient
 from streamrec.api.forget_requests import ForgetRequests
 from streamrec.api.read_filters import ReadFilter
-from streamrec.api.reader import DEFAULT_N, AsyncRecommendationClient, RecommendationClient
+from streamrec.api.read_results import DEFAULT_N
+from streamrec.api.reader import RecommendationClient
 from streamrec.shared.events import resolve_item_id, resolve_user_id
 from streamrec.shared.kafka_config import PublishError
 from streamrec.shared.logs import get_logger
