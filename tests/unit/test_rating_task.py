@@ -7,12 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from streamrec.trainer.evaluation.rating import (
+from streamrec.trainer.evaluation.rating import errors, format_rating_table
+from streamrec.trainer.evaluation.rating_models import (
     SeedModel,
     carve_validation,
-    errors,
     fit_factorisation,
-    format_rating_table,
     seed_split,
 )
 
