@@ -20,7 +20,8 @@ from streamrec.backlog import Offsets, wait_for_ingest
 from streamrec.shared.registry import ModelManifest
 from streamrec.shared.settings import Settings
 from streamrec.shared.train_requests import RequestBox, TrainProgress
-from streamrec.trainer.event_log import EventLog, EventLogLocked, log_directory, log_owner
+from streamrec.trainer.event_log import EventLog
+from streamrec.trainer.event_store import EventLogLocked, log_directory, log_owner
 
 POLL_SECONDS = 0.5
 # How long the event log may stay without a trainer before the request is given up: a supervised

@@ -16,16 +16,15 @@ Only the most recent ``keep_events`` events are kept (by default ``settings.trai
 the training window); older ones are pruned in the same transactions. A message's ``forgotten``
 users (``streamrec users forget``) lose every event the log holds of them, in the transaction of
 that message's offsets, so a model trained afterwards never sees them.
+
+The files on disk (the SQLite schema, the directory lock, reading the window in chunks) are in
+services/trainer/event_store.py; this module consumes the topic into them.
 """
 
 from __future__ import annotations
 
-import fcntl
-import os
-import sqlite3
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,66 +38,27 @@ from streamrec.shared.logs import get_logger
 from streamrec.shared.messages import FeatureBatchDecodeError, decode_feature_batch
 from streamrec.shared.settings import ConfigError, Settings
 from streamrec.shared.topic_admin import KafkaUnavailable, check_login
+from streamrec.trainer.event_store import (
+    DB_FILE,
+    LOCK_FILE,
+    WINDOW_COLUMNS,
+    frames,
+    lock_directory,
+    log_directory,
+    open_database,
+    prune_oldest,
+    stored_offsets,
+    typed,
+)
 
 log = get_logger(__name__)
 
 CONSUMER_GROUP = TRAINER_GROUP
-DB_FILE = "events.sqlite"
-LOCK_FILE = "events.lock"
-WINDOW_COLUMNS = ["user_id", "item_id", "event_type", "timestamp", "value"]
-SCHEMA_VERSION = 2  # 2: events.event_id, unique per user (1 had no ids; its rows keep none)
 
 # catch_up() shows a progress bar only when at least this many messages are behind.
 PROGRESS_BAR_MIN_MESSAGES = 20_000
 # How often poll() looks for partitions added to the topic.
 METADATA_REFRESH_SECONDS = 30.0
-# Rows fetched from SQLite per step when building window(); bounds the temporary Python objects.
-WINDOW_FETCH_ROWS = 200_000
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS events (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,  -- arrival order; never reused
-    user_id    TEXT NOT NULL,
-    item_id    TEXT NOT NULL,
-    event_type TEXT NOT NULL,
-    timestamp  REAL NOT NULL,
-    value      REAL,
-    event_id   TEXT
-);
-CREATE UNIQUE INDEX IF NOT EXISTS events_user_event ON events (user_id, event_id)
-    WHERE event_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS offsets (
-    topic       TEXT NOT NULL,
-    partition   INTEGER NOT NULL,
-    next_offset INTEGER NOT NULL,
-    PRIMARY KEY (topic, partition)
-);
-"""
-
-
-class EventLogLocked(ConfigError):
-    """Another process already owns this event log directory."""
-
-
-def log_directory(settings: Settings) -> Path:
-    """The event log directory of a trainer on ``settings``' data dir."""
-    return settings.data_dir / "trainer"
-
-
-def log_owner(directory: Path) -> int | None:
-    """The pid of the process that holds ``directory``'s event log open (a running trainer), or None."""
-    try:
-        handle = open(directory / LOCK_FILE)  # noqa: SIM115 - closed below
-    except FileNotFoundError:
-        return None
-    with handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:  # held: the owner wrote its pid into the file
-            text = handle.read().strip()
-            return int(text) if text.isdigit() else 0
-        fcntl.flock(handle, fcntl.LOCK_UN)
-        return None
 
 
 class EventLog:
@@ -122,10 +82,10 @@ class EventLog:
         self.directory = directory or log_directory(settings)
         self.keep_events = keep_events or settings.train_window_events
         self.directory.mkdir(parents=True, exist_ok=True)
-        self._lock_handle = _lock_directory(self.directory / LOCK_FILE)
-        self._db = _open_database(self.directory / DB_FILE)
+        self._lock_handle = lock_directory(self.directory / LOCK_FILE)
+        self._db = open_database(self.directory / DB_FILE)
         self._count = int(self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
-        self._offsets = self._load_offsets()
+        self._offsets = stored_offsets(self._db, self.topic)
         self._partitions: list[int] = []
         self._start_offsets: dict[int, int] = {}  # low watermarks: where unread partitions begin
         self._metadata_checked_at = 0.0
@@ -263,9 +223,9 @@ class EventLog:
             " ORDER BY seq DESC LIMIT ?) ORDER BY seq",
             (limit,),
         )
-        chunks = list(_frames(cursor))
+        chunks = list(frames(cursor))
         if not chunks:
-            return _typed(pd.DataFrame(columns=WINDOW_COLUMNS))
+            return typed(pd.DataFrame(columns=WINDOW_COLUMNS))
         return pd.concat(chunks, ignore_index=True)
 
     def offsets(self) -> dict[int, int]:
@@ -331,7 +291,7 @@ class EventLog:
                 "ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
                 [(self.topic, p, offset) for p, offset in next_offsets.items()],
             )
-            pruned = self._prune_if_needed(self._count + inserted - removed)
+            pruned = prune_oldest(self._db, self.keep_events, self._count + inserted - removed)
         self._count += inserted - pruned - removed
         if erasures:
             # secure_delete zeroed the deleted rows in the database; the WAL still holds the pages
@@ -342,17 +302,6 @@ class EventLog:
         self._commit_to_kafka(next_offsets)
         return inserted
 
-    def _prune_if_needed(self, count: int) -> int:
-        # Deleting in chunks of ~5% (not per batch) keeps the deletes rare and cheap.
-        slack = max(1, min(self.keep_events // 20, 100_000))
-        if count < self.keep_events + slack:
-            return 0
-        cursor = self._db.execute(
-            "DELETE FROM events WHERE seq <= (SELECT seq FROM events ORDER BY seq DESC LIMIT 1 OFFSET ?)",
-            (self.keep_events,),
-        )
-        return cursor.rowcount
-
     def _commit_to_kafka(self, next_offsets: dict[int, int]) -> None:
         try:
             self._consumer.commit(
@@ -361,10 +310,6 @@ class EventLog:
             )
         except KafkaException as exc:  # visibility only; the database holds the real position
             log.debug("offset commit to kafka failed", extra={"error": str(exc)})
-
-    def _load_offsets(self) -> dict[int, int]:
-        rows = self._db.execute("SELECT partition, next_offset FROM offsets WHERE topic = ?", (self.topic,))
-        return {int(p): int(offset) for p, offset in rows}
 
     def _position(self, partition: int) -> int:
         """Next offset the log will read from ``partition``, including skipped control records."""
@@ -430,45 +375,6 @@ class EventLog:
         self._partitions = partitions
 
 
-def _lock_directory(path: Path) -> Any:
-    handle = open(path, "a+")  # noqa: SIM115 - held open for the life of the EventLog
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise EventLogLocked(
-            f"{path.parent} is in use by another trainer: give each trainer its own STREAMREC_DATA_DIR"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n")  # who holds it: log_owner() tells `streamrec train --once`
-    handle.flush()
-    return handle
-
-
-def _open_database(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level="DEFERRED")
-    # WAL + synchronous=NORMAL: a crash may lose the last batches, but events and offsets are lost
-    # together (same transaction), so they are simply read again from Kafka.
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=NORMAL")
-    # Deleted rows are overwritten with zeros, not left in free pages: an erased user's events
-    # (``streamrec users forget``) must not stay readable in the file.
-    db.execute("PRAGMA secure_delete=ON")
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version not in (0, 1, SCHEMA_VERSION):
-        db.close()
-        raise ConfigError(
-            f"{path} has schema version {version}, expected {SCHEMA_VERSION}: delete it to rebuild"
-        )
-    if version == 1:  # the rows logged so far have no event id: they stay as they are
-        db.execute("ALTER TABLE events ADD COLUMN event_id TEXT")
-    db.executescript(_SCHEMA)
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-    db.commit()
-    return db
-
-
 def _new_consumer(settings: Settings) -> Any:
     return Consumer(
         client_config(
@@ -481,15 +387,4 @@ def _new_consumer(settings: Settings) -> Any:
                 "auto.offset.reset": "earliest",
             },
         )
-    )
-
-
-def _frames(cursor: sqlite3.Cursor) -> Iterator[pd.DataFrame]:
-    while rows := cursor.fetchmany(WINDOW_FETCH_ROWS):
-        yield _typed(pd.DataFrame.from_records(rows, columns=WINDOW_COLUMNS))
-
-
-def _typed(frame: pd.DataFrame) -> pd.DataFrame:
-    return frame.astype(
-        {"user_id": "str", "item_id": "str", "event_type": "str", "timestamp": "float64", "value": "float64"}
     )

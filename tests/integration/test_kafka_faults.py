@@ -82,7 +82,7 @@ from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 from streamrec.synthetic import generate
-from streamrec.trainer.event_log import DB_FILE, log_directory
+from streamrec.trainer.event_store import DB_FILE, log_directory
 
 from support import (
     FeatureReader,

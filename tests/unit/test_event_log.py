@@ -14,7 +14,8 @@ from streamrec.embedded import start_broker
 from streamrec.shared.events import Interaction
 from streamrec.shared.messages import FeatureBatch, UserSnapshot
 from streamrec.shared.settings import ConfigError, Settings, load_settings
-from streamrec.trainer.event_log import EventLog, EventLogLocked
+from streamrec.trainer.event_log import EventLog
+from streamrec.trainer.event_store import EventLogLocked
 
 
 @pytest.fixture(scope="module")
