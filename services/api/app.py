@@ -19,30 +19,26 @@ Errors are JSON ``{"detail": "..."}``: 422 for a bad user id or n, 503 while Red
 The api does not start with credentials Redis refuses (one clear error line, exit code 2).
 """
 
-# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime, and
-# the `n` bound comes from `settings` in create_app's scope, which a string annotation cannot see.
+# No `from __future__ import annotations`: FastAPI reads the endpoint annotations at runtime. The
+# routes are in services/api/read_routes.py and services/api/admin_routes.py.
 
 import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Any
 
 import redis
 import uvicorn
-from fastapi import FastAPI, Header, Path, Query, Request, Response
+from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
-from pydantic import BaseModel, Field
 
-from streamrec.api.admin import admin_refusal
+from streamrec.api.admin_routes import admin_routes
 from streamrec.api.async_reader import AsyncRecommendationClient
 from streamrec.api.forget_requests import ForgetRequests
-from streamrec.api.read_filters import ReadFilter
-from streamrec.api.read_results import DEFAULT_N
+from streamrec.api.read_routes import read_routes
 from streamrec.api.reader import RecommendationClient
-from streamrec.shared.events import resolve_item_id, resolve_user_id
-from streamrec.shared.kafka_config import PublishError
 from streamrec.shared.logs import get_logger
 from streamrec.shared.redaction import redacted_url
 from streamrec.shared.redis_connection import is_permanent, redis_url
@@ -98,113 +94,8 @@ def create_app(settings: Settings) -> FastAPI:
             status_code=503, content={"detail": "recommendations store (Redis) is unavailable"}
         )
 
-    @app.get("/users/{user_id}/recommendations")
-    async def recommendations(
-        user_id: Annotated[str, Path(description="The user id as sent in events.")],
-        n: Annotated[
-            int, Query(ge=1, le=settings.api_max_n, description="How many items (best first).")
-        ] = min(DEFAULT_N, settings.api_max_n),
-        category: Annotated[
-            list[str] | None, Query(description="Only items of this category (repeatable: any of them).")
-        ] = None,
-        exclude: Annotated[list[str] | None, Query(description="Never this item (repeatable).")] = None,
-    ) -> Any:
-        """The user's top ``n`` recommendations (popular items, source "fallback", if unknown),
-        never a hidden or expired item; filtered by ``category`` and ``exclude``, and filled with
-        popular items of those categories if the user's own list is short (source "mixed")."""
-        try:
-            user = resolve_user_id(user_id)
-            ReadFilter.of(n, category, exclude)  # a 422 for a bad category or item id
-        except ValueError as exc:
-            return JSONResponse(status_code=422, content={"detail": str(exc)})
-        recs = await client.get(user, n=n, categories=category, exclude=exclude)
-        if recs is None:
-            return JSONResponse(
-                status_code=404,
-                content={
-                    "detail": f"no recommendations for user {user!r} and no popular items yet: "
-                    "is the scorer running and have events been published?"
-                },
-            )
-        return recs.to_dict()
-
-    @app.get("/items/{item_id}/similar")
-    async def similar(
-        item_id: Annotated[str, Path(description="The item id as sent in events.")],
-        n: Annotated[
-            int, Query(ge=1, le=settings.api_max_n, description="How many items (best first).")
-        ] = min(DEFAULT_N, settings.api_max_n),
-        category: Annotated[
-            list[str] | None, Query(description="Only items of these categories (repeatable).")
-        ] = None,
-    ) -> Any:
-        """The item's nearest items in the served model (co-occurring or popular items as fallback)."""
-        try:
-            item = resolve_item_id(item_id)
-            ReadFilter.of(n, category)  # a 422 for a bad category
-        except ValueError as exc:
-            return JSONResponse(status_code=422, content={"detail": str(exc)})
-        found = await client.similar(item, n=n, categories=category)
-        if found is None:
-            return JSONResponse(
-                status_code=404,
-                content={
-                    "detail": f"no similar items for item {item!r} and no popular items yet: "
-                    "is the scorer running and have events been published?"
-                },
-            )
-        return found.to_dict()
-
-    class SessionRequest(BaseModel):
-        """An anonymous session: its recent items, oldest first."""
-
-        items: list[str] = Field(max_length=1000, description="Recent item ids, oldest first.")
-        n: int = Field(min(DEFAULT_N, settings.api_max_n), ge=1, le=settings.api_max_n)
-        category: list[str] | str | None = Field(None, description="Only items of these categories.")
-        exclude: list[str] = Field(default_factory=list, max_length=1000, description="Never these items.")
-
-    @app.post("/recommendations")
-    async def session_recommendations(body: SessionRequest) -> Any:
-        """Recommendations for an anonymous session, scored now with the served model."""
-        try:
-            recs = await client.recommend_session(
-                body.items, n=body.n, categories=body.category, exclude=body.exclude
-            )
-        except ValueError as exc:  # an item id or category that can never be one
-            return JSONResponse(status_code=422, content={"detail": str(exc)})
-        if recs is None:
-            return JSONResponse(
-                status_code=503,
-                content={"detail": "no model to score the session and no popular items yet"},
-            )
-        return recs.to_dict()
-
-    @app.delete("/users/{user_id}", status_code=202)
-    def forget_user(
-        user_id: Annotated[str, Path(description="The user id as sent in events.")],
-        authorization: Annotated[str | None, Header(description="Bearer <admin token>")] = None,
-    ) -> Any:
-        """Erase the user everywhere (README, "Erasing a user"); 202 once Kafka took the request."""
-        # A plain def: FastAPI runs it in a thread, so waiting for Kafka's ack blocks no read.
-        if refusal := admin_refusal(authorization, settings.api_admin_token):
-            status, detail = refusal
-            headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-            return JSONResponse(status_code=status, content={"detail": detail}, headers=headers)
-        try:
-            request = forget_requests.send(user_id)
-        except ValueError as exc:
-            return JSONResponse(status_code=422, content={"detail": str(exc)})
-        except PublishError as exc:
-            log.warning("forget request not sent", extra={"error": str(exc)})
-            return JSONResponse(
-                status_code=503, content={"detail": "the control topic (Kafka) is unavailable"}
-            )
-        return {
-            "user_id": request.user_id,
-            "status": "accepted",
-            "requested_at": request.requested_at,
-            "topic": settings.topic_control,
-        }
+    app.include_router(read_routes(settings, client))
+    app.include_router(admin_routes(settings, forget_requests))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
