@@ -170,23 +170,12 @@ def fit_ratings(
         val = None
         if has_validation:
             val = rating_errors(predict_ratings(model, dataset, examples.validation, low, high), val_values)
-        val_rmse = None if val is None else val["rmse"]
-        stats = EpochStats(epoch, loss, None, None, time.perf_counter() - epoch_started, val_rmse)
+        stats = _epoch_done(epoch, loss, val, time.perf_counter() - epoch_started)
         history.append(stats)
         errors.append(val)
-        log.info(
-            "epoch done",
-            extra={
-                "epoch": epoch,
-                "loss": round(loss, 5),
-                "val_rmse": None if val is None else round(val["rmse"], 5),
-                "val_mae": None if val is None else round(val["mae"], 5),
-                "seconds": round(stats.seconds, 2),
-            },
-        )
         if on_epoch is not None:
             on_epoch(stats)
-        if stopping.should_stop(epoch, val_rmse, model):
+        if stopping.should_stop(epoch, stats.val_rmse, model):
             break
 
     stopping.restore(model)
@@ -206,6 +195,22 @@ def fit_ratings(
         metrics |= validation_ranking_metrics(dataset, *evaluate(model, dataset))
     log.info("training done", extra=metrics)
     return TrainResult(model, dataset.vocabulary, history, stopping.best_epoch, metrics, train_seconds)
+
+
+def _epoch_done(epoch: int, loss: float, val: dict[str, float] | None, seconds: float) -> EpochStats:
+    """An epoch's stats (its validation RMSE as the metric early stopping watches), logged."""
+    stats = EpochStats(epoch, loss, None, None, seconds, None if val is None else val["rmse"])
+    log.info(
+        "epoch done",
+        extra={
+            "epoch": epoch,
+            "loss": round(loss, 5),
+            "val_rmse": None if val is None else round(val["rmse"], 5),
+            "val_mae": None if val is None else round(val["mae"], 5),
+            "seconds": round(stats.seconds, 2),
+        },
+    )
+    return stats
 
 
 def _train_one_epoch(
