@@ -19,8 +19,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ..shared.events import Interaction
-from ..shared.settings import Settings
+from streamrec.shared.events import Interaction
+from streamrec.shared.settings import Settings
 
 SECONDS_PER_HOUR = 3600.0
 

@@ -69,7 +69,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from bench.freshness import UpdateTracker
 from bench.freshness import _paced as paced
-from streamrec.ingest.bundles import partition_for
+from streamrec.ingest.rekeying import partition_for
 from streamrec.kafka_cluster import ApacheKafka
 from streamrec.processes import ChildProcess
 from streamrec.publisher import Publisher, PublishError, dataset_events, publish_stream

@@ -7,8 +7,9 @@ import asyncio
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from streamrec.ingest.bundles import delta_messages, is_home, partition_for, read_deltas
 from streamrec.ingest.features import ItemPopularity, add_item_event, merge_popularity
+from streamrec.ingest.popularity_deltas import delta_messages, read_deltas
+from streamrec.ingest.rekeying import is_home, partition_for
 from streamrec.ingest.transport import IngestApp, start_eagerly
 from streamrec.shared.events import Interaction
 
