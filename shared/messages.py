@@ -118,7 +118,7 @@ class ForgetUser:
     """API, CLI -> ingest on ``topic_control``: erase every trace of a user.
 
     Keyed by the (normalised) user id and sent to the user's home partition (the murmur2
-    partitioner, as ``services/ingest/bundles.py``'s ``partition_for``). JSON::
+    partitioner, as ``services/ingest/rekeying.py``'s ``partition_for``). JSON::
 
         {"type": "forget_user", "user_id": "42", "requested_at": <epoch s>}
 

@@ -236,7 +236,7 @@ def demo(
 @cli.command()
 def ingest() -> None:
     """Run the ingest worker (Faust): validate events, build features."""
-    from streamrec.ingest.app import run
+    from streamrec.ingest.worker import run
 
     run(_settings("ingest"))
 

@@ -1,4 +1,4 @@
-"""Erasure markers: which forgotten users' late events ingest must still drop, as pure logic.
+"""Erasure: forget requests, and the markers that drop a forgotten user's late events.
 
 After ``streamrec users forget USER`` ingest deletes the user's state, but events of that user
 may still be on their way (in the input or the re-key topic, or stamped earlier by a producer
@@ -8,13 +8,35 @@ ingest keeps a marker per partition: a hash of the user id (never the id itself)
 request's time, in the table ``erasure_markers`` (its changelog makes it survive restarts) and
 mirrored here, so that a run checks it with a dictionary lookup and only while markers exist.
 An event stamped after ``requested_at`` starts a new history.
+
+Two parts: :class:`ErasureMarkers` is the markers as pure logic (the fold asks it for a user's
+cut-off); :class:`Erasure` is the agent ``forget_users`` (one request on every partition of the
+control topic), the timer ``expire_erasure_markers`` and the markers' recovery after a rebalance.
+A forget request takes its partition's turn with the runs (``write_back.PartitionLocks``): it must
+not land between a run's held states and the features that run sends, or the user would come back.
 """
 
 from __future__ import annotations
 
 import hashlib
+import time
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
+
+import faust
+
+from streamrec.ingest.metrics import IngestCounters
+from streamrec.ingest.rekeying import partition_for
+from streamrec.ingest.write_back import PartitionEvent, PartitionLocks, StateWriteBack, as_current_event
+from streamrec.shared.logs import get_logger
+from streamrec.shared.messages import FeatureBatch, ForgetUser
+from streamrec.shared.settings import Settings
+
+log = get_logger(__name__)
+
+ERASURE_EXPIRY_SECONDS = 60.0  # expired erasure markers are deleted this often (or each hold, if shorter)
+ERASURE_TABLE_MEMORY_MB = 4  # the markers are few and small: the smallest RocksDB budget
 
 # The id is hashed with a fixed, streamrec-specific prefix: a marker names no user in the clear.
 _HASH_PREFIX = b"streamrec-erasure:"
@@ -96,3 +118,91 @@ class ErasureMarkers:
 
     def __len__(self) -> int:
         return sum(map(len, self._markers.values()))
+
+
+class Erasure:
+    """Applies forget requests on this worker's partitions and keeps the markers and their table."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        markers: ErasureMarkers,
+        marker_table: MutableMapping[str, Any],
+        user_state: MutableMapping[str, Any],
+        write_back: StateWriteBack,
+        locks: PartitionLocks,
+        user_features: faust.TopicT,
+        owned_partitions: Callable[[], set[int]],
+        counters: IngestCounters,
+    ) -> None:
+        self.settings = settings
+        self.markers = markers
+        self.marker_table = marker_table  # the table erasure_markers
+        self.user_state = user_state  # the table user_state
+        self.write_back = write_back
+        self.locks = locks
+        self.user_features = user_features
+        self.owned_partitions = owned_partitions
+        self.counters = counters
+
+    @property
+    def expiry_seconds(self) -> float:
+        """How often the timer ``expire_erasure_markers`` runs."""
+        return min(ERASURE_EXPIRY_SECONDS, self.settings.erasure_hold_seconds)
+
+    async def forget_users(self, stream: faust.StreamT[Any]) -> None:
+        """Apply each forget request (``streamrec users forget``, ``DELETE /users/{id}``)."""
+        async for event in stream.events():
+            await self.forget_user(event)
+
+    async def forget_user(self, event: faust.types.EventT) -> None:
+        """Erase a user on this control message's partition: held and stored state (the changelog
+        gets a tombstone), then tell the scorer and trainer, after any features already sent."""
+        partition = event.message.partition
+        try:
+            request = ForgetUser.from_json(event.message.value)
+        except ValueError as exc:
+            log.error(
+                "skipping an unreadable control message", extra={"partition": partition, "error": str(exc)}
+            )
+            return
+        user = request.user_id
+        async with self.locks(partition):
+            with as_current_event(event):  # table reads and writes: this partition's
+                known = self.write_back.get(partition, user) is not None
+                self.write_back.forget(partition, user)
+                if known:
+                    del self.user_state[user]  # a tombstone in the changelog
+                # On every partition: the user's late events may come through any of them.
+                key, marker = self.markers.mark(partition, user, request.requested_at, time.time())
+                self.marker_table[key] = {"partition": partition, **marker.to_dict()}
+            # Readers erase what came from this partition before it: only where the user was (and
+            # at home, whatever they hold), so that it never overtakes a new history elsewhere.
+            if known or partition == partition_for(user, self.settings.partitions):
+                batch = FeatureBatch([], [], time.time(), forgotten=[user])
+                await self.user_features.send(value=batch.to_json(), partition=partition)
+        self.counters.forgotten += 1
+        # The marker's hash, not the id: the log must not keep what was erased.
+        log.info("user forgotten", extra={"partition": partition, "user_hash": key[:16]})
+
+    async def expire_erasure_markers(self) -> None:
+        """Delete the markers whose hold is over (a tombstone each, on their partition).
+
+        No event of a marker's partition need have come since a restart (the forget request's
+        offset may be committed), so the partition is named, not taken from its last event."""
+        now = time.time()
+        for partition in self.markers.partitions():
+            with as_current_event(PartitionEvent(self.settings.topic_control, partition)):
+                for key in self.markers.expired(partition, now):
+                    del self.marker_table[key]
+
+    async def load_erasure_markers(self) -> None:
+        """After every rebalance (``erasure_markers``' recovery): mirror the markers of the
+        partitions this worker owns now."""
+        self.markers.clear()
+        owned = self.owned_partitions()
+        for key, value in self.marker_table.items():
+            if int(value["partition"]) in owned:
+                self.markers.load(int(value["partition"]), key, value)
+        if len(self.markers):
+            log.info("erasure markers recovered", extra={"markers": len(self.markers)})

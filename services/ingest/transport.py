@@ -235,7 +235,7 @@ class _ShortFetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = self.app.fetch_wait_ms  # read by AIOKafkaConsumer.start()
         # Without a minimum the broker answers as soon as any record is there, so at a steady rate
-        # runs are a few events each (one FeatureBatch and one changelog batch per partition for
+        # runs are a few events each (one FeatureBatch and one changelog record batch per partition for
         # each): the wait, not the first record, should end a fetch. Under a backlog this much is
         # there at once, so catching up is not slowed.
         consumer._fetch_min_bytes = FETCH_MIN_BYTES
@@ -274,6 +274,10 @@ class IngestApp(faust.App):
     def _new_transport(self) -> faust_aiokafka.Transport:
         return _IngestTransport(self.conf.broker_consumer, self)
 
+    def active_partitions(self, topic: str) -> set[int]:
+        """The partitions of ``topic`` assigned to this worker as active (not standby)."""
+        return {tp.partition for tp in self.assignor.assigned_actives() if tp.topic == topic}
+
     async def _on_agent_error(self, agent: Any, exc: BaseException) -> None:
         """An agent failed (a bug): stop the whole worker, so that its restart reads the input again
         from the last commit. Faust's default commits and restarts just the agent, which goes on
@@ -291,7 +295,7 @@ class IngestApp(faust.App):
         Faust wraps it in mode's ``stampede``, which awaits ``asyncio.sleep(0)`` three times per
         call. So a table write of a few hundred states trickled into aiokafka over tens of
         milliseconds, its 5 ms linger closed a record batch every few dozen records (the embedded
-        broker's cost grows with batches), and the loop spun three times per record. The
+        broker's cost grows with record batches), and the loop spun three times per record. The
         stampede's purpose, one start for concurrent first callers, is kept by a lock.
         """
         if self.in_transaction:

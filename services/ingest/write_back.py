@@ -13,10 +13,15 @@ Faust derives a table write's partition from the event being processed, and a co
 outside any event: a partition's writes are made under the last event seen on that partition.
 A timer's writes to a partition no event may have come on since the start (expired erasure
 markers) go under a :class:`PartitionEvent` instead.
+
+A partition's runs and forget requests take turns (:class:`PartitionLocks`): a forget must not
+land between a run's held states and the features it sends, or the erased user would come back
+with them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import Collection, Iterator, Mapping
@@ -29,6 +34,24 @@ from faust.streams import _current_event  # where Table.__setitem__ reads its pa
 from faust.types import EventT
 
 from streamrec.ingest.features import UserState
+
+# Held user states are written this often per partition (and before every commit): a few record
+# batches a second, and no commit-long stall of the event loop.
+WRITE_BACK_SECONDS = 0.5
+
+
+class PartitionLocks:
+    """One lock per partition, taken by each run's fold and each forget request of the partition."""
+
+    def __init__(self) -> None:
+        self._locks: dict[int, asyncio.Lock] = {}
+
+    def __call__(self, partition: int) -> asyncio.Lock:
+        """The lock of ``partition`` (created at its first use)."""
+        lock = self._locks.get(partition)
+        if lock is None:
+            lock = self._locks[partition] = asyncio.Lock()
+        return lock
 
 
 class PartitionEvent:

@@ -69,7 +69,7 @@ from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from bench.freshness.load import paced
 from bench.freshness.tracker import UpdateTracker
-from streamrec.ingest.bundles import partition_for
+from streamrec.ingest.rekeying import partition_for
 from streamrec.kafka_cluster import ApacheKafka
 from streamrec.processes import ChildProcess
 from streamrec.publisher import Publisher, dataset_events, publish_stream

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from streamrec.ingest.catalog import CATEGORIES_PER_MESSAGE, CategoryPopularity, chunks
+from streamrec.ingest.category_popularity import CATEGORIES_PER_MESSAGE, CategoryPopularity, chunks
 from streamrec.ingest.features import ItemPopularity
 from streamrec.shared.catalog import SCHEMA_PATH, ItemRecord, ServingCatalog, json_schema, parse_item
 from streamrec.shared.events import Rejection, RejectReason

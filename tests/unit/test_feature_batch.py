@@ -5,8 +5,8 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from streamrec.ingest.app import feature_batches
 from streamrec.ingest.features import UserState, apply_event
+from streamrec.ingest.fold import feature_batches
 from streamrec.shared.events import Interaction
 from streamrec.shared.messages import (
     FeatureBatch,

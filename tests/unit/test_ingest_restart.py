@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streamrec.ingest.app import CLEAN_STOP_MARKER, discard_tables_after_crash
+from streamrec.ingest.worker import CLEAN_STOP_MARKER, discard_tables_after_crash
 
 
 def make_tables(root: Path) -> Path:

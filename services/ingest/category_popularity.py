@@ -1,9 +1,10 @@
-"""The catalog's part in ingest, as plain logic: popular items per category, and what to publish.
+"""Category popularity, as plain logic: the popular items of each category, and what to publish.
 
-Ingest keeps every item's catalog entry in its ``item_catalog`` table (app.py) and a
-:class:`~streamrec.shared.catalog.ServingCatalog` of it in memory. :class:`CategoryPopularity`
-keeps a :class:`~.features.PopularityRanking` per category, fed with the same popularity updates
-as the global one, and says which categories' lists changed since they were last published.
+Ingest keeps every item's catalog entry in its ``item_catalog`` table and a
+:class:`~streamrec.shared.catalog.ServingCatalog` of it in memory (``item_catalog.py``).
+:class:`CategoryPopularity` keeps a :class:`~.features.PopularityRanking` per category, fed with
+the same popularity updates as the global one (``item_popularity.py``) and with the categories of
+catalog changes, and says which categories' lists changed since they were last published.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Ingest's internal messages (services/ingest/bundles.py) and its eager delivery (transport.py)."""
+"""Ingest's internal messages (the home rule in services/ingest/rekeying.py, popularity deltas) and its eager delivery (transport.py)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import asyncio
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from streamrec.ingest.bundles import delta_messages, is_home, partition_for, read_deltas
 from streamrec.ingest.features import ItemPopularity, add_item_event, merge_popularity
+from streamrec.ingest.popularity_deltas import delta_messages, read_deltas
+from streamrec.ingest.rekeying import is_home, partition_for
 from streamrec.ingest.transport import IngestApp, start_eagerly
 from streamrec.shared.events import Interaction
 
