@@ -51,9 +51,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable
 from types import FrameType
-from typing import TypeVar
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
@@ -77,7 +75,7 @@ from streamrec.shared.kafka_topics import SCORER_GROUP
 from streamrec.shared.logs import get_logger
 from streamrec.shared.messages import PopularItems
 from streamrec.shared.ops import start_ops_server
-from streamrec.shared.redis_connection import SyncRedis, connect
+from streamrec.shared.redis_connection import connect
 from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import ConfigError, Settings
@@ -89,8 +87,6 @@ IDLE_POLL_SECONDS = (
     0.25  # longest block waiting for traffic; bounds the reaction time to control messages (a hidden item)
 )
 PROGRESS_LOG_SECONDS = 60.0
-
-T = TypeVar("T")
 
 
 class ScorerService:
@@ -316,24 +312,6 @@ class ScorerService:
                     "model_version": self._served_version(),
                 },
             )
-
-    # --- kept for tests/integration/test_redis_topologies.py, which drives the writer through here
-
-    @property
-    def redis(self) -> SyncRedis:
-        """The Redis client."""
-        return self.writer.client
-
-    @property
-    def redis_ok(self) -> bool:
-        """False while a Redis operation is being retried."""
-        return self.writer.ok
-
-    def _retry(self, what: str, action: Callable[[], T]) -> T:
-        return self.writer.retry(what, action)
-
-    def _write_lists(self, scored: ScoredLists, trigger: str) -> None:
-        self.user_lists.write(scored, trigger)
 
 
 def run(settings: Settings) -> None:

@@ -235,14 +235,14 @@ def test_a_cluster_client_follows_a_failover(cluster: RedisClusterServers) -> No
 def test_the_scorers_writes_go_on_through_a_cluster_failover(
     cluster: RedisClusterServers, tmp_path: Path
 ) -> None:
-    # The scorer's own pipeline and retry (services/scorer/service.py), writing users of every slot
+    # The scorer's own pipeline and retry (services/scorer/user_lists.py, redis_writer.py), writing users of every slot
     # range while a primary is killed: each write returns only once every list is in the cluster.
     scorer = ScorerService(Settings(kafka_bootstrap="127.0.0.1:1", redis_url=cluster.url, data_dir=tmp_path))
     keys = RedisKeys(scorer.settings.redis_prefix)
     users = [f"failover-user-{n}" for n in range(300)]
 
     def write(round_: int) -> None:
-        scorer._write_lists(ScoredLists({user: b"%d" % round_ for user in users}, len(users), 0), "event")
+        scorer.user_lists.write(ScoredLists({user: b"%d" % round_ for user in users}, len(users), 0), "event")
 
     round_ = 0
     write(round_)
@@ -263,7 +263,7 @@ def test_the_scorers_writes_go_on_through_a_cluster_failover(
         f"{resumed:.2f}s ({retried:.0f} retried attempts); {round_} rounds of {len(users)} lists"
     )
     # (The retried count may be 0: redis-py itself retries a command the cluster answered CLUSTERDOWN.)
-    assert resumed < FAILOVER_SECONDS and scorer.redis_ok
+    assert resumed < FAILOVER_SECONDS and scorer.writer.ok
     store = connect(Settings(redis_url=cluster.url))
     assert get_many(store, [keys.recs(user) for user in users]) == [b"%d" % round_] * len(users)
     store.close()
@@ -298,20 +298,22 @@ def test_a_cluster_down_at_start_is_waited_for(tmp_path: Path) -> None:
     assert cli.stderr.startswith("streamrec: error: Redis is unreachable (Redis Cluster 127.0.0.1:")
     assert cli.stderr.count("\n") == 1 and PASSWORD not in cli.stderr
 
-    connected = threading.Thread(target=scorer._retry, args=("connect to Redis", scorer.redis.ping))
+    connected = threading.Thread(
+        target=scorer.writer.retry, args=("connect to Redis", scorer.writer.client.ping)
+    )
     with TestClient(app) as http:
         assert http.get("/readyz").status_code == 503
         assert http.get("/users/u1/recommendations").status_code == 503
         connected.start()  # the scorer's start: it waits for Redis
         time.sleep(1.0)
-        assert connected.is_alive() and not scorer.redis_ok
+        assert connected.is_alive() and not scorer.writer.ok
         try:
             servers.start()
             connected.join(30)
-            assert not connected.is_alive() and scorer.redis_ok
+            assert not connected.is_alive() and scorer.writer.ok
             # The same objects work now: the scorer writes, the clients and the API read.
             written = CachedList([("i1", 2.0), ("i2", 1.0)], "m-1", time.time(), "personal")
-            scorer._write_lists(ScoredLists({"u1": written.encode()}, 1, 0), "event")
+            scorer.user_lists.write(ScoredLists({"u1": written.encode()}, 1, 0), "event")
             assert client.get("u1").items == written.items  # type: ignore[union-attr]
             assert http.get("/readyz").status_code == 200
             body = http.get("/users/u1/recommendations").json()
