@@ -139,8 +139,13 @@ def test_category_filters_and_the_popular_fill(
         )
 
     # A read that the user's own list can answer: only its items of the category, in its order.
-    recs = wait_for(lambda: filtered(len(own_in_category)), 30, "a category-filtered read")
-    assert [i for i, _ in recs.items] == own_in_category
+    # The catalog entries reach the readers one write at a time, so a read made before the last of
+    # them is applied answers with fewer items: wait for all of them, not for the first answer.
+    recs = wait_for(
+        lambda: (r := filtered(len(own_in_category))) and [i for i, _ in r.items] == own_in_category and r,
+        30,
+        f"a category-filtered read of exactly {own_in_category}",
+    )
     assert recs.source == "personal"
 
     # Asking for more than the user's list holds of the category: filled with its popular items.
