@@ -27,83 +27,72 @@ from pathlib import Path
 import pandas as pd
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+from bench.drain_clock import DrainClock, DrainRates, time_output
 from bench.harness import RUNS, Figure, Section, image_path, log_progress
-from bench.ingest_baselines import bare_confluent_rate, empty_faust_rate, quix_python, quix_rate
+from bench.brokers import chosen
+from bench.ingest_baselines import bare_confluent_rate, empty_faust_rate, quix_python, quix_rates
 from bench.plots import throughput_bars
-from bench.stack import filled_broker, ingest_ready, start_ingest_workers
+from bench.stack import filled_broker, start_ingest_workers
 from streamrec.shared.kafka_config import client_config
 from streamrec.shared.messages import feature_batch_event_count
 from streamrec.shared.settings import Settings
 from streamrec.synthetic import generate
 
 PARTITIONS = 4
-EVENTS_PER_USER = 10  # 100,000 events over 10,000 users: the issue's figure-1 topic
-DEFAULT_EVENTS = 100_000
+EVENTS_PER_USER = 10  # when only the number of events is given
+DEFAULT_EVENTS = 200_000  # over USERS users: the issue's comparison with Quix Streams
+USERS = 10_000
 # Quick mode's size: an ingest worker now drains a few thousand events within one turn of the
 # output reads (~25,000 events/s, several events per features message), before it can be timed.
 QUICK_EVENTS = 20_000
+QUICK_USERS = 2_000
 QUIX = "Quix Streams app, same per-user work"
 FAUST = "empty Faust agent on raw bytes (Faust's per-message floor)"
 BARE = "bare confluent-kafka consumer (JSON decode)"
 
 
-def _ingest_rate(
-    settings: Settings, run_dir: Path, expected: int, workers: int = 1, quick: bool = False
-) -> float:
-    """Events/s of ``workers`` ingest workers draining the topic together.
+def _ingest_rates(settings: Settings, run_dir: Path, expected: int, workers: int = 1) -> DrainRates:
+    """Events/s of ``workers`` ingest workers draining the topic together, whole and steady.
 
-    Timed from the moment every worker logged that it is ready (joined the group, recovered its
-    tables) and 1% of the output arrived, to the last event, so start-up is left out. A figure
-    needs at least half the events inside that window; a quick run (which only checks that the
-    suite works, and whose few events a ready worker drains before a second one has joined)
-    times whatever arrived after the first output instead.
+    Counted on the output (the accepted events the user-features messages carry) by
+    :func:`bench.drain_clock.time_output`, exactly as the Quix Streams app is: from the first
+    output to the last, and between 10% and 90% of it.
     """
     topic = settings.topic_user_features
     output = Consumer(client_config(settings, {"group.id": "bench", "fetch.wait.max.ms": 50}))
     output.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
     started = start_ingest_workers(settings, run_dir, workers)
+
+    def stopped(_clock: DrainClock) -> str | None:
+        dead = [worker for worker in started if not worker.alive()]
+        return f"{dead[0].name} exited; log:\n{dead[0].log_tail()}" if dead else None
+
     try:
-        count, first = 0, max(1, expected // 100)
-        start_count = start_time = None
-        first_count, first_time = 0, time.perf_counter()  # a quick run's fallback window
-        deadline = time.monotonic() + 180 + expected / 50
-        while count < expected:
-            if time.monotonic() > deadline or not all(worker.alive() for worker in started):
-                tails = "\n".join(worker.log_tail() for worker in started)
-                raise RuntimeError(f"ingest processed {count}/{expected}; logs:\n{tails}")
-            # One bounded read per turn, so the clock sees the output arrive.
-            count += sum(
-                feature_batch_event_count(message.value() or b"")
-                for message in output.consume(2_000, 0.1)
-                if message.error() is None
-            )
-            if not first_count and count:
-                first_count, first_time = count, time.perf_counter()
-            if start_time is None and count >= first and all(map(ingest_ready, started)):
-                start_count, start_time = count, time.perf_counter()
-        if quick and (start_time is None or count == start_count):
-            start_count, start_time = first_count, first_time
-        if start_count is None or start_time is None or (not quick and count - start_count < expected // 2):
-            raise RuntimeError(
-                f"workers were ready only after {start_count}/{expected} events: run more events"
-            )
-        return (count - start_count) / max(1e-9, time.perf_counter() - start_time)
+        clock = time_output(
+            output,
+            expected,
+            lambda message: feature_batch_event_count(message.value() or b""),
+            stopped,
+            deadline=time.monotonic() + 180 + expected / 50,
+        )
+        return clock.rates()
     finally:
         output.close()
         for worker in started:
             worker.stop()
 
 
-def synthetic_events(n_events: int) -> pd.DataFrame:
-    """Exactly ``n_events`` synthetic events over ``n_events // 10`` users (at least 10), in time order.
+def synthetic_events(n_events: int, users: int | None = None) -> pd.DataFrame:
+    """Exactly ``n_events`` synthetic events over ``users`` users (default ``n_events // 10``, at
+    least 10), in time order.
 
     The catalogue is a fifth the size of the users. The generator skips a user's repeated items,
     so it gives fewer events than it plans: it plans 8–16 per user (more if still short) and each
     user keeps their earliest events, one round of ranks after another, until ``n_events`` are
-    taken; so every user is in (their first event is taken first) with ~10 events each.
+    taken; so every user is in (their first event is taken first) with about as many events each.
     """
-    users = max(10, n_events // EVENTS_PER_USER)
-    items, low = max(200, users // 5), 8
+    users = users or max(10, n_events // EVENTS_PER_USER)
+    items, low = max(200, users // 5), max(8, n_events // users)
     frame = generate(users=users, items=items, events_per_user=(low, 2 * low), seed=5)
     while len(frame) < n_events:  # too many repeated items (a small catalogue): plan more
         low *= 2
@@ -119,23 +108,29 @@ def run(quick: bool) -> list[Section]:
     """The ingest sections: one worker against three baselines (figure 1), two workers against one (figure 7)."""
     # Over 80 lines: most of it is the sections' description text.
     n_events = QUICK_EVENTS if quick else int(os.environ.get("BENCH_INGEST_EVENTS", str(DEFAULT_EVENTS)))
-    events = synthetic_events(n_events)
+    events = synthetic_events(n_events, QUICK_USERS if quick else USERS)
     users = events["user_id"].nunique()
+    choice = chosen()
     quix_python()  # installs .venv-quix on first use, before any broker runs or clock starts
-    one_worker, two_workers = [], []
-    baselines: dict[str, list[float]] = {QUIX: [], FAUST: [], BARE: []}
-    measures = {BARE: bare_confluent_rate, FAUST: empty_faust_rate, QUIX: quix_rate}
+    one_worker: list[DrainRates] = []
+    two_workers: list[DrainRates] = []
+    quix: list[DrainRates] = []
+    baselines: dict[str, list[float]] = {FAUST: [], BARE: []}
+    measures = {BARE: bare_confluent_rate, FAUST: empty_faust_rate}
     for n in range(1 if quick else RUNS):
-        with filled_broker(events, PARTITIONS) as (settings, run_dir, sent):
-            # All four on the same filled broker, one after another (none shares the cores).
+        # A broker of its own for each run: the same topic, filled once, for every reader of the run.
+        with filled_broker(events, PARTITIONS, choice) as (settings, run_dir, sent):
+            # One after another, so that none shares the cores with another.
             for name, measure in measures.items():
                 log_progress(f"  ingest run {n + 1}: {name}…")
                 baselines[name].append(measure(settings, settings.topic_interactions, sent))
+            log_progress(f"  ingest run {n + 1}: {QUIX}…")
+            quix.append(quix_rates(settings, settings.topic_interactions, sent))
             log_progress(f"  ingest run {n + 1}: one worker…")
-            one_worker.append(_ingest_rate(settings, run_dir, sent, quick=quick))
+            one_worker.append(_ingest_rates(settings, run_dir, sent))
         log_progress(f"  ingest run {n + 1}: two workers…")
-        with filled_broker(events, PARTITIONS) as (settings, run_dir, sent):
-            two_workers.append(_ingest_rate(settings, run_dir, sent, workers=2, quick=quick))
+        with filled_broker(events, PARTITIONS, choice) as (settings, run_dir, sent):
+            two_workers.append(_ingest_rates(settings, run_dir, sent, workers=2))
     command = (
         ("" if quick or n_events == DEFAULT_EVENTS else f"BENCH_INGEST_EVENTS={n_events} ")
         + "python -m bench --only ingest"

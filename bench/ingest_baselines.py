@@ -1,15 +1,17 @@
 """Baselines of the ingest benchmark (figure 1): how fast other readers drain a pre-filled topic.
 
 Each function takes ``(settings, topic, expected)`` for a topic that already holds ``expected``
-messages and returns events/s, timed from the first message received to the ``expected``-th, so
-connecting, joining a group and creating topics are left out:
+messages. The first two return events/s, timed from the first message received to the
+``expected``-th, so connecting, joining a group and creating topics are left out; the Quix app's
+rates (whole drain and steady part) are timed on its output like ``streamrec ingest``'s
+(``bench/drain_clock.py``):
 
 - :func:`bare_confluent_rate`: a bare confluent-kafka consumer that only JSON-decodes each value
   (what reading and decoding alone cost);
 - :func:`empty_faust_rate`: an empty Faust agent on raw bytes, on the stock Faust consumer with only
   the fetch wait shortened (the floor of Faust's per-message path, what streamrec's ingest is built
   on);
-- :func:`quix_rate`: a Quix Streams application doing ingest's per-user work (history, de-duplication
+- :func:`quix_rates`: a Quix Streams application doing ingest's per-user work (history, de-duplication
   and event count in RocksDB state with changelogs, one features message per event), counted on its
   output topic like ``streamrec ingest`` is in ``bench/ingest.py``.
 
@@ -44,6 +46,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from bench.drain_clock import DrainClock, DrainRates, time_output
 from streamrec.processes import ChildProcess, spawn
 from streamrec.shared.kafka_config import client_config, faust_credentials, require_bootstrap
 from streamrec.shared.settings import Settings, load_settings
@@ -223,17 +226,17 @@ def quix_python() -> Path:
     return python
 
 
-def quix_rate(settings: Settings, topic: str, expected: int) -> float:
-    """Events/s of a Quix Streams app doing ingest's per-user work, counted on its output topic.
+def quix_rates(settings: Settings, topic: str, expected: int) -> DrainRates:
+    """Events/s of a Quix Streams app doing ingest's per-user work, whole and steady, on its output.
 
     Per event, in RocksDB state with changelogs (Quix's default): the user's last
     ``settings.history_len`` ``[item_id, timestamp, event_type]``, the last
     ``settings.dedup_window`` event ids (a repeated id is dropped) and the event count; one features
     message per event (user_id, history item ids, event_count) to a new output topic. The input is
     keyed by user_id, which is what Quix keys its state by, so no re-key hop is needed. The app
-    (``bench/quix_worker.py``) runs under :func:`quix_python`. Timed on the output, read here, from
-    the first features message to the ``expected``-th (the worker's own count of processed input
-    messages is printed as a check).
+    (``bench/quix_worker.py``) runs under :func:`quix_python`. Timed on the output, read here, by
+    :func:`bench.drain_clock.time_output`, as ``streamrec ingest`` is in ``bench/ingest.py`` (the
+    worker's own count of processed input messages is printed as a check).
     """
     python = quix_python()  # before any timing or topic: the first call installs
     output = f"bench-quix-features-{uuid.uuid4().hex[:8]}"
@@ -252,26 +255,24 @@ def quix_rate(settings: Settings, topic: str, expected: int) -> float:
     try:
         counter.assign([TopicPartition(output, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
         worker = _spawn_quix_worker(python, settings, topic, output, expected)
-        count, first, last, deadline = 0, None, None, _deadline(expected)
-        progressed = time.monotonic()
-        while count < expected:
-            # The worker exits once it counted its outputs, maybe before all arrived here; one
-            # that exited and sends nothing more for 10 s (or failed) has stopped short.
-            stopped = worker.popen.poll() not in (None, 0) or (
-                not worker.alive() and time.monotonic() - progressed > 10
-            )
-            if stopped or time.monotonic() > deadline:
-                raise RuntimeError(f"quix worker: {count}/{expected} outputs; log:\n{worker.log_tail()}")
-            # One bounded read per turn, so the clock sees the output arrive.
-            messages = [message for message in counter.consume(2_000, 0.1) if message.error() is None]
-            if messages:
-                first = first or time.perf_counter()
-                last = time.perf_counter()
-                progressed = time.monotonic()
-                count += len(messages)
+        started = time.perf_counter()
+
+        def stopped(clock: DrainClock) -> str | None:
+            # The worker exits once it counted its inputs, maybe before all its outputs arrived
+            # here; one that failed, or exited and sent nothing more for 10 s, stopped short.
+            assert worker is not None
+            if worker.popen.poll() not in (None, 0):
+                return f"the quix worker failed; log:\n{worker.log_tail()}"
+            quiet = time.perf_counter() - (clock.last_output or started)
+            if not worker.alive() and quiet > 10:
+                return f"the quix worker exited; log:\n{worker.log_tail()}"
+            return None
+
+        deadline = _deadline(expected)
+        clock = time_output(counter, expected, lambda _message: 1, stopped, deadline)
         result = _wait_for_result(worker, deadline)
         print(f"  quix worker's own count: {result['rate']:,.0f} events/s", file=sys.stderr)
-        return _rate(count, first, last)
+        return clock.rates()
     finally:
         counter.close()
         if worker is not None:
@@ -377,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, baseline in (
             ("bare confluent-kafka (JSON decode)", bare_confluent_rate),
             ("empty Faust agent (raw bytes)", empty_faust_rate),
-            ("Quix Streams (per-user state)", quix_rate),
+            ("Quix Streams (per-user state)", lambda *args: quix_rates(*args).whole),
         ):
             print(f"{name}: {baseline(settings, topic, sent):,.0f} events/s", flush=True)
     return 0

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from bench.brokers import CHOICES, BrokerChoice, broker
 from bench.harness import PROGRESS_SECONDS, log_progress
 from bench.progress import PipelineProgress
 from streamrec.embedded import start_missing_servers, start_redis
@@ -184,12 +185,16 @@ def train_and_serve(stack: Stack, epochs: int, reason: str) -> str:
 
 
 @contextmanager
-def filled_broker(events: pd.DataFrame, partitions: int) -> Iterator[tuple[Settings, Path, int]]:
-    """A fresh embedded broker and Redis (no services) whose ``interactions`` topic, of ``partitions``
-    partitions, holds ``events``: yields the settings, the run folder and the events sent."""
-    with tempfile.TemporaryDirectory() as tmp:
+def filled_broker(
+    events: pd.DataFrame, partitions: int, choice: BrokerChoice | None = None
+) -> Iterator[tuple[Settings, Path, int]]:
+    """A fresh broker (the embedded one unless ``choice`` names Apache Kafka) and Redis, no services,
+    whose ``interactions`` topic, of ``partitions`` partitions, holds ``events``: yields the
+    settings, the run folder and the events sent."""
+    with tempfile.TemporaryDirectory() as tmp, broker(Path(tmp), choice or CHOICES["embedded"]) as kafka:
         run_dir = Path(tmp)
-        servers = start_missing_servers(Settings(data_dir=run_dir / "data", partitions=partitions), run_dir)
+        settings = Settings(data_dir=run_dir / "data", partitions=partitions, **kafka.overrides)
+        servers = start_missing_servers(settings, run_dir)
         try:
             sent = publish_events(servers.settings, events, "bench")
             yield servers.settings, run_dir, sent

@@ -76,8 +76,12 @@ def as_current_event(event: EventT | PartitionEvent) -> Iterator[None]:
 class StateWriteBack:
     """The changed user states of each partition since the last :meth:`write`, read before the table."""
 
-    def __init__(self, table: faust.Table) -> None:
+    def __init__(self, table: faust.Table, stored: Mapping[str, Any] | None = None) -> None:
         self.table = table
+        # Reads go to the store under the table (``table.data``, made when first asked for): one
+        # lookup, where ``table.get`` asks the store twice (``in``, then ``[]``), encoding the key
+        # each time, for a sensor call.
+        self._stored = stored
         self._states: dict[int, dict[str, UserState]] = {}
         self._events: dict[int, EventT] = {}  # the latest event of each partition, kept across writes
         self._held_since: dict[int, float] = {}  # partition -> when its oldest held state came
@@ -87,8 +91,11 @@ class StateWriteBack:
         held = self._states.get(partition)
         if held is not None and (state := held.get(user_id)) is not None:
             return state
-        stored = self.table.get(user_id)
-        return None if stored is None else UserState.from_dict(stored)
+        try:
+            stored = (self.table.data if self._stored is None else self._stored)[user_id]
+        except KeyError:
+            return None
+        return UserState.from_dict(stored)
 
     def hold(self, event: EventT, states: dict[str, UserState]) -> None:
         """Keep a run's changed ``states`` for the next write."""

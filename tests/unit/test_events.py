@@ -6,6 +6,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import event, example, given, settings
+from hypothesis import strategies as st
 
 from streamrec.shared.events import (
     EVENT_WEIGHTS,
@@ -14,8 +16,10 @@ from streamrec.shared.events import (
     Interaction,
     Rejection,
     RejectReason,
+    _validated_by_model,
     json_schema,
     parse_event,
+    plain_event,
 )
 
 NOW = 1_700_000_000.0  # 2023-11-14T22:13:20Z
@@ -224,3 +228,78 @@ def test_json_schema_requires_the_three_fields() -> None:
     schema = json_schema()
     assert sorted(schema["required"]) == ["event_type", "item_id", "user_id"]
     assert set(schema["properties"]) == {"user_id", "item_id", "event_type", "timestamp", "value", "event_id"}
+
+
+# --- the plain path and pydantic's agree --------------------------------------------------------
+
+# Values of every kind a field may hold, plain or not: what a producer might send.
+ANY_ID = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(["u1", " u1 ", "", "a\nb", "x" * MAX_ID_LENGTH, "x" * (MAX_ID_LENGTH + 1)]),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.booleans(),
+    st.floats(allow_nan=True),
+    st.none(),
+)
+ANY_NUMBER = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(2**60), max_value=2**60),
+    st.sampled_from([NOW - 60, NOW + 86_400, NOW + 86_401, 0, -1, 2**53, 2**53 + 1, 10**400]),
+    st.booleans(),
+    st.none(),
+    st.sampled_from(["2023-11-14T22:13:20Z", "2023-11-14T22:13:20", "1700000000", "soon"]),
+)
+ANY_EVENT_TYPE = st.one_of(
+    st.sampled_from(["view", "purchase", "add_to_cart", "a" * 32, "a" * 33, "View", "", "x\n", "é"]),
+    st.from_regex(r"[a-z][a-z0-9_]{0,31}", fullmatch=True),
+    st.integers(),
+    st.none(),
+)
+ANY_EVENT_ID = st.one_of(st.none(), st.text(max_size=4), st.just("e" * 257), st.integers(), st.booleans())
+
+
+def mostly(valid: st.SearchStrategy[Any], anything: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``valid`` about nine times in ten: most drawn events are plain but for one of their fields."""
+    return st.integers(0, 9).flatmap(lambda n: anything if n == 0 else valid)
+
+
+@settings(max_examples=3_000, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {
+            "user_id": mostly(st.sampled_from(["u1", 7, " u2 "]), ANY_ID),
+            "item_id": mostly(st.sampled_from(["i1", 3]), ANY_ID),
+            "event_type": mostly(st.sampled_from(["view", "add_to_cart"]), ANY_EVENT_TYPE),
+        },
+        optional={
+            "timestamp": mostly(st.floats(0, NOW + 86_400) | st.integers(0, int(NOW)), ANY_NUMBER),
+            "value": mostly(st.floats(-5, 5) | st.integers(-5, 5), ANY_NUMBER),
+            "event_id": mostly(st.sampled_from(["e1", "", "e" * MAX_ID_LENGTH]), ANY_EVENT_ID),
+            "extra": st.integers(),
+        },
+    )
+)
+@example({**valid(), "value": float("inf")})
+@example({**valid(), "value": float("nan")})
+@example({**valid(), "timestamp": NOW + 86_400.5})
+@example({**valid(), "timestamp": 2**53 + 1})
+@example({**valid(), "event_type": "a" * 33})
+@example({**valid(), "event_id": "e" * (MAX_ID_LENGTH + 1)})
+@example({**valid(), "user_id": True})
+def test_the_plain_path_gives_what_the_model_gives(data: dict[str, Any]) -> None:
+    """Whatever plain_event accepts, the pydantic path accepts as the same Interaction."""
+    plain = plain_event(data, NOW, 86_400.0)
+    if plain is not None:
+        assert _validated_by_model(data, NOW, 86_400.0) == plain
+    event(f"plain path: {plain is not None}")
+
+
+def test_plain_events_take_the_plain_path() -> None:
+    for plain in [
+        valid(),
+        valid(user_id=42, value=4.5, event_id="e1"),
+        valid(timestamp=None),
+        valid(value=3),
+    ]:
+        assert plain_event(plain, NOW, 86_400.0) == parse(plain)
+    assert plain_event(valid(timestamp="2023-11-14T22:13:20Z"), NOW, 86_400.0) is None  # left to pydantic

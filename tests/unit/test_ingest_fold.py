@@ -62,7 +62,7 @@ def new_fold(
     table: dict[str, Any] | None = None, markers: ErasureMarkers | None = None
 ) -> tuple[Fold, dict[str, Any]]:
     table = {} if table is None else table
-    return Fold(SETTINGS, StateWriteBack(table), markers or ErasureMarkers(60.0)), table  # type: ignore[arg-type]
+    return Fold(SETTINGS, StateWriteBack(table, stored=table), markers or ErasureMarkers(60.0)), table  # type: ignore[arg-type]
 
 
 # --- Fold.fold ----------------------------------------------------------------------------------
@@ -253,7 +253,7 @@ class Ingest:
     def __post_init__(self) -> None:
         self.counters = IngestCounters()
         self.table = FakeTable(self.log)
-        self.write_back = StateWriteBack(self.table)  # type: ignore[arg-type]
+        self.write_back = StateWriteBack(self.table, stored=self.table)  # type: ignore[arg-type]
         self.markers = ErasureMarkers(60.0)
         self.locks = PartitionLocks()
         topic = self.topic
