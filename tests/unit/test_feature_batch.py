@@ -81,3 +81,13 @@ def test_a_small_run_is_one_message() -> None:
     apply_event(state, e, settings)
     (batch,) = feature_batches({"u1": None}, {"u1": state}, [e], now=2.0)
     assert batch == FeatureBatch([UserSnapshot("u1", ["a"], 1)], [e], 2.0)
+
+
+def test_events_are_written_as_interaction_to_dict_writes_them() -> None:
+    events = [
+        Interaction("u1", "i1", "view", 1.5),
+        Interaction("u1", "i2", "rating", 2.0, value=4.5, event_id="e-2"),
+    ]
+    written = orjson.loads(FeatureBatch([UserSnapshot("u1", ["i1", "i2"], 2)], events, 3.0).to_json())
+    assert written["events"] == [event.to_dict() for event in events]
+    assert [list(event) for event in written["events"]] == [list(event.to_dict()) for event in events]  # key order

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from pathlib import Path
 
 import pytest
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
+from streamrec.ingest.app import configure_app
 from streamrec.ingest.transport import EagerConsumer
+from streamrec.shared.settings import Settings
 
 
 def test_revoked_partitions_are_committed_before_their_finished_runs_are_forgotten(
@@ -56,3 +59,11 @@ def test_nothing_is_committed_without_an_assignment(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(faust_aiokafka.Consumer, "on_partitions_revoked", faust_forgets)
     asyncio.run(consumer.on_partitions_revoked(set()))
     assert committed == []
+
+
+@pytest.mark.parametrize("web_port", [0, 6067])
+def test_the_monitor_sensor_is_left_out_unless_faust_web_is_on(web_port: int, tmp_path: Path) -> None:
+    settings = Settings(kafka_bootstrap="127.0.0.1:9", data_dir=tmp_path, ingest_web_port=web_port)
+    app = configure_app(settings)  # not started: no broker is reached
+    app.on_init_dependencies()
+    assert (app.monitor in set(app.sensors)) is (web_port > 0)
