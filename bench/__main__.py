@@ -13,6 +13,7 @@ import sys
 
 from bench import (
     broker,
+    capacity,
     catalog,
     freshness,
     ingest,
@@ -30,6 +31,7 @@ BENCHMARKS = {
     "ingest": ingest.run,
     "ingest_profile": ingest_profile.run,
     "freshness": freshness.run,
+    "capacity": capacity.run,
     "read_path": read_path.run,
     "catalog": catalog.run,
     "scoring": scoring.run,
@@ -39,7 +41,7 @@ BENCHMARKS = {
     "sessions": sessions.run,
 }
 # Benchmarks that run on the broker BENCH_BROKER chooses: each broker's fragment is a file of its own.
-ON_CHOSEN_BROKER = ("freshness", "ingest")
+ON_CHOSEN_BROKER = ("freshness", "ingest", "capacity")
 
 
 def main(argv: list[str] | None = None) -> int:

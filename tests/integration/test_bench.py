@@ -27,6 +27,7 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         "Freshness (figure 2)",
         "Broker cost per event (figure 8)",
         "End-to-end drain (figure 9)",
+        "Capacity at the freshness bound (figure 12)",
         "Read latency (figure 3)",
         "Hiding an item (figure 10)",
         "Scoring throughput (figure 4)",
@@ -51,6 +52,7 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
     assert "| hidden item gone from every read, p99 |" in result.stdout
     assert "| ListOffsets, 200 one-message batches |" in result.stdout
     assert "| events without an update | 0 events |" in result.stdout
+    assert "| 40 events/s: events without their list rewritten | 0 events |" in result.stdout
     # Plots are drawn in quick mode too, into a temporary folder.
     assert "![Freshness (figure 2)](" in result.stdout and "freshness-cdf.png)" in result.stdout
     # Quick figures are printed, never published over the real ones.
