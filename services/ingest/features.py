@@ -17,7 +17,7 @@ import bisect
 import heapq
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any
 
 from streamrec.shared.events import Interaction
 from streamrec.shared.settings import Settings
@@ -29,12 +29,11 @@ SECONDS_PER_HOUR = 3600.0
 # --------------------------------------------------------------------------------------------
 
 
-class HistoryEntry(NamedTuple):
-    """One remembered event of a user (a named tuple: a state of 200 is rebuilt per event read)."""
-
-    item_id: str
-    timestamp: float
-    event_type: str
+# One remembered event of a user: ``[item_id, timestamp, event_type]``, a list as JSON reads it and
+# never changed once made. Kept in that form, a stored state is used as the table gives it, and
+# written as it is: a state of 200 events read and written per run cost 200 objects each way.
+HistoryEntry = list[Any]
+ITEM_ID, TIMESTAMP, EVENT_TYPE = 0, 1, 2  # the fields of a HistoryEntry
 
 
 @dataclass(slots=True)
@@ -49,23 +48,25 @@ class UserState:
 
     def history_item_ids(self) -> list[str]:
         """Item ids of the history, oldest first (an item seen twice appears twice)."""
-        return [entry.item_id for entry in self.history]
+        return [entry[ITEM_ID] for entry in self.history]
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form; history entries are compact ``[item_id, timestamp, event_type]`` triples."""
+        """JSON-ready form; history entries are compact ``[item_id, timestamp, event_type]`` triples.
+
+        The lists are copies (their entries are never changed): the state goes on changing after."""
         return {
-            "history": [list(entry) for entry in self.history],
+            "history": list(self.history),
             "event_count": self.event_count,
             "first_seen": self.first_seen,
             "last_seen": self.last_seen,
-            "recent_event_ids": self.recent_event_ids,
+            "recent_event_ids": list(self.recent_event_ids),
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> UserState:
-        """Inverse of :meth:`to_dict`."""
+        """Inverse of :meth:`to_dict` (the lists are copied; their entries, never changed, are not)."""
         return cls(
-            history=[HistoryEntry(item, float(ts), kind) for item, ts, kind in data["history"]],
+            history=list(data["history"]),
             event_count=int(data["event_count"]),
             first_seen=data["first_seen"],
             last_seen=data["last_seen"],
@@ -87,7 +88,7 @@ def apply_event(state: UserState, event: Interaction, settings: Settings) -> boo
     """
     if is_duplicate(state, event):
         return False
-    entry = HistoryEntry(event.item_id, event.timestamp, event.event_type)
+    entry = [event.item_id, event.timestamp, event.event_type]
     bisect.insort_right(state.history, entry, key=_entry_time)
     _keep_last(state.history, settings.history_len)
 
@@ -102,7 +103,7 @@ def apply_event(state: UserState, event: Interaction, settings: Settings) -> boo
 
 
 def _entry_time(entry: HistoryEntry) -> float:
-    return entry.timestamp
+    return entry[TIMESTAMP]
 
 
 def _keep_last(items: list[Any], n: int) -> None:

@@ -3,8 +3,11 @@ wrote between two readings, and a latency row against its baseline (bench/freshn
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 
+from bench.capacity import Step
 from bench.freshness.broker_writes import written_between
 from bench.freshness.tracker import UpdateTracker
 from bench.harness import latency_figure
@@ -41,3 +44,20 @@ def test_a_latency_figure_is_each_runs_percentile_in_ms_against_the_baselines() 
     assert figure.unit == "ms" and figure.target == "≤ 1 ms" and figure.baseline_name == "raw GET"
     assert figure.runs == pytest.approx([3.0, 2.0])  # nearest rank: the upper of two
     assert figure.baseline_runs == pytest.approx([0.5])
+
+
+def _step(rate: float, latency_s: float, publish_rate: float, missing: bool = False) -> Step:
+    tracker = UpdateTracker()
+    for n in range(100):
+        tracker.published(f"u{n}", f"e{n}", 1.0)
+        if not (missing and n == 0):
+            tracker.updated(f"u{n}", 1.0 + latency_s)
+    result = SimpleNamespace(tracker=tracker, publish_rate=publish_rate, missing=len(tracker.pending), cpu={})
+    return Step(rate, result)  # type: ignore[arg-type]
+
+
+def test_a_capacity_step_passes_within_the_bound_with_every_list_and_the_rate_kept() -> None:
+    assert _step(2_500, 0.4, 2_500).passed
+    assert not _step(2_500, 0.6, 2_500).passed  # p99 over the bound
+    assert not _step(2_500, 0.4, 2_500, missing=True).passed  # an event without its list
+    assert not _step(2_500, 0.4, 2_000).passed  # the producer fell behind its rate

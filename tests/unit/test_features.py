@@ -9,6 +9,8 @@ import orjson
 import pytest
 
 from streamrec.ingest.features import (
+    EVENT_TYPE,
+    TIMESTAMP,
     ItemPopularity,
     PopularityRanking,
     UserState,
@@ -37,7 +39,7 @@ def test_history_keeps_the_newest_events_in_time_order() -> None:
     for n in range(10):
         assert apply_event(state, event(f"i{n}", 100.0 + n), settings(history_len=4))
     assert state.history_item_ids() == ["i6", "i7", "i8", "i9"]
-    assert [e.timestamp for e in state.history] == [106.0, 107.0, 108.0, 109.0]
+    assert [e[TIMESTAMP] for e in state.history] == [106.0, 107.0, 108.0, 109.0]
     assert state.event_count == 10
     assert (state.first_seen, state.last_seen) == (100.0, 109.0)
 
@@ -48,7 +50,7 @@ def test_late_event_is_inserted_at_its_place() -> None:
         apply_event(state, event(item, ts), settings())
     apply_event(state, event("b", 20.0, kind="purchase"), settings())
     assert state.history_item_ids() == ["a", "b", "c", "d"]
-    assert state.history[1].event_type == "purchase"
+    assert state.history[1][EVENT_TYPE] == "purchase"
     assert (state.first_seen, state.last_seen) == (10.0, 40.0)
 
 
