@@ -64,7 +64,7 @@ from streamrec.ingest.dead_letters import DeadLetters
 from streamrec.ingest.erasure import ERASURE_TABLE_MEMORY_MB, Erasure, ErasureMarkers
 from streamrec.ingest.fold import FeatureBuilder, Fold
 from streamrec.ingest.item_catalog import ItemCatalog
-from streamrec.ingest.item_popularity import HeldItemPopularity, ItemPopularityTracker
+from streamrec.ingest.item_popularity import ItemPopularityTracker
 from streamrec.ingest.metrics import COUNTERS_LOG_SECONDS, IngestCounters, watch_loop
 from streamrec.ingest.popularity_deltas import POPULARITY_FLUSH_SECONDS, PendingPopularity
 from streamrec.ingest.table_codec import use_exact_size_json
@@ -238,30 +238,21 @@ def wire_jobs(app: IngestApp, settings: Settings, topics: IngestTopics, tables: 
         owned_partitions,
         counters,
     )
+    commit = CommitHook(write_back, popularity, tables.user_state, owned_partitions)
+
     # Items: one partition, one owner, for popularity and the catalog alike.
-    held_scores = HeldItemPopularity(
-        tables.item_popularity, settings.topic_item_events
-    )  # until the next commit
-    commit = CommitHook(write_back, popularity, held_scores, tables.user_state, owned_partitions)
     by_category = CategoryPopularity(settings.top_n, settings.popularity_half_life_hours)
     catalog = ItemCatalog(
         settings,
         tables.item_catalog,
-        held_scores,
+        tables.item_popularity,
         by_category,
         topics.items_dlq,
         topics.catalog,
         counters,
     )
     items = ItemPopularityTracker(
-        app,
-        settings,
-        tables.item_popularity,
-        held_scores,
-        catalog,
-        by_category,
-        topics.popular_items,
-        counters,
+        app, settings, tables.item_popularity, catalog, by_category, topics.popular_items, counters
     )
 
     app.agent(topics.interactions, name="build_features")(feature_builder.build_features)

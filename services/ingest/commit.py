@@ -3,16 +3,13 @@
 An input offset may be committed only once everything its run caused is out: its features,
 re-keyed events and dead letters (the fold sends them before Faust acknowledges the run), its
 users' states in the ``user_state`` changelog, and its events' popularity on
-``streamrec.item-events``; and an item-events offset only once the scores its message changed are
-in the ``item_popularity`` changelog. The states, the popularity and the scores wait in memory
-(``write_back.py``, ``popularity_deltas.py``, ``item_popularity.HeldItemPopularity``), so the
-consumer awaits :meth:`CommitHook.before_commit` before every commit, a rebalance's included
-(``transport.EagerConsumer.commit``). The steps:
+``streamrec.item-events``. The last two wait in memory across runs (``write_back.py``,
+``popularity_deltas.py``), so the consumer awaits :meth:`CommitHook.before_commit` before every
+commit, a rebalance's included (``transport.EagerConsumer.commit``). The steps:
 
 1. send the pending popularity of every partition (awaits the producer);
-2. write the held user states of the partitions still owned, empty the popularity an older
-   version stored in ``user_state``, and write the held item scores (synchronous: each write
-   queues a changelog record);
+2. write the held user states of the partitions still owned, and empty the popularity an older
+   version stored in ``user_state`` (synchronous: each write queues a changelog record);
 3. Faust picks the offsets to commit: the acknowledged runs';
 4. Faust flushes the producer (``acks=-1``: the broker has everything of steps 1 and 2);
 5. Faust commits the offsets.
@@ -31,7 +28,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from streamrec.ingest.item_popularity import HeldItemPopularity
 from streamrec.ingest.popularity_deltas import PendingPopularity
 from streamrec.ingest.write_back import StateWriteBack
 
@@ -43,23 +39,20 @@ class CommitHook:
         self,
         write_back: StateWriteBack,
         popularity: PendingPopularity,
-        item_popularity: HeldItemPopularity,
         user_state: Mapping[str, Any],
         owned_partitions: Callable[[], set[int]],
     ) -> None:
         self.write_back = write_back
         self.popularity = popularity
-        self.item_popularity = item_popularity
         self.user_state = user_state  # the table user_state (read, for an older version's popularity)
         self.owned_partitions = owned_partitions
 
     async def before_commit(self) -> None:
-        """Send the popularity, then write the held states and item scores: all that the commit
-        covers is then sent (Faust flushes the producer before it commits)."""
+        """Send the popularity, then write the held states: all that the commit covers is then sent
+        (Faust flushes the producer before it commits)."""
         await self.popularity.flush()
         emptied = self.popularity.stored_to_empty()
         self.popularity.emptied(self.write_back.write(self.owned_partitions(), emptied))
-        self.item_popularity.write()
 
     async def recover_pending_popularity(self) -> None:
         """After every rebalance (``user_state``'s recovery): forget what other workers own now, and

@@ -13,22 +13,20 @@ rebuilt by that table's recovery (:meth:`ItemPopularityTracker.rebuild_ranking
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 import faust
 
 from streamrec.ingest.category_popularity import CategoryPopularity
 from streamrec.ingest.dead_letters import dead_letter
+from streamrec.ingest.features import ItemPopularity
 from streamrec.ingest.metrics import INVALID_CATALOG, IngestCounters
 from streamrec.shared.catalog import ItemRecord, ServingCatalog, parse_item
 from streamrec.shared.events import Rejection, RejectReason, normalise_id
 from streamrec.shared.logs import get_logger
 from streamrec.shared.messages import CatalogChange
 from streamrec.shared.settings import Settings
-
-if TYPE_CHECKING:  # item_popularity.py imports this module
-    from streamrec.ingest.item_popularity import HeldItemPopularity
 
 log = get_logger(__name__)
 
@@ -40,7 +38,7 @@ class ItemCatalog:
         self,
         settings: Settings,
         table: MutableMapping[str, Any],
-        item_popularity: HeldItemPopularity,
+        item_popularity: Mapping[str, Any],
         by_category: CategoryPopularity,
         items_dlq: faust.TopicT,
         catalog_out: faust.TopicT,
@@ -48,7 +46,7 @@ class ItemCatalog:
     ) -> None:
         self.settings = settings
         self.table = table  # the table item_catalog
-        self.item_popularity = item_popularity  # the items' latest popularity (read only)
+        self.item_popularity = item_popularity  # the table item_popularity (read only)
         self.by_category = by_category
         self.items_dlq = items_dlq
         self.catalog_out = catalog_out
@@ -81,11 +79,10 @@ class ItemCatalog:
             else:
                 self.table[change.item_id] = change.record.to_dict()
             self.mirror.apply(change.item_id, change.record)
-            if (
-                change.record is not None
-                and (popularity := self.item_popularity.get(change.item_id)) is not None
-            ):
-                self.by_category.update(change.item_id, popularity, change.record.categories)
+            if change.record is not None and (stored := self.item_popularity.get(change.item_id)) is not None:
+                self.by_category.update(
+                    change.item_id, ItemPopularity.from_dict(stored), change.record.categories
+                )
             self.counters.catalog_changes += 1
             await self.catalog_out.send(key=change.item_id.encode(), value=change.to_json())
 

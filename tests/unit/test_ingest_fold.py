@@ -17,9 +17,8 @@ import pytest
 from streamrec.ingest.commit import CommitHook
 from streamrec.ingest.dead_letters import DeadLetters
 from streamrec.ingest.erasure import Erasure, ErasureMarkers
-from streamrec.ingest.features import ItemPopularity, UserState, apply_event
+from streamrec.ingest.features import UserState, apply_event
 from streamrec.ingest.fold import FeatureBuilder, Fold, feature_batches
-from streamrec.ingest.item_popularity import HeldItemPopularity
 from streamrec.ingest.metrics import IngestCounters
 from streamrec.ingest.popularity_deltas import PendingPopularity, read_deltas
 from streamrec.ingest.rekeying import partition_for
@@ -219,17 +218,16 @@ class FakeTopic:
 class FakeTable(dict[str, Any]):
     """A table stand-in: writes are logged; deleting a key it lacks is a tombstone anyway, as in Faust."""
 
-    def __init__(self, log: list[Sent], name: str = "user_state") -> None:
+    def __init__(self, log: list[Sent]) -> None:
         super().__init__()
         self.log = log
-        self.name = name
 
     def __setitem__(self, key: str, value: Any) -> None:
-        self.log.append(Sent(self.name, key.encode(), value, None, 0))
+        self.log.append(Sent("user_state", key.encode(), value, None, 0))
         super().__setitem__(key, value)
 
     def __delitem__(self, key: str) -> None:
-        self.log.append(Sent(self.name, key.encode(), None, None, 0))
+        self.log.append(Sent("user_state", key.encode(), None, None, 0))
         self.pop(key, None)
 
 
@@ -272,11 +270,7 @@ class Ingest:
             self.features,  # type: ignore[arg-type]
             self.counters,
         )
-        self.item_scores = FakeTable(self.log, "item_popularity")
-        self.held_scores = HeldItemPopularity(self.item_scores, "item-events", stored=self.item_scores)  # type: ignore[arg-type]
-        self.commit = CommitHook(
-            self.write_back, self.popularity, self.held_scores, self.table, lambda: set(range(4))
-        )
+        self.commit = CommitHook(self.write_back, self.popularity, self.table, lambda: set(range(4)))
         self.erasure = Erasure(
             SETTINGS,
             self.markers,
@@ -336,14 +330,10 @@ def test_a_run_is_held_and_counted_before_anything_is_sent_and_written_only_at_t
         {"not_json": 1},
     )
 
-    ingest.held_scores.hold("i9", ItemPopularity(2.0, 5.0, 1))  # merged from an item-events message
     asyncio.run(ingest.commit.before_commit())
 
-    # The commit hook: the run's popularity first, then its held state, then the held item scores.
-    assert [entry.topic for entry in ingest.log[3:]] == ["item-events", "user_state", "item_popularity"]
-    assert (
-        ingest.item_scores == {"i9": ItemPopularity(2.0, 5.0, 1).to_dict()} and len(ingest.held_scores) == 0
-    )
+    # The commit hook: the run's popularity first, then its held state into the table.
+    assert [entry.topic for entry in ingest.log[3:]] == ["item-events", "user_state"]
     (delta,) = read_deltas(ingest.log[3].value)
     assert delta[0] == "i1" and delta[1].count == 1
     assert UserState.from_dict(ingest.table["alice"]) == stored(alice)
