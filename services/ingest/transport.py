@@ -7,9 +7,9 @@ Six changes to faust-streaming's aiokafka driver and app, measured on the ingest
   sensors: an empty agent reads about 7,500 messages/s here). For the topics an app names in
   ``IngestApp.run_topics``, :meth:`EagerConsumer.getmany` hands each fetched run of one
   partition's records to the stream as one :class:`RecordRun` message of aiokafka's records (no
-  Faust message per record), so that cost is paid per fetch, not per event. An acknowledged run counts for every offset it covers, so offsets are
-  committed exactly as if each record had been a message of its own: only once the agent finished
-  the whole run.
+  Faust message per record), so that cost is paid per fetch, not per event. An acknowledged run
+  counts for every offset it covers, so offsets are committed exactly as if each record had been
+  a message of its own: only once the agent finished the whole run.
 - **A hook before every commit.** :meth:`EagerConsumer.commit` awaits ``IngestApp.before_commit``
   first, so state an agent buffers across runs (ingest's popularity counts) is sent before the
   offsets that cover it are committed (Faust flushes the producer before it commits).
@@ -342,8 +342,8 @@ class IngestApp(faust.App):
         """Faust's, but its Monitor sensor left out unless Faust's web pages (which show it) are on.
 
         The Monitor counts and times every message in and out, every table read and write: about
-        4% of a worker at full speed (figure 1's profile), for counters nothing else reads
-        (ingest's metrics are its own, ``metrics.py``).
+        4% of a worker draining a backlog (a py-spy profile over 200,000 events), for counters
+        nothing else reads (ingest's metrics are its own, ``metrics.py``).
         """
         dependencies = super().on_init_dependencies()
         if not self.conf.web_enabled:
