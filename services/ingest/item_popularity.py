@@ -36,7 +36,7 @@ log = get_logger(__name__)
 # Every category's popular list is published this often, changed or not: a scorer that started
 # since (it reads only the newest popular-items message) gets them all.
 POPULAR_CATEGORIES_REFRESH_SECONDS = 60.0
-WRITE_SLICE = 200  # item scores written between two turns of the event loop (about 20 ms of work)
+WRITE_SLICE = 200  # item scores written between two turns of the event loop
 
 
 class ItemPopularityTracker:
@@ -94,7 +94,7 @@ class ItemPopularityTracker:
                 self.by_category.update(item_id, popularity, self.catalog.mirror.categories_of(item_id))
                 if written % WRITE_SLICE == 0:
                     # A message changes every item with events in the last second, thousands of
-                    # them, at ~0.1 ms a table write: let the runs of events go on between slices.
+                    # them over a large catalog: let the runs of events go on between slices.
                     # The message is acknowledged (its offset committable) only once all are written.
                     await asyncio.sleep(0)
 
