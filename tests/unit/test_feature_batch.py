@@ -90,4 +90,6 @@ def test_events_are_written_as_interaction_to_dict_writes_them() -> None:
     ]
     written = orjson.loads(FeatureBatch([UserSnapshot("u1", ["i1", "i2"], 2)], events, 3.0).to_json())
     assert written["events"] == [event.to_dict() for event in events]
-    assert [list(event) for event in written["events"]] == [list(event.to_dict()) for event in events]  # key order
+    assert [list(event) for event in written["events"]] == [
+        list(event.to_dict()) for event in events
+    ]  # key order
