@@ -49,10 +49,10 @@ class DrainClock:
         """Events out so far."""
         return self.counts[-1] if self.counts else 0
 
-    def note(self, events: int, now: float | None = None) -> None:
-        """``events`` more came out (now, or at ``now``)."""
+    def note(self, events: int) -> None:
+        """``events`` more came out, now."""
         if events:
-            self.times.append(time.perf_counter() if now is None else now)
+            self.times.append(time.perf_counter())
             self.counts.append(self.count + events)
 
     def _time_at(self, share: float) -> float:
@@ -85,7 +85,8 @@ def time_output(
     """Read ``output`` (already assigned) until ``expected`` events came out; return the clock.
 
     ``events_in`` counts the events one output message carries; ``stopped`` says why the reader
-    can no longer finish, given the clock so far (or None while it can); ``deadline`` is a ``time.monotonic()`` limit.
+    can no longer finish, given the clock so far (or None while it can); ``deadline`` is a
+    ``time.monotonic()`` limit.
     """
     clock = DrainClock(expected)
     while clock.count < expected:

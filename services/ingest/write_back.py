@@ -76,12 +76,8 @@ def as_current_event(event: EventT | PartitionEvent) -> Iterator[None]:
 class StateWriteBack:
     """The changed user states of each partition since the last :meth:`write`, read before the table."""
 
-    def __init__(self, table: faust.Table, stored: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, table: faust.Table) -> None:
         self.table = table
-        # Reads go to the store under the table (``table.data``, made when first asked for): one
-        # lookup, where ``table.get`` asks the store twice (``in``, then ``[]``), encoding the key
-        # each time, for a sensor call.
-        self._stored = stored
         self._states: dict[int, dict[str, UserState]] = {}
         self._events: dict[int, EventT] = {}  # the latest event of each partition, kept across writes
         self._held_since: dict[int, float] = {}  # partition -> when its oldest held state came
@@ -92,7 +88,9 @@ class StateWriteBack:
         if held is not None and (state := held.get(user_id)) is not None:
             return state
         try:
-            stored = (self.table.data if self._stored is None else self._stored)[user_id]
+            # The store under the table: one lookup, where ``table.get`` asks the store twice
+            # (``in``, then ``[]``), encoding the key each time, for a sensor call.
+            stored = self.table.data[user_id]
         except KeyError:
             return None
         return UserState.from_dict(stored)

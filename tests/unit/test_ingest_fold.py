@@ -58,11 +58,17 @@ def stored(*events: Interaction) -> UserState:
     return state
 
 
-def new_fold(
-    table: dict[str, Any] | None = None, markers: ErasureMarkers | None = None
-) -> tuple[Fold, dict[str, Any]]:
-    table = {} if table is None else table
-    return Fold(SETTINGS, StateWriteBack(table, stored=table), markers or ErasureMarkers(60.0)), table  # type: ignore[arg-type]
+class DictTable(dict[str, Any]):
+    """A table stand-in whose store (``table.data``, what StateWriteBack reads) is itself."""
+
+    @property
+    def data(self) -> DictTable:
+        return self
+
+
+def new_fold(table: DictTable | None = None, markers: ErasureMarkers | None = None) -> tuple[Fold, DictTable]:
+    table = DictTable() if table is None else table
+    return Fold(SETTINGS, StateWriteBack(table), markers or ErasureMarkers(60.0)), table  # type: ignore[arg-type]
 
 
 # --- Fold.fold ----------------------------------------------------------------------------------
@@ -83,7 +89,7 @@ def test_home_events_are_applied_to_their_users_in_order() -> None:
 
 def test_a_stored_state_is_continued_and_the_table_is_not_written() -> None:
     old = [interaction("alice", f"i{n}", n) for n in range(3)]  # a full history (history_len=3)
-    table = {"alice": stored(*old).to_dict()}
+    table = DictTable({"alice": stored(*old).to_dict()})
     before = orjson.dumps(table)
     fold, _ = new_fold(table)
 
@@ -148,7 +154,7 @@ def test_rekeyed_records_are_folded_whatever_their_key_and_unreadable_ones_refus
 
 def test_duplicates_are_dropped_counted_and_announce_nothing() -> None:
     seen = interaction("alice", "i1", 1, event_id="e1")
-    fold, _ = new_fold({"alice": stored(seen).to_dict(), "bob": stored(seen).to_dict()})
+    fold, _ = new_fold(DictTable({"alice": stored(seen).to_dict(), "bob": stored(seen).to_dict()}))
     again = interaction("alice", "i1", 1, event_id="e1")
     fresh = interaction("alice", "i2", 2, event_id="e2")
     records = [home(again), home(fresh), home(fresh), home(interaction("bob", "i1", 1, event_id="e1"))]
@@ -178,7 +184,7 @@ def test_a_forgotten_users_events_up_to_the_request_are_dropped_on_that_partitio
 
 
 def test_a_folded_run_is_announced_as_its_users_snapshots_with_their_events() -> None:
-    fold, _ = new_fold({"alice": stored(interaction("alice", "i0", 0)).to_dict()})
+    fold, _ = new_fold(DictTable({"alice": stored(interaction("alice", "i0", 0)).to_dict()}))
     events = [interaction("alice", "i1", 1), interaction("bob", "i2", 2)]
     folded = fold.fold(0, [home(e) for e in events], rekeyed=False)
 
@@ -215,7 +221,7 @@ class FakeTopic:
         self.log.append(Sent(self.name, key, value, partition, held))
 
 
-class FakeTable(dict[str, Any]):
+class FakeTable(DictTable):
     """A table stand-in: writes are logged; deleting a key it lacks is a tombstone anyway, as in Faust."""
 
     def __init__(self, log: list[Sent]) -> None:
@@ -253,7 +259,7 @@ class Ingest:
     def __post_init__(self) -> None:
         self.counters = IngestCounters()
         self.table = FakeTable(self.log)
-        self.write_back = StateWriteBack(self.table, stored=self.table)  # type: ignore[arg-type]
+        self.write_back = StateWriteBack(self.table)  # type: ignore[arg-type]
         self.markers = ErasureMarkers(60.0)
         self.locks = PartitionLocks()
         topic = self.topic

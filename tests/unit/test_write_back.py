@@ -34,6 +34,11 @@ class RecordingTable(dict[str, Any]):
         self.written_on[key] = event.message.partition
         super().__setitem__(key, value)
 
+    @property
+    def data(self) -> RecordingTable:
+        """The store under the table, which reads go to: the table itself here."""
+        return self
+
 
 def state(events: int) -> UserState:
     return UserState(event_count=events)
@@ -42,7 +47,7 @@ def state(events: int) -> UserState:
 def test_held_states_are_read_before_the_table_and_reach_it_only_at_the_write() -> None:
     table = RecordingTable()
     dict.__setitem__(table, "alice", state(1).to_dict())  # stored earlier
-    write_back = StateWriteBack(table, stored=table)  # type: ignore[arg-type]
+    write_back = StateWriteBack(table)  # type: ignore[arg-type]
 
     assert write_back.get(0, "alice") == state(1)  # from the table
     assert write_back.get(0, "bob") is None
@@ -59,7 +64,7 @@ def test_held_states_are_read_before_the_table_and_reach_it_only_at_the_write() 
 
 def test_each_partition_is_written_under_its_own_latest_event() -> None:
     table = RecordingTable()
-    write_back = StateWriteBack(table, stored=table)  # type: ignore[arg-type]
+    write_back = StateWriteBack(table)  # type: ignore[arg-type]
     write_back.hold(FakeEvent(FakeMessage(0)), {"alice": state(1)})  # type: ignore[arg-type]
     write_back.hold(FakeEvent(FakeMessage(3)), {"carol": state(1)})  # type: ignore[arg-type]
 
@@ -72,7 +77,7 @@ def test_each_partition_is_written_under_its_own_latest_event() -> None:
 
 def test_states_of_partitions_no_longer_owned_are_dropped_not_written() -> None:
     table = RecordingTable()
-    write_back = StateWriteBack(table, stored=table)  # type: ignore[arg-type]
+    write_back = StateWriteBack(table)  # type: ignore[arg-type]
     write_back.hold(FakeEvent(FakeMessage(0)), {"alice": state(1)})  # type: ignore[arg-type]
     write_back.hold(FakeEvent(FakeMessage(1)), {"bob": state(1)})  # type: ignore[arg-type]
 
@@ -88,7 +93,7 @@ def test_states_of_partitions_no_longer_owned_are_dropped_not_written() -> None:
 
 def test_one_partition_can_be_written_between_commits_and_its_wait_restarts() -> None:
     table = RecordingTable()
-    write_back = StateWriteBack(table, stored=table)  # type: ignore[arg-type]
+    write_back = StateWriteBack(table)  # type: ignore[arg-type]
     assert write_back.held_seconds(0) == 0.0
     write_back.hold(FakeEvent(FakeMessage(0)), {"alice": state(1)})  # type: ignore[arg-type]
     write_back.hold(FakeEvent(FakeMessage(1)), {"bob": state(1)})  # type: ignore[arg-type]
