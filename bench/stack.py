@@ -36,6 +36,7 @@ from streamrec.shared.redis_connection import connect, get_many
 from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
+from streamrec.shared.topic_admin import create_topics
 from streamrec.stack import Stack
 
 STREAM_SERVICES = ("ingest", "scorer")  # no trainer: no model swap can happen while measuring
@@ -190,12 +191,17 @@ def filled_broker(
 ) -> Iterator[tuple[Settings, Path, int]]:
     """A fresh broker (the embedded one unless ``choice`` names Apache Kafka) and Redis, no services,
     whose ``interactions`` topic, of ``partitions`` partitions, holds ``events``: yields the
-    settings, the run folder and the events sent."""
+    settings, the run folder and the events sent.
+
+    Every streamrec topic exists before the yield: a benchmark's consumer assigned to a topic the
+    service has yet to create (``user_features``) would learn of it only at a later metadata refresh,
+    and then read the whole output in one go, with nothing left to time."""
     with tempfile.TemporaryDirectory() as tmp, broker(Path(tmp), choice or CHOICES["embedded"]) as kafka:
         run_dir = Path(tmp)
         settings = Settings(data_dir=run_dir / "data", partitions=partitions, **kafka.overrides)
         servers = start_missing_servers(settings, run_dir)
         try:
+            create_topics(servers.settings)
             sent = publish_events(servers.settings, events, "bench")
             yield servers.settings, run_dir, sent
         finally:
