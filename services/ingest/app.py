@@ -32,6 +32,7 @@ Where each job lives (this module only configures and wires them)::
     fold.py                 build_features, build_rekeyed_features: a run -> states, features messages
     features.py             the state types: a user's features, an item's popularity, a ranking
     write_back.py           user states held until the commit; the partitions' locks
+    changelog_writer.py     table writes in bulk: store, then a changelog record batch per partition
     popularity_deltas.py    popularity of accepted events, pending until sent to item-events
     commit.py               what every offset commit waits for, in order
     erasure.py              forget_users, expire_erasure_markers: forget requests and markers
@@ -59,6 +60,7 @@ from dataclasses import dataclass
 import faust
 
 from streamrec.ingest.category_popularity import CategoryPopularity
+from streamrec.ingest.changelog_writer import ChangelogWriter
 from streamrec.ingest.commit import CommitHook
 from streamrec.ingest.dead_letters import DeadLetters
 from streamrec.ingest.erasure import ERASURE_TABLE_MEMORY_MB, Erasure, ErasureMarkers
@@ -212,7 +214,11 @@ def wire_jobs(app: IngestApp, settings: Settings, topics: IngestTopics, tables: 
     owned_partitions = functools.partial(app.active_partitions, settings.topic_interactions)
 
     # The event path: the fold, and what it shares with erasure and the commit.
-    write_back = StateWriteBack(tables.user_state)  # changed states, held until the next commit
+    # Every write of these two tables goes through its writer (a record batch per partition).
+    user_state = ChangelogWriter(tables.user_state, app.kafka_producer)
+    item_popularity = ChangelogWriter(tables.item_popularity, app.kafka_producer)
+    app.changelog_writers = (user_state, item_popularity)  # the producer's flush waits for them
+    write_back = StateWriteBack(user_state)  # changed states, held until the next commit
     markers = ErasureMarkers(settings.erasure_hold_seconds)
     locks = PartitionLocks()  # a partition's runs and forget requests take turns
     popularity = PendingPopularity(topics.item_events, settings.popularity_half_life_hours, counters)
@@ -231,7 +237,7 @@ def wire_jobs(app: IngestApp, settings: Settings, topics: IngestTopics, tables: 
         settings,
         markers,
         tables.erasure_markers,
-        tables.user_state,
+        user_state,
         write_back,
         locks,
         topics.user_features,
@@ -252,7 +258,14 @@ def wire_jobs(app: IngestApp, settings: Settings, topics: IngestTopics, tables: 
         counters,
     )
     items = ItemPopularityTracker(
-        app, settings, tables.item_popularity, catalog, by_category, topics.popular_items, counters
+        app,
+        settings,
+        tables.item_popularity,
+        item_popularity,
+        catalog,
+        by_category,
+        topics.popular_items,
+        counters,
     )
 
     app.agent(topics.interactions, name="build_features")(feature_builder.build_features)

@@ -28,7 +28,13 @@ import faust
 
 from streamrec.ingest.metrics import IngestCounters
 from streamrec.ingest.rekeying import partition_for
-from streamrec.ingest.write_back import PartitionEvent, PartitionLocks, StateWriteBack, as_current_event
+from streamrec.ingest.write_back import (
+    PartitionEvent,
+    PartitionLocks,
+    StateWriteBack,
+    StoredTable,
+    as_current_event,
+)
 from streamrec.shared.logs import get_logger
 from streamrec.shared.messages import FeatureBatch, ForgetUser
 from streamrec.shared.settings import Settings
@@ -128,7 +134,7 @@ class Erasure:
         settings: Settings,
         markers: ErasureMarkers,
         marker_table: MutableMapping[str, Any],
-        user_state: MutableMapping[str, Any],
+        user_state: StoredTable,
         write_back: StateWriteBack,
         locks: PartitionLocks,
         user_features: faust.TopicT,
@@ -138,7 +144,7 @@ class Erasure:
         self.settings = settings
         self.markers = markers
         self.marker_table = marker_table  # the table erasure_markers
-        self.user_state = user_state  # the table user_state
+        self.user_state = user_state  # the table user_state, through its changelog writer
         self.write_back = write_back
         self.locks = locks
         self.user_features = user_features
@@ -168,11 +174,11 @@ class Erasure:
             return
         user = request.user_id
         async with self.locks(partition):
-            with as_current_event(event):  # table reads and writes: this partition's
-                known = self.write_back.get(partition, user) is not None
-                self.write_back.forget(partition, user)
-                if known:
-                    del self.user_state[user]  # a tombstone in the changelog
+            known = self.write_back.get(partition, user) is not None
+            self.write_back.forget(partition, user)
+            if known:
+                self.user_state.write(partition, {user: None})  # a tombstone in the changelog
+            with as_current_event(event):  # the marker's table write: this partition's
                 # On every partition: the user's late events may come through any of them.
                 key, marker = self.markers.mark(partition, user, request.requested_at, time.time())
                 self.marker_table[key] = {"partition": partition, **marker.to_dict()}

@@ -219,7 +219,7 @@ class FeatureBuilder:
                 self.write_back.write_partition(partition)
             # 2.-3. Synchronous up to here: no other fold or forget of the partition in between.
             folded = self.fold.fold(partition, run.value, rekeyed)
-            self.write_back.hold(event_of_run, folded.states)
+            self.write_back.hold(partition, folded.states)
             self.popularity.add(partition, folded.accepted)
             self._count_dropped(folded)
             # 4. The sends.

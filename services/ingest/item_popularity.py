@@ -3,7 +3,7 @@
 ``streamrec.item-events`` has one partition, so one worker owns item popularity (and the item
 catalog, whose table has one partition too). ``count_popularity`` merges each popularity delta
 message (``popularity_deltas.py``) into the items' decayed scores, one table write per item and
-message, and keeps two rankings in memory: the global one (:class:`~.features.PopularityRanking`)
+message (a record batch per slice of items, ``changelog_writer.py``), and keeps two rankings in memory: the global one (:class:`~.features.PopularityRanking`)
 and one per category (``category_popularity.py``). The timer ``publish_popular_items`` sends the
 top items, available ones only (``item_catalog.py``), to ``streamrec.popular-items`` when they
 changed, with the category lists that changed, and every category's list once a minute.
@@ -27,6 +27,7 @@ from streamrec.ingest.features import ItemPopularity, PopularityRanking, merge_p
 from streamrec.ingest.item_catalog import ItemCatalog
 from streamrec.ingest.metrics import IngestCounters
 from streamrec.ingest.popularity_deltas import read_deltas
+from streamrec.ingest.write_back import StoredTable
 from streamrec.shared.logs import get_logger
 from streamrec.shared.messages import PopularItems
 from streamrec.shared.settings import Settings
@@ -47,13 +48,15 @@ class ItemPopularityTracker:
         app: faust.App,
         settings: Settings,
         table: MutableMapping[str, Any],
+        writes: StoredTable,
         catalog: ItemCatalog,
         by_category: CategoryPopularity,
         popular_items: faust.TopicT,
         counters: IngestCounters,
     ) -> None:
         self.app = app  # whether it rebalances, and which partitions it owns
-        self.table = table  # the table item_popularity
+        self.table = table  # the table item_popularity (read after a rebalance)
+        self.writes = writes  # the same table, through its changelog writer (every write goes there)
         self.catalog = catalog
         self.by_category = by_category
         self.popular_items = popular_items
@@ -72,6 +75,7 @@ class ItemPopularityTracker:
 
     async def count_popularity(self, stream: faust.StreamT[dict[str, Any]]) -> None:
         """Merge each message's popularity deltas into the items' decayed scores (one write per item)."""
+        writes = self.writes
         async for value in stream:
             try:  # written by ingest itself: only a bug or a foreign producer makes one unreadable
                 deltas = read_deltas(value)
@@ -82,21 +86,24 @@ class ItemPopularityTracker:
             for item_id, delta in deltas:
                 popularity = changed.get(item_id)
                 if popularity is None:
-                    stored = self.table.get(item_id)
+                    stored = writes.read(item_id)
                     popularity = changed[item_id] = (
                         ItemPopularity() if stored is None else ItemPopularity.from_dict(stored)
                     )
                 merge_popularity(popularity, delta, self.half_life_hours)
                 self.counters.item_events += delta.count
-            for written, (item_id, popularity) in enumerate(changed.items(), 1):
-                self.table[item_id] = popularity.to_dict()
-                self.ranking.update(item_id, popularity)
-                self.by_category.update(item_id, popularity, self.catalog.mirror.categories_of(item_id))
-                if written % WRITE_SLICE == 0:
+            items = list(changed.items())
+            for start in range(0, len(items), WRITE_SLICE):
+                if start:
                     # A message changes every item with events in the last second, thousands of
                     # them over a large catalog: let the runs of events go on between slices.
                     # The message is acknowledged (its offset committable) only once all are written.
                     await asyncio.sleep(0)
+                written = items[start : start + WRITE_SLICE]
+                writes.write(0, {item_id: popularity.to_dict() for item_id, popularity in written})
+                for item_id, popularity in written:
+                    self.ranking.update(item_id, popularity)
+                    self.by_category.update(item_id, popularity, self.catalog.mirror.categories_of(item_id))
 
     async def rebuild_ranking(self) -> None:
         """After every rebalance: rebuild the in-memory rankings from the tables if we own them."""

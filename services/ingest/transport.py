@@ -1,6 +1,6 @@
 """Faust's Kafka consumer, tuned for ingest: a short fetch wait, runs of records, no tasks per message.
 
-Six changes to faust-streaming's aiokafka driver and app, measured on the ingest benchmark
+Seven changes to faust-streaming's aiokafka driver and app, measured on the ingest benchmark
 (``docs/benchmarks.md``, figures 1, 2 and 8):
 
 - **Runs of records.** Faust's cost is per message (stream plumbing, acks, offset tracking,
@@ -26,8 +26,12 @@ Six changes to faust-streaming's aiokafka driver and app, measured on the ingest
   exactly Faust's semantics.
 - **No loop turns per produced message.** Faust awaits ``App.maybe_start_producer`` before every
   message it produces, behind mode's ``stampede``, which yields to the loop three times per call:
-  :meth:`IngestApp.maybe_start_producer` returns a running producer at once, so a table write's
-  changelog records reach aiokafka together and leave as one record batch per partition.
+  :meth:`IngestApp.maybe_start_producer` returns a running producer at once, so the messages a
+  run sends (dead letters, re-keyed events, features) reach aiokafka together.
+- **Table writes in bulk.** ``user_state`` and ``item_popularity`` are written by a
+  ``ChangelogWriter`` each (``changelog_writer.py``), which hands aiokafka a record batch per
+  partition; :class:`IngestProducer` waits for those batches before every flush, so that the
+  flush before a commit covers them.
 - **No Monitor sensor.** Faust's Monitor counts and times every message, table read and write,
   for its web pages only: :meth:`IngestApp.on_init_dependencies` leaves it out unless they are on.
 """
@@ -45,6 +49,7 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP, ConsumerMessage, Message
 from mode.services import WaitResults
 
+from streamrec.ingest.changelog_writer import ChangelogWriter
 from streamrec.shared.logs import get_logger
 
 # Faust's services log "Starting…"/"Stopping…" through their class's logger; our subclasses keep
@@ -274,8 +279,23 @@ class _ShortFetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         return consumer
 
 
+class IngestProducer(faust_aiokafka.Producer):
+    """Faust's producer; its flush (before every offset commit) first waits until the tables'
+    changelog writers handed every batch written so far to aiokafka (``changelog_writer.py``)."""
+
+    async def flush(self) -> None:
+        """Hand over the changelog writers' batches, then wait for the broker to have everything."""
+        writers = self.app.changelog_writers
+        for writer in writers:
+            await writer.handed_over()
+        await super().flush()
+        for writer in writers:
+            writer.raise_failure()
+
+
 class _IngestTransport(faust_aiokafka.Transport):
     Consumer = EagerConsumer
+    Producer = IngestProducer
 
 
 PRODUCER_BUFFER_MESSAGES = 20_000
@@ -298,6 +318,7 @@ class IngestApp(faust.App):
     fetch_wait_ms: int = 50
     run_topics: frozenset[str] = frozenset()
     before_commit: Callable[[], Awaitable[None]] = staticmethod(_nothing_to_send)
+    changelog_writers: tuple[ChangelogWriter, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -337,6 +358,11 @@ class IngestApp(faust.App):
             async with self._producer_start_lock:
                 await producer.maybe_start()
         return producer
+
+    async def kafka_producer(self) -> aiokafka.AIOKafkaProducer:
+        """aiokafka's producer under Faust's, started (the changelog writers send through it)."""
+        producer = await self.maybe_start_producer()
+        return producer._ensure_producer()
 
     def on_init_dependencies(self) -> Any:
         """Faust's, but its Monitor sensor left out unless Faust's web pages (which show it) are on.

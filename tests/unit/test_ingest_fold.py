@@ -8,6 +8,7 @@ forget requests rely on its order. Records, topics and tables here are plain sta
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,16 +60,22 @@ def stored(*events: Interaction) -> UserState:
 
 
 class DictTable(dict[str, Any]):
-    """A table stand-in whose store (``table.data``, what StateWriteBack reads) is itself."""
+    """A stored table stand-in (what ``ChangelogWriter`` offers StateWriteBack): reads and writes."""
 
-    @property
-    def data(self) -> DictTable:
-        return self
+    def read(self, key: str) -> Any | None:
+        return self.get(key)
+
+    def write(self, partition: int, values: Mapping[str, Any]) -> None:
+        for key, value in values.items():
+            if value is None:
+                del self[key]
+            else:
+                self[key] = value
 
 
 def new_fold(table: DictTable | None = None, markers: ErasureMarkers | None = None) -> tuple[Fold, DictTable]:
     table = DictTable() if table is None else table
-    return Fold(SETTINGS, StateWriteBack(table), markers or ErasureMarkers(60.0)), table  # type: ignore[arg-type]
+    return Fold(SETTINGS, StateWriteBack(table), markers or ErasureMarkers(60.0)), table
 
 
 # --- Fold.fold ----------------------------------------------------------------------------------
@@ -259,7 +266,7 @@ class Ingest:
     def __post_init__(self) -> None:
         self.counters = IngestCounters()
         self.table = FakeTable(self.log)
-        self.write_back = StateWriteBack(self.table)  # type: ignore[arg-type]
+        self.write_back = StateWriteBack(self.table)
         self.markers = ErasureMarkers(60.0)
         self.locks = PartitionLocks()
         topic = self.topic
