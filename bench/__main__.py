@@ -41,7 +41,7 @@ BENCHMARKS = {
     "sessions": sessions.run,
 }
 # Benchmarks that run on the broker BENCH_BROKER chooses: each broker's fragment is a file of its own.
-ON_CHOSEN_BROKER = ("freshness", "ingest", "capacity")
+ON_CHOSEN_BROKER = ("freshness", "ingest", "capacity", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:
