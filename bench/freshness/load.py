@@ -1,24 +1,29 @@
-"""The load generator: a paced producer that sends at a steady rate without drifting from its schedule."""
+"""The load generator: a paced producer that sends at a steady rate without drifting from its schedule.
+
+The producer is the client of streamrec's Publisher (confluent-kafka, librdkafka in C) with its
+linger: a realistic client, and a light one (aiokafka's, which the benchmark used before, does its
+work per message in Python, in this process, on the cores the measured services share).
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
-from aiokafka import AIOKafkaProducer
+from confluent_kafka import KafkaException, Producer
 
 from bench.freshness.sizes import PRODUCER_LINGER_MS
 from bench.harness import PROGRESS_SECONDS, log_progress
-from streamrec.shared.kafka_config import aiokafka_config
+from streamrec.shared.kafka_config import client_config
 from streamrec.shared.settings import Settings
+
+FLUSH_SECONDS = 60.0
 
 DRAIN_IDLE_SECONDS = 15.0  # after publishing, stop waiting once nothing arrived for this long
 
 
-async def paced(
-    rate: float, count: int, send: Callable[[int], Awaitable[object]], status: Callable[[], str]
-) -> float:
-    """Call ``send(seq)`` for seq 0..count-1 at ``rate`` per second (a late event is sent at once,
+async def paced(rate: float, count: int, send: Callable[[int], object], status: Callable[[], str]) -> float:
+    """Call ``send(seq)`` (synchronous) for seq 0..count-1 at ``rate`` per second (a late event is sent at once,
     not skipped: the schedule does not drift); returns the rate achieved."""
     loop = asyncio.get_running_loop()
     started = next_progress = loop.time()
@@ -26,13 +31,39 @@ async def paced(
         delay = started + seq / rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        await send(seq)
+        send(seq)
         if loop.time() >= next_progress:
             next_progress += PROGRESS_SECONDS
             log_progress(f"  {seq:,}/{count:,} sent; {status()}")
     return count / max(1e-9, loop.time() - started)
 
 
-def new_producer(settings: Settings) -> AIOKafkaProducer:
-    """The producer both measurements use: the Publisher's linger, every replica acknowledging."""
-    return AIOKafkaProducer(**aiokafka_config(settings, linger_ms=PRODUCER_LINGER_MS, acks="all"))
+class PacedProducer:
+    """The producer both measurements use: the Publisher's client and linger, every replica
+    acknowledging; ``send`` hands a message to librdkafka and returns (no await on the broker)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._producer = Producer(client_config(settings, {"linger.ms": PRODUCER_LINGER_MS, "acks": "all"}))
+        self._failures: list[str] = []
+
+    def _delivered(self, error: object, _message: object) -> None:
+        if error is not None:
+            self._failures.append(str(error))
+
+    def send(self, topic: str, value: bytes, key: bytes) -> None:
+        """Queue one message (served by librdkafka's thread); raises if an earlier one failed."""
+        if self._failures:
+            raise KafkaException(f"the benchmark's producer failed: {self._failures[0]}")
+        self._producer.produce(topic, value, key, on_delivery=self._delivered)
+        self._producer.poll(0)  # delivery callbacks, without waiting
+
+    async def flush(self) -> None:
+        """Wait until the broker acknowledged everything sent (off the event loop)."""
+        left = await asyncio.to_thread(self._producer.flush, FLUSH_SECONDS)
+        if left or self._failures:
+            raise KafkaException(f"the benchmark's producer: {left} unsent, failures {self._failures[:1]}")
+
+
+def new_producer(settings: Settings) -> PacedProducer:
+    """The producer both measurements use (:class:`PacedProducer`)."""
+    return PacedProducer(settings)

@@ -77,10 +77,9 @@ async def follow_lists(
     order = random.Random(run).sample(users, len(users))
     pick = random.Random(1000 + run)
     producer = new_producer(settings)
-    await producer.start()
     try:
 
-        async def send(seq: int) -> None:
+        def send(seq: int) -> None:
             user, event_id = order[seq % len(order)], f"fresh{run}-{seq}"
             event = {
                 "user_id": user,
@@ -90,7 +89,7 @@ async def follow_lists(
             }
             value = orjson.dumps(event)
             tracker.published(user, event_id, time.time())
-            await producer.send(settings.topic_interactions, value, key=user.encode())
+            producer.send(settings.topic_interactions, value, key=user.encode())
 
         rate = await paced(
             size.rate,
@@ -107,7 +106,6 @@ async def follow_lists(
                 last, idle_since = len(tracker.updated_at), time.monotonic()
         return tracker, rate
     finally:
-        await producer.stop()
         listener.cancel()
         await pubsub.aclose()
         await store.config_set("notify-keyspace-events", previous)

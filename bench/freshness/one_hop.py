@@ -27,7 +27,6 @@ async def one_hop(settings: Settings, size: Size, run: int) -> list[float]:
     consumer = AIOKafkaConsumer(**aiokafka_config(settings, fetch_max_wait_ms=settings.kafka_fetch_wait_ms))
     await consumer.start()
     producer = new_producer(settings)
-    await producer.start()
     count = round(size.rate * size.baseline_seconds)
     published: list[float] = [0.0] * count
     latencies: list[float] = []
@@ -45,9 +44,9 @@ async def one_hop(settings: Settings, size: Size, run: int) -> list[float]:
 
         reader = asyncio.create_task(read())
 
-        async def send(seq: int) -> None:
+        def send(seq: int) -> None:
             published[seq] = time.time()
-            await producer.send(topic, str(seq).encode(), key=str(seq % 1000).encode())
+            producer.send(topic, str(seq).encode(), key=str(seq % 1000).encode())
 
         await paced(size.rate, count, send, lambda: f"{len(latencies):,} read back")
         await producer.flush()
@@ -57,5 +56,4 @@ async def one_hop(settings: Settings, size: Size, run: int) -> list[float]:
             raise StackError(f"one-hop baseline: {len(latencies)}/{count} messages read back") from None
         return latencies
     finally:
-        await producer.stop()
         await consumer.stop()

@@ -6,8 +6,8 @@ buffer and aiokafka's ``send``, and, once the broker acknowledged it, a callback
 changelog offset into RocksDB. At a steady 1,000 events/s that per-record path was about a fifth
 of ingest's CPU (a user state and two thirds of an item's popularity per event; py-spy profile).
 
-:class:`ChangelogWriter` writes a table the same way, in bulk. Each key's bytes are encoded once,
-put in the table's store and appended to a record batch of its partition; the store's persisted
+:class:`ChangelogWriter` writes a table the same way, in bulk. Each key's bytes are encoded once (as Faust
+encodes them, without its serializer registry: ``table_codec.TableBytes``), put in the table's store and appended to a record batch of its partition; the store's persisted
 changelog offset follows each acknowledged batch (what Faust's callback does per record). The
 records are the ones Faust writes, so recovery and compaction read them as ever.
 
@@ -34,6 +34,7 @@ import faust
 from aiokafka import AIOKafkaProducer
 from faust.types import TP
 
+from streamrec.ingest.table_codec import TableBytes
 from streamrec.ingest.write_back import PartitionEvent, as_current_event
 from streamrec.shared.logs import get_logger
 
@@ -48,23 +49,25 @@ class ChangelogWriter:
     def __init__(self, table: faust.Table, producer: Callable[[], Awaitable[AIOKafkaProducer]]) -> None:
         """``producer`` returns the app's aiokafka producer, started (awaited when a batch is sent)."""
         self.table = table
-        self.store = table.data  # Faust's store: encodes keys and values, routes by partition
+        self.store = table.data  # Faust's store (RocksDB: a database per partition)
+        self.bytes = TableBytes.of(self.store)
         self._producer = producer
         self._queue: deque[tuple[int, Records]] = deque()
         self._sender: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
+        self._events: dict[int, PartitionEvent] = {}  # what routes a store access to a partition
 
     @property
     def topic(self) -> str:
         """The table's changelog topic."""
         return self.table.changelog_topic.get_topic_name()
 
-    def read(self, key: str) -> Any | None:
-        """The stored value of ``key``, or None: one store lookup (``table.get`` makes two)."""
-        try:
-            return self.store[key]
-        except KeyError:
-            return None
+    def read(self, partition: int, key: str) -> Any | None:
+        """The stored value of ``key`` on ``partition``, or None: one lookup in that partition's
+        database (``table.get`` makes two, in every database unless the key was seen lately)."""
+        with as_current_event(self._event(partition)):
+            raw = self.store._get(self.bytes.encode_key(key))
+        return None if raw is None else self.bytes.decode_value(raw)
 
     def write(self, partition: int, values: Mapping[str, Any]) -> None:
         """Write ``values`` (a value of None deletes its key) to the store and, queued, to the
@@ -73,22 +76,28 @@ class ChangelogWriter:
             raise RuntimeError(f"the {self.topic} changelog cannot be written") from self._failure
         if not values:
             return
-        store = self.store
+        store, encode_key, encode_value = self.store, self.bytes.encode_key, self.bytes.encode_value
         records: Records = []
         # Faust's RocksDB store picks its database by the current event's partition.
-        with as_current_event(PartitionEvent(self.topic, partition)):
+        with as_current_event(self._event(partition)):
             for key, value in values.items():
-                key_bytes = store._encode_key(key)
+                key_bytes = encode_key(key)
                 if value is None:
                     store._del(key_bytes)
                     records.append((key_bytes, None))
                 else:
-                    value_bytes = store._encode_value(value)
+                    value_bytes = encode_value(value)
                     store._set(key_bytes, value_bytes)
                     records.append((key_bytes, value_bytes))
         self._queue.append((partition, records))
         if self._sender is None or self._sender.done():
             self._sender = asyncio.ensure_future(self._send_queued())
+
+    def _event(self, partition: int) -> PartitionEvent:
+        event = self._events.get(partition)
+        if event is None:
+            event = self._events[partition] = PartitionEvent(self.topic, partition)
+        return event
 
     async def handed_over(self) -> None:
         """Wait until every batch written so far is with the producer (whose flush then covers it);

@@ -86,7 +86,7 @@ class ItemPopularityTracker:
             for item_id, delta in deltas:
                 popularity = changed.get(item_id)
                 if popularity is None:
-                    stored = writes.read(item_id)
+                    stored = writes.read(0, item_id)
                     popularity = changed[item_id] = (
                         ItemPopularity() if stored is None else ItemPopularity.from_dict(stored)
                     )

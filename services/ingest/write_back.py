@@ -52,8 +52,8 @@ class PartitionLocks:
 class StoredTable(Protocol):
     """A table as the write-back uses it (``changelog_writer.ChangelogWriter``)."""
 
-    def read(self, key: str) -> Any | None:
-        """The stored value of ``key``, or None."""
+    def read(self, partition: int, key: str) -> Any | None:
+        """The stored value of ``key`` on ``partition``, or None."""
 
     def write(self, partition: int, values: Mapping[str, Any]) -> None:
         """Store ``values`` on ``partition`` (None deletes), with their changelog records."""
@@ -92,7 +92,7 @@ class StateWriteBack:
         held = self._states.get(partition)
         if held is not None and (state := held.get(user_id)) is not None:
             return state
-        stored = self.table.read(user_id)
+        stored = self.table.read(partition, user_id)
         return None if stored is None else UserState.from_dict(stored)
 
     def hold(self, partition: int, states: dict[str, UserState]) -> None:

@@ -106,10 +106,15 @@ class RedisWriter:
         if not values:
             return
 
+        expiry = () if ttl is None else ("EX", ttl)
+
         def write() -> None:
             pipe = self.client.pipeline(transaction=False)
+            # The command redis-py's ``set(key, value, ex=ttl)`` sends, without its per-call checks
+            # of a dozen options (a tenth of the scorer's CPU at 1,000 lists/s, py-spy).
+            command = pipe.execute_command
             for key, value in values.items():
-                pipe.set(key, value, ex=ttl)
+                command("SET", key, value, *expiry)
             pipe.execute()
 
         self.retry(what, write)

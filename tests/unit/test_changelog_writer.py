@@ -16,6 +16,7 @@ import pytest
 from faust.streams import current_event
 
 from streamrec.ingest.changelog_writer import ChangelogWriter
+from streamrec.ingest.table_codec import TableBytes
 
 TOPIC = "streamrec-ingest-user_state-changelog"
 
@@ -32,6 +33,15 @@ class FakeStore:
 
     def _encode_value(self, value: Any) -> bytes:
         return repr(value).encode()
+
+    def _decode_value(self, raw: bytes) -> Any:
+        return raw  # the tests compare the encoded bytes
+
+    def _get(self, key: bytes) -> bytes | None:
+        event = current_event()
+        assert event is not None, "a store read outside any event"
+        partition, value = self.rows.get(key, (None, None))
+        return value if partition == event.message.partition else None  # one partition's database
 
     def _set(self, key: bytes, value: bytes) -> None:
         event = current_event()
@@ -120,7 +130,8 @@ def test_a_write_reaches_the_store_at_once_and_its_partition_in_one_batch() -> N
         # Synchronously: the store (on the partition's database), nothing sent yet.
         assert store.rows == {b"alice": (2, b"{'n': 1}"), b"bob": (2, b"{'n': 2}")}
         assert current_event() is None
-        assert writer.read("alice") == b"{'n': 1}" and writer.read("carol") is None
+        assert writer.read(2, "alice") == b"{'n': 1}" and writer.read(2, "carol") is None
+        assert writer.read(1, "alice") is None  # another partition's database
         assert producer.sent == []
         await writer.handed_over()
         assert producer.sent == [(2, [(b"alice", b"{'n': 1}"), (b"bob", b"{'n': 2}")])]
@@ -198,3 +209,30 @@ def test_a_batch_the_broker_refused_fails_the_commit() -> None:
         assert store.persisted == {}
 
     asyncio.run(scenario())
+
+
+def test_table_bytes_are_fausts_bytes_without_its_registry() -> None:
+    import faust
+
+    from streamrec.ingest.table_codec import use_exact_size_json
+
+    use_exact_size_json()
+    app = faust.App("test-table-bytes", store="rocksdb://", autodiscover=False)
+    store = app.Table("user_state", key_type=str).data
+    direct = TableBytes.of(store)
+
+    assert direct.direct  # orjson's calls, not Faust's registry
+    value = {"history": [["i9", 1700000000.25, "purchase"]], "dedup": ["e1", "é"], "event_count": 7}
+    for key in ("alice", "ü-1", "\x00pending-popularity:0"):
+        assert direct.encode_key(key) == store._encode_key(key)
+    assert direct.encode_value(value) == store._encode_value(value)
+    assert direct.decode_value(store._encode_value(value)) == store._decode_value(store._encode_value(value))
+
+
+def test_table_bytes_fall_back_to_faust_where_they_would_differ() -> None:
+    store = FakeStore()  # encodes values with repr: not orjson's bytes
+
+    codec = TableBytes.of(store)
+
+    assert not codec.direct
+    assert codec.encode_value == store._encode_value and codec.encode_key == store._encode_key

@@ -62,7 +62,7 @@ def stored(*events: Interaction) -> UserState:
 class DictTable(dict[str, Any]):
     """A stored table stand-in (what ``ChangelogWriter`` offers StateWriteBack): reads and writes."""
 
-    def read(self, key: str) -> Any | None:
+    def read(self, partition: int, key: str) -> Any | None:
         return self.get(key)
 
     def write(self, partition: int, values: Mapping[str, Any]) -> None:

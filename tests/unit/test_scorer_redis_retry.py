@@ -150,16 +150,16 @@ class Pipelines:
 
     def __init__(self, failures: int) -> None:
         self.failures = failures
-        self.executed: list[list[tuple[str, bytes | str, int | None]]] = []
-        self.commands: list[tuple[str, bytes | str, int | None]] = []
+        self.executed: list[list[tuple[bytes | str | int, ...]]] = []
+        self.commands: list[tuple[bytes | str | int, ...]] = []
 
     def pipeline(self, transaction: bool) -> Pipelines:
         assert not transaction
         self.commands = []
         return self
 
-    def set(self, key: str, value: bytes | str, ex: int | None = None) -> None:
-        self.commands.append((key, value, ex))
+    def execute_command(self, *args: bytes | str | int) -> None:
+        self.commands.append(args)
 
     def execute(self) -> None:
         if self.failures:
@@ -172,9 +172,12 @@ def test_many_keys_are_written_in_one_pipeline_retried_whole() -> None:
     client = Pipelines(failures=2)
     writer = RedisWriter(client, "redis://127.0.0.1:6379/0", threading.Event(), RetryPolicy(0.001, 0.001))  # type: ignore[arg-type]
     writer.set_many("write 2 recommendation lists", {"recs:a": b"1", "recs:b": b"2"}, ttl=60)
-    assert client.executed == [[("recs:a", b"1", 60), ("recs:b", b"2", 60)]] and writer.ok
+    assert client.executed == [[("SET", "recs:a", b"1", "EX", 60), ("SET", "recs:b", b"2", "EX", 60)]]
+    assert writer.ok
     writer.set_many("write 0 lists", {})  # nothing to write: no pipeline
     assert len(client.executed) == 1
+    writer.set_many("write 1 recommendation list", {"recs:c": b"3"})  # no TTL: no EX
+    assert client.executed[-1] == [("SET", "recs:c", b"3")]
 
 
 def test_a_stop_ends_the_retry() -> None:

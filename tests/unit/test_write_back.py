@@ -18,7 +18,7 @@ class RecordingTable(dict[str, Any]):
         self.written_on: dict[str, int] = {}
         self.writes: list[tuple[int, int]] = []  # (partition, values) per write
 
-    def read(self, key: str) -> Any | None:
+    def read(self, partition: int, key: str) -> Any | None:
         return self.get(key)
 
     def write(self, partition: int, values: Mapping[str, Any]) -> None:
