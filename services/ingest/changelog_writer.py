@@ -6,10 +6,11 @@ buffer and aiokafka's ``send``, and, once the broker acknowledged it, a callback
 changelog offset into RocksDB. At a steady 1,000 events/s that per-record path was about a fifth
 of ingest's CPU (a user state and two thirds of an item's popularity per event; py-spy profile).
 
-:class:`ChangelogWriter` writes a table the same way, in bulk. Each key's bytes are encoded once (as Faust
-encodes them, without its serializer registry: ``table_codec.TableBytes``), put in the table's store and appended to a record batch of its partition; the store's persisted
-changelog offset follows each acknowledged batch (what Faust's callback does per record). The
-records are the ones Faust writes, so recovery and compaction read them as ever.
+:class:`ChangelogWriter` writes a table the same way, in bulk. Each key's bytes are encoded once
+(as Faust encodes them, without its serializer registry: ``table_codec.TableBytes``), put in the
+table's store and appended to a record batch of its partition; the store's persisted changelog
+offset follows each acknowledged batch (what Faust's callback does per record). The records are
+the ones Faust writes, so recovery and compaction read them as ever.
 
 Order and the commit:
 

@@ -9,9 +9,12 @@ commit, a rebalance's included (``transport.EagerConsumer.commit``). The steps:
 
 1. send the pending popularity of every partition (awaits the producer);
 2. write the held user states of the partitions still owned, and empty the popularity an older
-   version stored in ``user_state`` (synchronous: each write queues a changelog record);
+   version stored in ``user_state`` (synchronous: each partition's write goes to the store and
+   queues its changelog record batch, ``changelog_writer.py``);
 3. Faust picks the offsets to commit: the acknowledged runs';
-4. Faust flushes the producer (``acks=-1``: the broker has everything of steps 1 and 2);
+4. Faust flushes the producer, which first waits until the changelog writers handed their queued
+   batches over (``transport.IngestProducer``; ``acks=-1``: the broker has everything of steps 1
+   and 2);
 5. Faust commits the offsets.
 
 Why this order: step 2 is synchronous and nothing awaits between it and step 3, so no run can be

@@ -3,10 +3,11 @@
 ``streamrec.item-events`` has one partition, so one worker owns item popularity (and the item
 catalog, whose table has one partition too). ``count_popularity`` merges each popularity delta
 message (``popularity_deltas.py``) into the items' decayed scores, one table write per item and
-message (a record batch per slice of items, ``changelog_writer.py``), and keeps two rankings in memory: the global one (:class:`~.features.PopularityRanking`)
-and one per category (``category_popularity.py``). The timer ``publish_popular_items`` sends the
-top items, available ones only (``item_catalog.py``), to ``streamrec.popular-items`` when they
-changed, with the category lists that changed, and every category's list once a minute.
+message (a record batch per slice of items, ``changelog_writer.py``), and keeps two rankings in
+memory: the global one (:class:`~.features.PopularityRanking`) and one per category
+(``category_popularity.py``). The timer ``publish_popular_items`` sends the top items, available
+ones only (``item_catalog.py``), to ``streamrec.popular-items`` when they changed, with the
+category lists that changed, and every category's list once a minute.
 
 After every rebalance the rankings are rebuilt from the tables (:meth:`ItemPopularityTracker.
 rebuild_ranking`) if this worker owns the partition, the catalog's mirror first.
