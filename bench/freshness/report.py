@@ -226,7 +226,7 @@ def _description(size: Size, settings: Settings, choice: BrokerChoice) -> str:
         f"Redis, one ingest worker, one scorer, {PARTITIONS} partitions). Warm-up: a synthetic stream over {size.users:,} users, one SASRec model "
         f"trained ({TRAIN_EPOCHS} epochs) and served, every list from it.{warm_up} Each run publishes {size.events:,} "
         f"events at {size.rate:,.0f}/s ({size.seconds:g} s), cycling over the users (one event per user every "
-        f"{size.users / size.rate:g} s), with a paced aiokafka producer (linger {PRODUCER_LINGER_MS} ms), and "
+        f"{size.users / size.rate:g} s), with a paced confluent-kafka producer (the Publisher's client, linger {PRODUCER_LINGER_MS} ms), and "
         "times each user's next list rewrite from Redis keyspace notifications. The baseline is the same "
         f"producer at the same rate for {size.baseline_seconds:g} s on a topic of its own, read by one consumer "
         "with the stack's fetch wait. The per-step rows come from the pipeline's own timestamps (`updated_at` "
