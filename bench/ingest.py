@@ -46,9 +46,11 @@ PARTITIONS = 4
 EVENTS_PER_USER = 10  # when only the number of events is given
 DEFAULT_EVENTS = 200_000  # over USERS users: the comparison with Quix Streams
 USERS = 10_000
-# Quick mode's size: an ingest worker now drains a few thousand events within one turn of the
-# output reads (~25,000 events/s, several events per features message), before it can be timed.
-QUICK_EVENTS = 20_000
+# Quick mode's size. A worker's fetch takes up to STREAMREC_INGEST_BATCH_MAX (10,000) records and
+# its features leave when each partition's run is folded: two workers draining 20,000 events sent
+# their whole output in two bursts, which the output reads could not tell apart (nothing to time).
+# 60,000 gives each of two workers three fetches, a few tenths of a second apart.
+QUICK_EVENTS = 60_000
 QUICK_USERS = 2_000
 QUIX = "Quix Streams app, same per-user work"
 FAUST = "empty Faust agent on raw bytes (Faust's per-message floor)"

@@ -8,7 +8,7 @@ work per message in Python, in this process, on the cores the measured services 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from confluent_kafka import KafkaException, Producer
 
@@ -22,8 +22,10 @@ FLUSH_SECONDS = 60.0
 DRAIN_IDLE_SECONDS = 15.0  # after publishing, stop waiting once nothing arrived for this long
 
 
-async def paced(rate: float, count: int, send: Callable[[int], object], status: Callable[[], str]) -> float:
-    """Call ``send(seq)`` (synchronous) for seq 0..count-1 at ``rate`` per second (a late event is sent at once,
+async def paced(
+    rate: float, count: int, send: Callable[[int], Awaitable[object]], status: Callable[[], str]
+) -> float:
+    """Call ``send(seq)`` for seq 0..count-1 at ``rate`` per second (a late event is sent at once,
     not skipped: the schedule does not drift); returns the rate achieved."""
     loop = asyncio.get_running_loop()
     started = next_progress = loop.time()
@@ -31,7 +33,7 @@ async def paced(rate: float, count: int, send: Callable[[int], object], status: 
         delay = started + seq / rate - loop.time()
         if delay > 0:
             await asyncio.sleep(delay)
-        send(seq)
+        await send(seq)
         if loop.time() >= next_progress:
             next_progress += PROGRESS_SECONDS
             log_progress(f"  {seq:,}/{count:,} sent; {status()}")

@@ -79,7 +79,7 @@ async def follow_lists(
     producer = new_producer(settings)
     try:
 
-        def send(seq: int) -> None:
+        async def send(seq: int) -> None:
             user, event_id = order[seq % len(order)], f"fresh{run}-{seq}"
             event = {
                 "user_id": user,

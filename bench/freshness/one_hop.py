@@ -44,7 +44,7 @@ async def one_hop(settings: Settings, size: Size, run: int) -> list[float]:
 
         reader = asyncio.create_task(read())
 
-        def send(seq: int) -> None:
+        async def send(seq: int) -> None:
             published[seq] = time.time()
             producer.send(topic, str(seq).encode(), key=str(seq % 1000).encode())
 

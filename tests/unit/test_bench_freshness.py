@@ -61,3 +61,20 @@ def test_a_capacity_step_passes_within_the_bound_with_every_list_and_the_rate_ke
     assert not _step(2_500, 0.6, 2_500).passed  # p99 over the bound
     assert not _step(2_500, 0.4, 2_500, missing=True).passed  # an event without its list
     assert not _step(2_500, 0.4, 2_000).passed  # the producer fell behind its rate
+
+
+def test_paced_awaits_every_send_in_order_and_reports_the_rate() -> None:
+    import asyncio
+
+    from bench.freshness.load import paced
+
+    sent: list[int] = []
+
+    async def send(seq: int) -> None:  # a send that yields, as the fault tests' streams do
+        sent.append(seq)
+        await asyncio.sleep(0)
+
+    rate = asyncio.run(paced(2000.0, 40, send, lambda: ""))
+
+    assert sent == list(range(40))
+    assert 0 < rate <= 2000.0 * 1.05  # the schedule is kept, never outrun
