@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 from faust.serializers import codecs
-from faust.utils.json import on_default
+from faust.utils import json as faust_json
 
 
 class ExactSizeJson(codecs.json):
@@ -31,15 +31,13 @@ def use_exact_size_json() -> None:
     codecs.register("json", ExactSizeJson())
 
 
-# What faust.utils.json.dumps passes orjson (with its ``on_default`` for non-JSON types).
-JSON_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_UTC_Z
 PROBE_KEYS = ("u1", "user é/ü 42", "\x00pending-popularity:3")
 PROBE_VALUE = {"history": [["i1", 1.5, "view"]], "event_count": 3, "none": None, "é": ["ü", -2, 0.1]}
 
 
 def _json(value: Any) -> bytes:
-    """ExactSizeJson's bytes: Faust's orjson call, copied out of orjson's 4 KiB buffer."""
-    return memoryview(orjson.dumps(value, default=on_default, option=JSON_OPTIONS)).tobytes()
+    """ExactSizeJson's bytes: Faust's JSON dump (orjson, Faust's options), copied out of orjson's buffer."""
+    return memoryview(faust_json.dumps(value)).tobytes()
 
 
 @dataclass(frozen=True)
@@ -53,9 +51,9 @@ class TableBytes:
 
     @classmethod
     def of(cls, store: Any) -> TableBytes:
-        """Faust's bytes for ``store`` (a table's), computed directly (keys and values as orjson's
-        JSON, as Faust's ``json`` codec writes them) when that gives the same bytes on probes, else through Faust's serializer registry, which
-        costs several calls and a registry lookup per key and value.
+        """Faust's bytes for ``store`` (a table's), computed directly (keys and values dumped as
+        Faust's ``json`` codec dumps them) when that gives the same bytes on probes, else through
+        Faust's serializer registry, which costs several calls and a registry lookup per key and value.
 
         The direct decoding is orjson's: Faust's differs only for a mapping with a ``__faust`` key
         (a Faust model), which no value of ingest's tables holds."""
