@@ -45,6 +45,25 @@ def encode_event(event: Mapping[str, Any], *, max_future_seconds: float) -> tupl
     return orjson.dumps(wire), checked.user_id
 
 
+def producer_config(settings: Settings, linger_ms: int = 50) -> dict[str, Any]:
+    """The Publisher's confluent-kafka producer configuration (also the benchmarks' load producer's)."""
+    return client_config(
+        settings,
+        {
+            # A live stream's sends share record batches: the embedded broker's cost grows
+            # with them (docs/latency-tuning.md). A bulk publish fills its batches anyway.
+            "linger.ms": linger_ms,
+            # Kafka's Java client's partitioner (murmur2), which ingest uses for events that
+            # arrive without a user key: a user's events then meet on one partition.
+            "partitioner": "murmur2_random",
+            "acks": "all",
+            "enable.idempotence": False,
+            "message.timeout.ms": 30_000,
+            "log.connection.close": False,  # idle disconnects are normal, not worth a log line
+        },
+    )
+
+
 class Publisher:
     """Sends interaction events to the interactions topic, keyed by user_id.
 
@@ -77,23 +96,7 @@ class Publisher:
         self.topic = self._existing(topic or settings.topic_interactions)
         self._items_topic: str | None = None  # checked at the first publish_item
         self.max_future_seconds = settings.max_future_seconds
-        self._producer = Producer(
-            client_config(
-                settings,
-                {
-                    # A live stream's sends share record batches: the embedded broker's cost grows
-                    # with them (docs/latency-tuning.md). A bulk publish fills its batches anyway.
-                    "linger.ms": linger_ms,
-                    # Kafka's Java client's partitioner (murmur2), which ingest uses for events that
-                    # arrive without a user key: a user's events then meet on one partition.
-                    "partitioner": "murmur2_random",
-                    "acks": "all",
-                    "enable.idempotence": False,
-                    "message.timeout.ms": 30_000,
-                    "log.connection.close": False,  # idle disconnects are normal, not worth a log line
-                },
-            )
-        )
+        self._producer = Producer(producer_config(settings, linger_ms))
         self._failures: list[str] = []
         self.sent = 0
 

@@ -14,7 +14,7 @@ from confluent_kafka import KafkaException, Producer
 
 from bench.freshness.sizes import PRODUCER_LINGER_MS
 from bench.harness import PROGRESS_SECONDS, log_progress
-from streamrec.shared.kafka_config import client_config
+from streamrec.publisher import producer_config
 from streamrec.shared.settings import Settings
 
 FLUSH_SECONDS = 60.0
@@ -45,7 +45,7 @@ class PacedProducer:
     acknowledging; ``send`` hands a message to librdkafka and returns (no await on the broker)."""
 
     def __init__(self, settings: Settings) -> None:
-        self._producer = Producer(client_config(settings, {"linger.ms": PRODUCER_LINGER_MS, "acks": "all"}))
+        self._producer = Producer(producer_config(settings, PRODUCER_LINGER_MS))
         self._failures: list[str] = []
 
     def _delivered(self, error: object, _message: object) -> None:
