@@ -36,7 +36,7 @@ from streamrec.shared.redis_connection import connect, get_many
 from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
-from streamrec.shared.topic_admin import create_topics
+from streamrec.shared.topic_admin import create_topics, existing_topics
 from streamrec.stack import Stack
 
 STREAM_SERVICES = ("ingest", "scorer")  # no trainer: no model swap can happen while measuring
@@ -122,11 +122,21 @@ def feed(
         progress.close()
 
 
+TOPIC_SEEN_TIMES = 3  # a new topic counts as known once this many metadata answers in a row list it
+
+
 def create_topic(settings: Settings, topic: str, partitions: int) -> None:
-    """Create a benchmark's own topic, replicated as streamrec's topics are."""
+    """Create a benchmark's own topic, replicated as streamrec's topics are, and wait until the
+    brokers' metadata lists it: on three brokers one could still answer without it (a Publisher
+    then refused the topic as missing)."""
     admin = AdminClient(client_config(settings, {"log_level": 4}))
     for future in admin.create_topics([NewTopic(topic, partitions, settings.replication_factor)]).values():
         future.result(30)
+    seen, deadline = 0, time.monotonic() + 30
+    while seen < TOPIC_SEEN_TIMES:
+        seen = seen + 1 if topic in existing_topics(settings) else 0
+        if time.monotonic() > deadline:
+            raise StackError(f"topic {topic} created but not listed by the brokers within 30 s")
 
 
 def served_model(settings: Settings) -> str | None:
