@@ -79,6 +79,12 @@ from streamrec.shared.settings import Settings
 APP_ID = INGEST_GROUP
 REKEYED_TOPIC = INGEST_REKEYED_TOPIC  # Faust-internal, created by Faust: events not keyed by user
 PRODUCER_MAX_BATCH_BYTES = 900 * 1024  # below the 1 MB a Kafka broker accepts per record batch by default
+# Fetched messages waiting for each agent, at most: Faust stops fetching while a buffer is full, so
+# a backlog stays on the broker. An input message is a run of up to ``ingest_batch_max`` records
+# (transport.py); Faust's default of 4,096 let a worker behind a backlog fetch all of it (280,000
+# records held at once, and ingest's memory growing with the backlog, on Apache Kafka, whose
+# fetches outrun the fold).
+STREAM_BUFFER_MESSAGES = 8
 
 
 def kafka_urls(settings: Settings) -> list[str]:
@@ -187,6 +193,7 @@ def configure_app(settings: Settings) -> IngestApp:
         web_port=settings.ingest_web_port or 6066,
         consumer_auto_offset_reset="earliest",  # a new deployment processes the existing stream
         broker_max_poll_records=settings.ingest_batch_max,  # records per fetch: the longest run
+        stream_buffer_maxsize=STREAM_BUFFER_MESSAGES,
         producer_linger=0.005,  # the messages of one run share record batches; adds at most 5 ms of latency
         # aiokafka's 16 KB default split one run's changelog (a record per user) into dozens of
         # record batches; the embedded broker's cost grows with record batches, so a run's go in one.
