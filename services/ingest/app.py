@@ -79,11 +79,10 @@ from streamrec.shared.settings import Settings
 APP_ID = INGEST_GROUP
 REKEYED_TOPIC = INGEST_REKEYED_TOPIC  # Faust-internal, created by Faust: events not keyed by user
 PRODUCER_MAX_BATCH_BYTES = 900 * 1024  # below the 1 MB a Kafka broker accepts per record batch by default
-# Fetched messages waiting for each agent, at most: Faust stops fetching while a buffer is full, so
-# a backlog stays on the broker. An input message is a run of up to ``ingest_batch_max`` records
-# (transport.py); Faust's default of 4,096 let a worker behind a backlog fetch all of it (280,000
-# records held at once, and ingest's memory growing with the backlog, on Apache Kafka, whose
-# fetches outrun the fold).
+# Fetched messages waiting for each agent, at most: Faust stops handing fetched messages over while
+# a buffer is full, so a backlog stays on the broker. An input message is a run of up to
+# ``ingest_batch_max`` records (transport.py): Faust's default of 4,096 messages bounds nothing a
+# worker behind a backlog could hold (4,096 runs of 10,000 records).
 STREAM_BUFFER_MESSAGES = 8
 
 
