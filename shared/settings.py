@@ -201,8 +201,8 @@ class Settings(BaseSettings):
     ingest_table_memory_mb: int = Field(
         32,
         ge=4,
-        description="RocksDB memory of each ingest table partition (half block cache, half write "
-        "buffers); ingest's table memory is about this × (partitions + 1).",
+        description="RocksDB memory of each ingest table partition, at most (an eighth block cache, "
+        "two write buffers of a quarter each); ingest's table memory is below this × (partitions + 1).",
     )
     erasure_hold_seconds: float = Field(
         86_400.0,

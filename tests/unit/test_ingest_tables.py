@@ -21,8 +21,9 @@ def test_every_table_partition_gets_the_configured_memory_budget(tmp_path: Path)
         )
     mib = 1024 * 1024
     # The erasure markers are few and small: they take the smallest budget whatever the setting.
-    assert budgets.pop("erasure_markers") == (2 * mib, 2 * mib)
-    assert budgets == {name: (4 * mib, 4 * mib) for name in ("user_state", "item_popularity", "item_catalog")}
+    # An eighth of the budget to the block cache, a quarter to each of two write buffers.
+    assert budgets.pop("erasure_markers") == (mib // 2, 2 * mib)
+    assert budgets == {name: (mib, 4 * mib) for name in ("user_state", "item_popularity", "item_catalog")}
 
 
 def test_table_records_are_faust_json_in_allocations_of_their_own_size(tmp_path: Path) -> None:
