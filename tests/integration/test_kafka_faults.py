@@ -72,10 +72,10 @@ from bench.freshness.tracker import UpdateTracker
 from streamrec.ingest.rekeying import partition_for
 from streamrec.kafka_cluster import ApacheKafka
 from streamrec.processes import ChildProcess
-from streamrec.publisher import Publisher, dataset_events, publish_stream
+from streamrec.publisher import Publisher, dataset_events, producer_config, publish_stream
 from streamrec.shared.cached_list import CachedList
 from streamrec.shared.events import Interaction, parse_event
-from streamrec.shared.kafka_config import PublishError, client_config
+from streamrec.shared.kafka_config import PublishError
 from streamrec.shared.kafka_topics import INGEST_GROUP, SCORER_GROUP
 from streamrec.shared.redis_connection import connect_async
 from streamrec.shared.redis_keys import RedisKeys
@@ -679,18 +679,9 @@ class PacedStream(threading.Thread):
         listener = asyncio.create_task(listen())
         order = random.Random(4).sample(self.users, len(self.users))
         pick = random.Random(5)
-        producer = Producer(
-            client_config(
-                settings,
-                {
-                    "linger.ms": 50,
-                    "acks": "all",
-                    "partitioner": "murmur2_random",  # as the Publisher: a user's events on its partition
-                    "message.timeout.ms": 120_000,
-                    "log_level": 3,
-                },
-            )
-        )
+        # The Publisher's client and configuration (a user's events on the user's partition), with
+        # room for the failover in its delivery timeout.
+        producer = Producer({**producer_config(settings, 50), "message.timeout.ms": 120_000, "log_level": 3})
 
         def delivered(event: dict[str, Any], error: Any) -> None:
             (self.failed if error is not None else self.acknowledged).append(event)
