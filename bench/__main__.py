@@ -4,6 +4,7 @@ python -m bench                     # every benchmark, full size
 python -m bench --quick             # small sizes, one pass: checks the suite runs (CI); no page
 python -m bench --only scoring      # one benchmark
 BENCH_BROKER=kafka3 python -m bench --only freshness   # on three Apache Kafka brokers (bench/brokers.py)
+python -m bench --only freshness_redis_cluster        # figure 2 with the lists on a Redis Cluster
 """
 
 from __future__ import annotations
@@ -25,12 +26,14 @@ from bench import (
     training,
 )
 from bench.brokers import chosen, fragment_names
+from bench.freshness import on_redis_cluster
 from bench.harness import FRAGMENTS, PAGE, render_page, render_section, write
 
 BENCHMARKS = {
     "ingest": ingest.run,
     "ingest_profile": ingest_profile.run,
     "freshness": freshness.run,
+    "freshness_redis_cluster": on_redis_cluster.run,
     "capacity": capacity.run,
     "read_path": read_path.run,
     "catalog": catalog.run,
@@ -41,7 +44,7 @@ BENCHMARKS = {
     "sessions": sessions.run,
 }
 # Benchmarks that run on the broker BENCH_BROKER chooses: each broker's fragment is a file of its own.
-ON_CHOSEN_BROKER = ("freshness", "ingest", "capacity", "memory")
+ON_CHOSEN_BROKER = ("freshness", "freshness_redis_cluster", "ingest", "capacity", "memory")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,6 +16,7 @@ import orjson
 
 from bench.brokers import Broker
 from bench.freshness.broker_writes import record_batches_written, written_between
+from bench.freshness.list_rewrites import ListRewrites
 from bench.freshness.load import DRAIN_IDLE_SECONDS, new_producer, paced
 from bench.freshness.one_hop import one_hop
 from bench.freshness.sizes import Size
@@ -25,8 +26,6 @@ from bench.harness import log_progress, percentile
 from bench.procfs import cpu_seconds, stolen_seconds
 from bench.stack import check_alive, read_lists, served_model
 from streamrec.processes import StackError
-from streamrec.shared.redis_connection import connect_async
-from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
 
@@ -58,39 +57,24 @@ async def follow_lists(
     settings: Settings, size: Size, run: int, users: list[str], items: list[str]
 ) -> tuple[UpdateTracker, float]:
     """Publish the run's events and follow the lists; returns (tracker, achieved publish rate)."""
-    keys = RedisKeys(settings.redis_prefix)
-    store = connect_async(settings, socket_timeout=None, connect_timeout=None)
-    db = store.connection_pool.connection_kwargs.get("db", 0)
-    channel = f"__keyspace@{db}__:{keys.recs('')}"
-    previous = (await store.config_get("notify-keyspace-events")).get("notify-keyspace-events", "")
-    await store.config_set("notify-keyspace-events", "K$")  # keyspace events of string commands
-    pubsub = store.pubsub()
-    await pubsub.psubscribe(f"{channel}*")
     tracker = UpdateTracker()
-
-    async def listen() -> None:
-        async for message in pubsub.listen():
-            if message["type"] == "pmessage" and message["data"] == b"set":
-                tracker.updated(message["channel"].decode()[len(channel) :], time.time())
-
-    listener = asyncio.create_task(listen())
     order = random.Random(run).sample(users, len(users))
     pick = random.Random(1000 + run)
-    producer = new_producer(settings)
-    try:
 
-        async def send(seq: int) -> None:
-            user, event_id = order[seq % len(order)], f"fresh{run}-{seq}"
-            event = {
-                "user_id": user,
-                "item_id": pick.choice(items),
-                "event_type": "click",
-                "event_id": event_id,
-            }
-            value = orjson.dumps(event)
-            tracker.published(user, event_id, time.time())
-            producer.send(settings.topic_interactions, value, key=user.encode())
+    async def send(seq: int) -> None:
+        user, event_id = order[seq % len(order)], f"fresh{run}-{seq}"
+        event = {
+            "user_id": user,
+            "item_id": pick.choice(items),
+            "event_type": "click",
+            "event_id": event_id,
+        }
+        value = orjson.dumps(event)
+        tracker.published(user, event_id, time.time())
+        producer.send(settings.topic_interactions, value, key=user.encode())
 
+    async with ListRewrites(settings, tracker.updated):
+        producer = new_producer(settings)
         rate = await paced(
             size.rate,
             size.events,
@@ -104,12 +88,7 @@ async def follow_lists(
             await asyncio.sleep(0.2)
             if len(tracker.updated_at) != last:
                 last, idle_since = len(tracker.updated_at), time.monotonic()
-        return tracker, rate
-    finally:
-        listener.cancel()
-        await pubsub.aclose()
-        await store.config_set("notify-keyspace-events", previous)
-        await store.aclose()
+    return tracker, rate
 
 
 @contextmanager

@@ -34,7 +34,7 @@ def sections(
             title=f"Freshness at {size.rate:,.0f} events/s, {size.runs} runs pooled ({choice.label})",
         )
     ]
-    command = choice.env + _command(size, quick)
+    command = choice.env + command_line(size, quick)
     on = "" if choice.embedded else f" — {choice.label}"
     return [
         Section(
@@ -190,9 +190,10 @@ def _freshness_figures(size: Size, results: list[RunResult], choice: BrokerChoic
     return figures
 
 
-def _command(size: Size, quick: bool) -> str:
+def command_line(size: Size, quick: bool, benchmark: str = "freshness") -> str:
+    """The command that reproduces ``benchmark``'s figures at ``size``, with the settings that differ."""
     if quick:
-        return "python -m bench --only freshness --quick"
+        return f"python -m bench --only {benchmark} --quick"
     default = size_defaults()
     env = [
         f"{variable}={value:g}"
@@ -205,7 +206,7 @@ def _command(size: Size, quick: bool) -> str:
         if value != base
     ]
     knobs = [f"{name}={value}" for name, value in sorted(os.environ.items()) if name.startswith("STREAMREC_")]
-    return " ".join([*env, *knobs, "python -m bench --only freshness"])
+    return " ".join([*env, *knobs, f"python -m bench --only {benchmark}"])
 
 
 def _description(size: Size, settings: Settings, choice: BrokerChoice) -> str:

@@ -29,6 +29,9 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         "End-to-end drain (figure 9)",
         "Capacity at the freshness bound (figure 12)",
         "Read latency (figure 3)",
+        "Read latency (figure 3) — Redis Cluster, 3 primaries + 3 replicas",
+        "Read latency (figure 3) — Sentinel group, 1 primary + 1 replica, 3 sentinels",
+        "Freshness with the lists on a Redis Cluster (figure 2)",
         "Hiding an item (figure 10)",
         "Scoring throughput (figure 4)",
         "Training (figure 5)",
@@ -48,6 +51,7 @@ def test_quick_benchmarks_run_and_report_every_section() -> None:
         in result.stdout
     )
     assert "| publish → list in Redis, p99 |" in result.stdout
+    assert "| publish → list in Redis Cluster, p99 |" in result.stdout
     assert "| client get(), category filter p99 |" in result.stdout
     assert "| hidden item gone from every read, p99 |" in result.stdout
     assert "| ListOffsets, 200 one-message batches |" in result.stdout
