@@ -193,6 +193,8 @@ def dev_env_file(settings: Settings, endpoints: dict[str, str] | None = None) ->
         lines.append(
             f"export STREAMREC_STATUS_ENDPOINTS={','.join(f'{k}={v}' for k, v in endpoints.items())}"
         )
+    if settings.redis_prefix != Settings.model_fields["redis_prefix"].default:
+        lines.append(f"export STREAMREC_REDIS_PREFIX={settings.redis_prefix}")  # the keys the services write
     url = settings.redis_url
     if url is not None and redacted_url(url) == url:
         lines.append(f"export STREAMREC_REDIS_URL={url}")

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import redis
 
 from streamrec.processes import free_port
+from streamrec.redis_servers import RedisClusterServers
 from streamrec.shared.cached_list import CachedList
+from streamrec.shared.redis_connection import connect, get_many
 from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.registry import ModelRegistry
 from streamrec.shared.settings import Settings
@@ -149,10 +150,10 @@ def _streamrec(shell: dict[str, str], *args: str) -> subprocess.CompletedProcess
 
 def _users_served_by(shell: dict[str, str], users: set[str], version: str) -> int:
     """How many of ``users`` have a list in Redis from ``version``."""
-    store = redis.Redis.from_url(shell["STREAMREC_REDIS_URL"])
-    keys = RedisKeys(Settings().redis_prefix)
-    ordered = sorted(users)
-    raw_lists = store.mget([keys.recs(user) for user in ordered])
+    settings = Settings(redis_url=shell["STREAMREC_REDIS_URL"])
+    keys = RedisKeys(settings.redis_prefix)
+    with connect(settings) as store:
+        raw_lists = get_many(store, [keys.recs(user) for user in sorted(users)])
     return sum(raw is not None and CachedList.decode(raw).model_version == version for raw in raw_lists)
 
 
@@ -217,6 +218,63 @@ def test_train_now_beside_a_running_trainer_service_has_it_train_once_on_every_e
     finally:
         if dev.poll() is None:
             dev.kill()
+
+
+def _commands_of(pids: list[int]) -> list[str]:
+    """Each live process's command line, its arguments joined by spaces."""
+    commands = []
+    for pid in pids:
+        try:
+            commands.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return commands
+
+
+def test_demo_and_dev_run_on_an_external_redis_cluster(
+    tmp_path: Path, redis_cluster: RedisClusterServers
+) -> None:
+    # A site whose Redis is a cluster: STREAMREC_REDIS_URL alone points the demo and `streamrec dev`
+    # at it, and no embedded Redis starts. The session's cluster is shared: a prefix of our own.
+    env = _isolated_env(tmp_path)
+    prefix = f"cli-{tmp_path.name}"
+    env.update(STREAMREC_REDIS_URL=redis_cluster.url, STREAMREC_REDIS_PREFIX=prefix)
+    settings = Settings(redis_url=redis_cluster.url, redis_prefix=prefix)
+    keys = RedisKeys(prefix)
+
+    demo = _streamrec(env, "demo", "--users", "40", "--items", "40")
+    assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-3000:]
+    assert f"Redis {redis_cluster.url} " in demo.stdout
+    assert "[4/4]" in demo.stdout and "personal recommendations, model" in demo.stdout
+    with connect(settings) as store:
+        lists = get_many(store, [keys.recs(f"u{i}") for i in range(40)])
+    assert all(raw is not None and CachedList.decode(raw).source == "personal" for raw in lists)
+    assert _processes_carrying(str(tmp_path)) == []
+
+    dev, shown, printed = _start_dev("ingest,scorer", env)
+    try:
+        assert "Ctrl-C stops everything" in shown, shown
+        assert not [c for c in _commands_of(_processes_carrying(str(tmp_path))) if "redis-server" in c]
+        shell = _shell_of(shown)
+        assert shell["STREAMREC_REDIS_URL"] == redis_cluster.url and shell["STREAMREC_REDIS_PREFIX"] == prefix
+        ratings = DATASETS / "ml-latest-small" / "ratings.csv"
+        replayed = _streamrec(shell, "replay", str(ratings), "--limit", "2000")
+        assert replayed.returncode == 0, replayed.stderr[-2000:]
+        # No model is served in this run: the first user gets the popular list, through the cluster.
+        user = str(pd.read_csv(ratings, nrows=1).userId[0])
+        wait_for(lambda: _streamrec(shell, "recommend", user).returncode == 0, 120, f"a list for user {user}")
+        status = _streamrec(shell, "status")
+        assert status.returncode == 0, status.stderr[-2000:]
+        assert "lists in Redis:" in status.stdout, status.stdout
+        with connect(settings) as store:
+            assert store.get(keys.popular) is not None
+        dev.send_signal(signal.SIGINT)
+        assert dev.wait(60) == 0, "".join(printed)[-4000:]
+    finally:
+        if dev.poll() is None:
+            dev.kill()
+    time.sleep(0.5)
+    assert _processes_carrying(str(tmp_path)) == []
 
 
 def _time_wait_connections(port: int) -> int:

@@ -176,6 +176,15 @@ def test_dev_env_file_never_writes_a_password() -> None:
     assert "export STREAMREC_KAFKA_BOOTSTRAP=127.0.0.1:1" in text
 
 
+def test_dev_env_file_names_a_key_prefix_other_than_the_default() -> None:
+    # The second shell reads the keys the services write: a cluster shared with other users may
+    # hold streamrec's keys under a prefix of their own.
+    default = Settings(kafka_bootstrap="127.0.0.1:1", redis_url="redis://127.0.0.1:2/0")
+    assert "STREAMREC_REDIS_PREFIX" not in dev_env_file(default)
+    shared = default.model_copy(update={"redis_prefix": "shop-a"})
+    assert "export STREAMREC_REDIS_PREFIX=shop-a\n" in dev_env_file(shared)
+
+
 # The product's Redis clients, built anywhere but the one shared builder, would skip its TLS
 # files and error explanations.
 OWN_CLIENT = re.compile(r"\bfrom_url\(|\bRedis\(|StrictRedis\(|ConnectionPool\(")
