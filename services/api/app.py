@@ -26,13 +26,13 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 import redis
 import uvicorn
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, generate_latest
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from streamrec.api.admin_routes import admin_routes
 from streamrec.api.async_reader import AsyncRecommendationClient
@@ -55,6 +55,34 @@ LATENCY = Histogram(
 )
 
 
+class RequestMetrics:
+    """ASGI middleware: each request's latency and status, per route template (one series per
+    endpoint, not one per user). Plain ASGI rather than ``@app.middleware("http")``, whose
+    per-request task and streams cost more than the read itself."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = [500]  # an exception before the response starts is a 500
+
+        async def send_noting_status(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noting_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")  # set by the router on match
+            LATENCY.labels(route).observe(time.perf_counter() - started)
+            REQUESTS.labels(route, str(status[0])).inc()
+
+
 def create_app(settings: Settings) -> FastAPI:
     """The FastAPI application reading the Redis at ``settings.redis_url``."""
     redis_url(settings)  # a ConfigError saying how to set it, if unset
@@ -73,15 +101,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Any) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        # The route template (not the raw path): one series per endpoint, not one per user.
-        route = getattr(request.scope.get("route"), "path", "unmatched")
-        LATENCY.labels(route).observe(time.perf_counter() - started)
-        REQUESTS.labels(route, str(response.status_code)).inc()
-        return response
+    app.add_middleware(RequestMetrics)
 
     @app.exception_handler(redis.RedisError)
     async def redis_unavailable(_request: Request, exc: redis.RedisError) -> JSONResponse:

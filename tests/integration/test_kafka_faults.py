@@ -67,6 +67,7 @@ import redis
 from confluent_kafka import OFFSET_END, Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
 
+from bench.freshness.list_rewrites import ListRewrites
 from bench.freshness.load import paced
 from bench.freshness.tracker import UpdateTracker
 from streamrec.ingest.rekeying import partition_for
@@ -77,7 +78,6 @@ from streamrec.shared.cached_list import CachedList
 from streamrec.shared.events import Interaction, parse_event
 from streamrec.shared.kafka_config import PublishError
 from streamrec.shared.kafka_topics import INGEST_GROUP, SCORER_GROUP
-from streamrec.shared.redis_connection import connect_async
 from streamrec.shared.redis_keys import RedisKeys
 from streamrec.shared.settings import Settings
 from streamrec.stack import Stack
@@ -664,19 +664,6 @@ class PacedStream(threading.Thread):
 
     async def _stream(self) -> None:
         settings, tracker = self.settings, self.tracker
-        keys = RedisKeys(settings.redis_prefix)
-        store = connect_async(settings, socket_timeout=None, connect_timeout=None)
-        channel = f"__keyspace@0__:{keys.recs('')}"
-        await store.config_set("notify-keyspace-events", "K$")
-        pubsub = store.pubsub()
-        await pubsub.psubscribe(f"{channel}*")
-
-        async def listen() -> None:
-            async for message in pubsub.listen():
-                if message["type"] == "pmessage" and message["data"] == b"set":
-                    tracker.updated(message["channel"].decode()[len(channel) :], time.time())
-
-        listener = asyncio.create_task(listen())
         order = random.Random(4).sample(self.users, len(self.users))
         pick = random.Random(5)
         # The Publisher's client and configuration (a user's events on the user's partition), with
@@ -709,23 +696,21 @@ class PacedStream(threading.Thread):
             # its schedule, and a loop behind it would time every list late (its own lag, not the stack's).
             await asyncio.sleep(0)
 
-        try:
-            await paced(self.rate, self.count, send, lambda: f"{len(tracker.updated_at):,} lists updated")
-            deadline = time.monotonic() + 150
-            while len(producer) and time.monotonic() < deadline:  # every delivery report, loop free
-                producer.poll(0)
-                await asyncio.sleep(0.05)
-            # Drain: until every event has its update, or none came for 15 s.
-            last, idle_since = len(tracker.updated_at), time.monotonic()
-            while tracker.pending and time.monotonic() - idle_since < 15:
-                await asyncio.sleep(0.2)
-                if len(tracker.updated_at) != last:
-                    last, idle_since = len(tracker.updated_at), time.monotonic()
-        finally:
-            producer.flush(10)
-            listener.cancel()
-            await pubsub.aclose()
-            await store.aclose()
+        async with ListRewrites(settings, tracker.updated):
+            try:
+                await paced(self.rate, self.count, send, lambda: f"{len(tracker.updated_at):,} lists updated")
+                deadline = time.monotonic() + 150
+                while len(producer) and time.monotonic() < deadline:  # every delivery report, loop free
+                    producer.poll(0)
+                    await asyncio.sleep(0.05)
+                # Drain: until every event has its update, or none came for 15 s.
+                last, idle_since = len(tracker.updated_at), time.monotonic()
+                while tracker.pending and time.monotonic() - idle_since < 15:
+                    await asyncio.sleep(0.2)
+                    if len(tracker.updated_at) != last:
+                        last, idle_since = len(tracker.updated_at), time.monotonic()
+            finally:
+                producer.flush(10)
 
     def frame(self) -> pd.DataFrame:
         """The acknowledged events as an interaction frame (its ``row``: the event's sequence number)."""
