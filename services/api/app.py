@@ -57,8 +57,8 @@ LATENCY = Histogram(
 
 class RequestMetrics:
     """ASGI middleware: each request's latency and status, per route template (one series per
-    endpoint, not one per user). Plain ASGI rather than ``@app.middleware("http")``, whose
-    per-request task and streams cost more than the read itself."""
+    endpoint, not one per user). Plain ASGI rather than ``@app.middleware("http")``, which runs
+    every request through a task and memory streams of its own."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
