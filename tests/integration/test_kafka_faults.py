@@ -747,6 +747,7 @@ def partition_leaders(kafka: ApacheKafka, topic: str, partitions: int) -> dict[i
     return {p: kafka_says(lambda p=p: kafka.leader_of(topic, p)) for p in range(partitions)}
 
 
+@pytest.mark.measures_latency
 def test_a_leader_lost_at_1000_events_per_second_the_stream_goes_on(tmp_path: Path) -> None:
     with kafka_stack(tmp_path, nodes=3) as ks:  # two partitions: the victim leads one, half the input
         settings = ks.settings

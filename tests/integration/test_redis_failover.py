@@ -37,7 +37,7 @@ from streamrec.synthetic import generate
 
 from support import LiveStack, metric_total, prefixed, train_once, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.reliability]
+pytestmark = [pytest.mark.integration, pytest.mark.reliability, pytest.mark.measures_latency]
 
 PASSWORD = "failover-data"
 SENTINEL_PASSWORD = "failover-sentinels"
