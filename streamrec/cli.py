@@ -90,6 +90,9 @@ def _describe(exc: BaseException) -> str:
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
+    from streamrec.shared.gc_pauses import stop_watching_gc_pauses
+
+    stop_watching_gc_pauses()  # the error is the last line the process prints
     click.echo(f"streamrec: error: {message}", err=True)
     sys.exit(code)
 

@@ -47,3 +47,19 @@ def test_frozen_objects_are_left_out_of_collections() -> None:
         assert not any(obj is survivor for obj in gc.get_objects(2))  # no longer walked by gen 2
     finally:
         gc.unfreeze()
+
+
+def test_a_process_exiting_on_an_error_stops_the_watch(
+    watched: None, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    # The CLI's error exit: its error line must stay the last one, not a pause of shutdown's collections.
+    from streamrec.cli import _fail
+
+    with pytest.raises(SystemExit):
+        _fail("the error")
+    assert capsys.readouterr().err == "streamrec: error: the error\n"
+    counted = _collections(2)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="streamrec.shared.gc_pauses"):
+        gc.collect()
+    assert _collections(2) == counted and not caplog.records
