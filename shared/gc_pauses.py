@@ -41,7 +41,7 @@ def freeze_startup_objects() -> None:
 
 def watch_gc_pauses(log_over_seconds: float = 0.05) -> None:
     """Time every collection from now on; log those longer than ``log_over_seconds`` (once per process)."""
-    if any(getattr(callback, "__name__", "") == "_on_gc" for callback in gc.callbacks):
+    if any(map(_is_the_watch, gc.callbacks)):
         return
 
     def _on_gc(phase: str, info: dict[str, Any]) -> None:
@@ -69,4 +69,9 @@ def watch_gc_pauses(log_over_seconds: float = 0.05) -> None:
 def stop_watching_gc_pauses() -> None:
     """Stop timing collections: a process about to exit with an error line ends on that line,
     not on a pause logged by the collections of its shutdown."""
-    gc.callbacks[:] = [c for c in gc.callbacks if getattr(c, "__name__", "") != "_on_gc"]
+    gc.callbacks[:] = [callback for callback in gc.callbacks if not _is_the_watch(callback)]
+
+
+def _is_the_watch(callback: object) -> bool:
+    """True for the callback :func:`watch_gc_pauses` installs."""
+    return getattr(callback, "__name__", "") == "_on_gc"
